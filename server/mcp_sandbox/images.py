@@ -1,0 +1,89 @@
+"""Build the images the server needs, offline: mmdebstrap -> docker import -> docker build."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from mcp_sandbox.docker_api import DockerApi
+from mcp_sandbox.errors import SandboxUnavailable
+from mcp_sandbox.resources import data_dir
+
+BASE_TAG = "mcp-sandbox-base:bookworm"
+SUITE = "bookworm"
+MIRRORS = (
+    f"deb http://deb.debian.org/debian {SUITE} main",
+    f"deb http://deb.debian.org/debian {SUITE}-updates main",
+    f"deb http://deb.debian.org/debian-security {SUITE}-security main",
+)
+
+Progress = Callable[[str], None]
+
+
+def runtime_context() -> Path:
+    return data_dir("sandbox_images") / "runtime"
+
+
+def runtime_packages() -> list[str]:
+    """The Debian packages of the runtime image: one list for the base and the Dockerfile."""
+    lines = (runtime_context() / "packages.txt").read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def make_base(api: DockerApi, progress: Progress) -> None:
+    """A Debian rootfs made by mmdebstrap from Debian's packages, imported as BASE_TAG."""
+    mmdebstrap = shutil.which("mmdebstrap")
+    if mmdebstrap is None:
+        raise SandboxUnavailable(
+            "mmdebstrap is not installed (apt-get install mmdebstrap); with a registry, "
+            "use `mcp-sandbox images build --base debian:bookworm-slim` instead"
+        )
+    with tempfile.TemporaryDirectory(prefix="mcp-sandbox-base-") as tmp:
+        tarball = Path(tmp) / "base.tar"
+        cmd = [
+            mmdebstrap,
+            "--variant=minbase",
+            "--include=" + ",".join(runtime_packages()),
+            SUITE,
+            str(tarball),
+            *MIRRORS,
+        ]
+        progress(f"making the Debian base with mmdebstrap ({len(runtime_packages())} packages)")
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace"
+        )
+        assert proc.stderr is not None
+        tail: list[str] = []
+        for line in proc.stderr:
+            line = line.rstrip()
+            tail = [*tail[-19:], line]
+            if line.startswith("I: "):
+                progress("  " + line[3:])
+        if proc.wait() != 0:
+            raise SandboxUnavailable("mmdebstrap failed:\n" + "\n".join(tail))
+        progress(f"importing the base as {BASE_TAG}")
+        api.import_image(tarball, BASE_TAG)
+
+
+def build_images(
+    api: DockerApi,
+    image: str,
+    progress: Progress,
+    *,
+    base: str | None = None,
+    rebuild_base: bool = False,
+) -> None:
+    """Build ``image`` from ``base`` (default: the local mmdebstrap base, made if absent)."""
+    if base is None:
+        base = BASE_TAG
+        if rebuild_base or not api.image_exists(BASE_TAG):
+            make_base(api, progress)
+        else:
+            progress(f"reusing the base image {BASE_TAG}")
+    progress(f"building {image} from {base}")
+    for line in api.build(runtime_context(), image, {"BASE": base}):
+        progress("  " + line)
+    progress(f"built {image}")

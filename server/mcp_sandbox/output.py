@@ -1,0 +1,169 @@
+"""PURE: captured bytes -> text fit to show: decoded, scrubbed, neutralised, cut to budget.
+
+Order matters: scrub before cutting, and never show part of a secret that a cut split.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Scrub = Callable[[str], str]
+
+CUT_MARKER = "\n…[mcp-sandbox: cut here; the stream had {n} bytes]…\n"
+
+
+class StreamCapture:
+    """The first ``keep`` bytes and the last ``keep`` bytes of a stream, and its length.
+
+    Memory stays bounded whatever the stream's size.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.head = bytearray()
+        self._rest = bytearray()
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.keep - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self._rest += chunk
+            if len(self._rest) > 2 * self.keep:
+                del self._rest[: len(self._rest) - self.keep]
+
+    @property
+    def complete(self) -> bool:
+        """True when nothing between head and tail was dropped."""
+        return self.total == len(self.head) + len(self._rest)
+
+    @property
+    def tail(self) -> bytes:
+        return bytes(self._rest[-self.keep :]) if self._rest else b""
+
+    def whole(self) -> bytes:
+        """All of the stream; only valid when ``complete``."""
+        return bytes(self.head + self._rest)
+
+
+@dataclass(frozen=True)
+class ShapedStream:
+    text: str
+    original_bytes: int
+    truncated: bool
+
+
+# C0 controls but tab and newline, DEL, C1 controls: they can drive a terminal.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+# Bidirectional overrides and isolates reorder what a reader sees ("Trojan Source").
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _picture(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    if c < 0x20:
+        return chr(0x2400 + c)  # the Unicode control picture: visible, inert
+    return "\u2421" if c == 0x7F else "\ufffd"
+
+
+def neutralise(text: str) -> str:
+    """Replace terminal control characters with visible, inert stand-ins.
+
+    ``\\r\\n`` becomes ``\\n``; a lone ``\\r`` (which could overwrite a shown line) a picture.
+    """
+    text = text.replace("\r\n", "\n")
+    return _BIDI.sub("\ufffd", _CONTROL.sub(_picture, text))
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return a[:i]
+
+
+def _common_suffix(a: str, b: str) -> str:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[-1 - i] == b[-1 - i]:
+        i += 1
+    return a[len(a) - i :]
+
+
+def safe_head(text: str, scrub: Scrub, margin: int) -> str:
+    """Scrubbed ``text``, less its last ``margin`` chars, where a secret may be cut short.
+
+    A secret that crosses the safe point is redacted in ``scrub(text)`` but only partly
+    present in ``scrub(text[:-margin])``: keeping only what both agree on drops it whole.
+    """
+    if len(text) <= margin:
+        return ""
+    return _common_prefix(scrub(text[:-margin]), scrub(text))
+
+
+def safe_tail(text: str, scrub: Scrub, margin: int) -> str:
+    """Mirror of ``safe_head`` for a stream's last bytes."""
+    if len(text) <= margin:
+        return ""
+    return _common_suffix(scrub(text[margin:]), scrub(text))
+
+
+def _fit_bytes(text: str, limit: int, *, from_end: bool = False) -> str:
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    part = raw[len(raw) - limit :] if from_end else raw[:limit]
+    return part.decode("utf-8", "ignore")
+
+
+def _cut(head: str, tail: str, original: int, allot: int) -> str:
+    """``head`` and ``tail`` joined by a marker, in at most ``allot`` UTF-8 bytes."""
+    marker = CUT_MARKER.format(n=original)
+    room = max(allot - len(marker.encode()), 0)
+    head_part = _fit_bytes(head, room * 3 // 5)
+    tail_part = _fit_bytes(tail, room - len(head_part.encode()), from_end=True)
+    return _fit_bytes(head_part + marker + tail_part, allot)
+
+
+def _render(capture: StreamCapture, scrub: Scrub, margin: int) -> tuple[str, str, bool]:
+    """(head text, tail text, whole): scrubbed and neutralised."""
+    if capture.complete:
+        text = neutralise(scrub(capture.whole().decode("utf-8", "replace")))
+        return text, "", True
+    head = safe_head(capture.head.decode("utf-8", "replace"), scrub, margin)
+    tail = safe_tail(capture.tail.decode("utf-8", "replace"), scrub, margin)
+    return neutralise(head), neutralise(tail), False
+
+
+def _allot(a: int, b: int, budget: int) -> tuple[int, int]:
+    if a + b <= budget:
+        return a, b
+    if a <= budget // 2:
+        return a, budget - a
+    if b <= budget // 2:
+        return budget - b, b
+    return budget - budget // 2, budget // 2
+
+
+def shape(
+    out: StreamCapture, err: StreamCapture, *, budget: int, scrub: Scrub, margin: int
+) -> tuple[ShapedStream, ShapedStream]:
+    """Both streams as text that together fit ``budget`` UTF-8 bytes (stdout first)."""
+    rendered = [_render(c, scrub, margin) for c in (out, err)]
+    sizes = [len(h.encode()) if whole else budget for h, _, whole in rendered]
+    allots = _allot(sizes[0], sizes[1], budget)
+    shaped = []
+    for capture, (head, tail, whole), allot in zip((out, err), rendered, allots, strict=True):
+        if whole and len(head.encode()) <= allot:
+            shaped.append(ShapedStream(head, capture.total, truncated=False))
+            continue
+        if whole:
+            head, tail = head, head
+        shaped.append(ShapedStream(_cut(head, tail, capture.total, allot), capture.total, True))
+    return shaped[0], shaped[1]

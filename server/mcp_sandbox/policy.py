@@ -1,0 +1,95 @@
+"""What a run may do: frozen pydantic models. Each safe default lives here, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcp_sandbox.errors import RequestRejected
+
+
+class Limits(BaseModel):
+    """Resource limits of one sandbox. Units are in the names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timeout_s: float = Field(30, gt=0, le=3600, description="wall-clock limit of a call")
+    memory_mib: int = Field(512, ge=32, le=65536, description="RAM; swap is the same, so none")
+    cpus: float = Field(1.0, gt=0, le=64, description="CPU quota, in cores")
+    pids: int = Field(256, ge=8, le=8192, description="processes and threads in the container")
+    nofile: int = Field(1024, ge=64, le=65536, description="open files per process")
+    nproc: int = Field(
+        4096,
+        ge=64,
+        le=65536,
+        description="per-uid process ulimit; the kernel counts it across containers, "
+        "so `pids` is the real per-sandbox bound",
+    )
+    fsize_mib: int = Field(64, ge=1, le=65536, description="largest file a process may write")
+    tmp_mib: int = Field(64, ge=1, le=65536, description="size of the /tmp tmpfs")
+    workdir_mib: int = Field(64, ge=1, le=65536, description="size of the working-directory tmpfs")
+    output_bytes: int = Field(
+        24_000,
+        ge=1_024,
+        le=1_000_000,
+        description="stdout+stderr kept in a result, after scrubbing; the rest is cut head+tail",
+    )
+
+
+class CallBounds(BaseModel):
+    """What one call may send and ask for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_timeout_s: float = Field(120, gt=0, le=3600, description="largest timeout_s a call may ask")
+    max_code_bytes: int = Field(
+        100_000,
+        ge=1,
+        le=120_000,
+        description="largest code or command: it travels as one argv string, 128 KiB at most",
+    )
+    max_stdin_bytes: int = Field(1_000_000, ge=0, le=16_000_000, description="largest stdin")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What policy decided a call runs: everything ``spec`` needs besides identity."""
+
+    argv: tuple[str, ...]
+    limits: Limits
+    stdin: bytes | None
+
+
+def decide(
+    limits: Limits,
+    bounds: CallBounds,
+    argv: tuple[str, ...],
+    source: str,
+    timeout_s: float | None,
+    stdin: str | None,
+) -> RunPlan:
+    """Check one call against the configured bounds. Raises RequestRejected."""
+    size = len(source.encode("utf-8", "surrogatepass"))
+    if not source.strip():
+        raise RequestRejected("the code or command is empty")
+    if size > bounds.max_code_bytes:
+        raise RequestRejected(
+            f"the code or command is {size} bytes; the limit is {bounds.max_code_bytes}"
+        )
+    if "\x00" in source:
+        raise RequestRejected("the code or command holds a NUL byte, which no argv can carry")
+    if timeout_s is not None and timeout_s > bounds.max_timeout_s:
+        raise RequestRejected(
+            f"timeout_s {timeout_s:g} is above the configured maximum of {bounds.max_timeout_s:g}"
+        )
+    stdin_bytes = None
+    if stdin is not None:
+        stdin_bytes = stdin.encode("utf-8", "surrogatepass")
+        if len(stdin_bytes) > bounds.max_stdin_bytes:
+            raise RequestRejected(
+                f"stdin is {len(stdin_bytes)} bytes; the limit is {bounds.max_stdin_bytes}"
+            )
+    if timeout_s is not None:
+        limits = limits.model_copy(update={"timeout_s": timeout_s})
+    return RunPlan(argv=argv, limits=limits, stdin=stdin_bytes)

@@ -1,0 +1,44 @@
+"""The structured result of a call, as the client sees it: small fields first."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunResult(BaseModel):
+    """One finished run. A failing, timed-out or OOM-killed program is a result, not an error.
+
+    Field order is the JSON order: Claude Code shows the model compact JSON and cuts long
+    results, so the verdict comes before the output.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    exit_code: int | None = Field(description="the program's exit status; null if killed first")
+    timed_out: bool = Field(description="the wall-clock limit ended the run")
+    oom_killed: bool = Field(description="the memory limit ended a process of the run")
+    truncated: bool = Field(description="stdout or stderr was cut to fit the output budget")
+    duration_ms: int = Field(description="wall time from start to exit")
+    stdout_bytes: int = Field(description="bytes the program wrote to stdout, before any cut")
+    stderr_bytes: int = Field(description="bytes the program wrote to stderr, before any cut")
+    image: str = Field(description="the image the sandbox ran")
+    run_id: str = Field(description="this run's id, as in the server's log")
+    stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
+    stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
+
+    def summary(self, preview_chars: int = 2_000) -> str:
+        """A short text block for clients that ignore structured content."""
+        if self.timed_out:
+            verdict = "timed out"
+        elif self.oom_killed:
+            verdict = f"killed by the memory limit (exit {self.exit_code})"
+        else:
+            verdict = f"exit {self.exit_code}"
+        lines = [
+            f"{verdict} in {self.duration_ms} ms" + (" (output cut)" if self.truncated else "")
+        ]
+        for name, text in (("stdout", self.stdout), ("stderr", self.stderr)):
+            if text:
+                more = "…" if len(text) > preview_chars else ""
+                lines.append(f"--- {name} ---\n{text[:preview_chars]}{more}")
+        return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""One container's life, create to remove: cleanup on every path, whatever happens."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar, TypeVarTuple, Unpack
+
+import anyio
+from anyio import CapacityLimiter, to_thread
+
+from mcp_sandbox.docker_api import AttachedStreams, DockerApi
+from mcp_sandbox.errors import SandboxUnavailable
+from mcp_sandbox.output import StreamCapture
+from mcp_sandbox.spec import ContainerSpec
+
+# Our own steps (create, start, reap) get these bounds; the user's deadline is separate.
+STEP_TIMEOUT_S = 60.0
+REMOVE_TIMEOUT_S = 20.0
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+@dataclass(frozen=True)
+class RawRun:
+    stdout: StreamCapture
+    stderr: StreamCapture
+    exit_code: int | None
+    timed_out: bool
+    oom_killed: bool
+    duration_ms: int
+
+
+async def _step(
+    threads: CapacityLimiter, what: str, fn: Callable[[Unpack[Ts]], T], *args: *Ts
+) -> T:
+    """One of our own Docker calls, in a worker thread, failing clearly past its bound."""
+    try:
+        with anyio.fail_after(STEP_TIMEOUT_S):
+            return await to_thread.run_sync(fn, *args, limiter=threads, abandon_on_cancel=True)
+    except TimeoutError:
+        raise SandboxUnavailable(
+            f"container backend did not {what} within {STEP_TIMEOUT_S:g} s"
+        ) from None
+
+
+async def remove_quietly(api: DockerApi, name: str, threads: CapacityLimiter) -> None:
+    """Force-remove ``name``; shielded and bounded, so a cancelled call still cleans up."""
+    with anyio.move_on_after(REMOVE_TIMEOUT_S, shield=True):
+        try:
+            await to_thread.run_sync(api.remove, name, limiter=threads, abandon_on_cancel=True)
+        except SandboxUnavailable:
+            pass  # the start-up reaper removes what is left
+
+
+async def run_once(
+    api: DockerApi,
+    spec: ContainerSpec,
+    stdin: bytes | None,
+    keep_bytes: int,
+    threads: CapacityLimiter,
+) -> RawRun:
+    """Run ``spec`` to exit or deadline. The container is gone when this returns or raises."""
+    out, err = StreamCapture(keep_bytes), StreamCapture(keep_bytes)
+    captures = {1: out, 2: err}
+    streams: AttachedStreams | None = None
+    pumped = threading.Event()
+
+    def pump() -> None:
+        assert streams is not None
+        try:
+            streams.pump(lambda stream, chunk: captures.get(stream, err).feed(chunk))
+        finally:
+            pumped.set()
+
+    try:
+        await _step(
+            threads,
+            "create the sandbox",
+            api.create,
+            spec.create_kwargs(),
+            spec.host_config_kwargs(),
+        )
+        streams = await _step(threads, "attach to the sandbox", api.attach, spec.name, spec.stdin)
+        await _step(threads, "start the sandbox", api.start, spec.name)
+        started = time.monotonic()
+        if stdin is not None:
+            assert streams is not None
+            threading.Thread(
+                target=streams.send_stdin, args=(base64.b64encode(stdin),), daemon=True
+            ).start()
+        exit_code: int | None = None
+        oom = False
+        with anyio.move_on_after(spec.limits.timeout_s) as deadline:
+            await to_thread.run_sync(pump, limiter=threads, abandon_on_cancel=True)
+            state = await to_thread.run_sync(
+                api.wait, spec.name, limiter=threads, abandon_on_cancel=True
+            )
+            exit_code, oom = state.exit_code, state.oom_killed
+        duration_ms = int((time.monotonic() - started) * 1000)
+        timed_out = deadline.cancelled_caught
+        if timed_out:
+            # Killing the container ends every process in it, and with them the stream.
+            await _step(threads, "kill the sandbox", api.kill, spec.name)
+            await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
+            oom = await _step(threads, "inspect the sandbox", api.oom_killed, spec.name)
+        return RawRun(out, err, exit_code, timed_out, oom, duration_ms)
+    finally:
+        if streams is not None:
+            streams.close()
+        await remove_quietly(api, spec.name, threads)

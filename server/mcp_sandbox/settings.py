@@ -1,0 +1,99 @@
+"""Process configuration: read once from a TOML file, then ``MCP_SANDBOX_*`` env vars."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mcp_sandbox.errors import ConfigError
+from mcp_sandbox.policy import CallBounds, Limits
+
+DEFAULT_IMAGE = "mcp-sandbox-runtime:0.1"
+
+
+class Settings(BaseSettings):
+    """Every key is documented in README.md; a test keeps the two in step."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MCP_SANDBOX_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    config: Path | None = Field(None, description="the TOML file these settings came from")
+    image: str = Field(DEFAULT_IMAGE, description="image every sandbox runs")
+    runtime: str | None = Field(
+        None, description="OCI runtime (e.g. runsc for gVisor); None is the daemon's default"
+    )
+    seccomp_profile: Path | None = Field(
+        None, description="seccomp JSON profile; None is the bundled seccomp/default.json"
+    )
+    max_concurrent: int | None = Field(
+        None, ge=1, le=256, description="sandboxes at once; None derives it from CPUs and memory"
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="extra variables set inside every sandbox"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    limits: Limits = Limits()
+    bounds: CallBounds = CallBounds()
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> Settings:
+        if self.limits.timeout_s > self.bounds.max_timeout_s:
+            raise ValueError(
+                f"limits.timeout_s ({self.limits.timeout_s}) is above "
+                f"bounds.max_timeout_s ({self.bounds.max_timeout_s})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in as init kwargs; env vars override them.
+        return (env_settings, init_settings)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each bad key: ``limits.memory_mib: Input should be ...``."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{key}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (``--config`` or ``MCP_SANDBOX_CONFIG``) and the environment.
+
+    Raises ConfigError with a message naming the bad key.
+    """
+    path = config_path or (
+        Path(os.environ["MCP_SANDBOX_CONFIG"]) if os.environ.get("MCP_SANDBOX_CONFIG") else None
+    )
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        values["config"] = path
+    values.update(overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        raise ConfigError(f"invalid configuration: {describe_validation_error(e)}") from None
