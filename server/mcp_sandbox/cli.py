@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +16,8 @@ from mcp_sandbox.app import configure_logging, make_service
 from mcp_sandbox.docker_api import DockerApi
 from mcp_sandbox.errors import ConfigError, SandboxError
 from mcp_sandbox.settings import Settings, load_settings
+
+log = logging.getLogger("mcp_sandbox")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,14 +43,20 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve_stdio(settings: Settings) -> None:
     from mcp_sandbox.tools import build_server
 
-    server = build_server(make_service(settings))
+    service = make_service(settings)
+    server = build_server(service)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
-                async for _ in sigs:
-                    tg.cancel_scope.cancel()
-                    return
+                async for sig in sigs:
+                    # The stdio reader blocks in a thread that cancellation cannot reach, so
+                    # remove every sandbox of ours here, then leave.
+                    log.info("%s: removing this server's sandboxes and exiting", sig.name)
+                    with anyio.CancelScope(shield=True):
+                        await service.reap(own_too=True)
+                    logging.shutdown()
+                    os._exit(0)
 
         tg.start_soon(stop_on_signal)
         await server.run_stdio_async()

@@ -77,6 +77,7 @@ class SandboxService:
             seccomp_json=self._seccomp_json(),
             extra_env=s.env,
             runtime=s.runtime,
+            extra_labels=s.labels,
         )
         async with self._slot(plan.limits.timeout_s):
             raw = await run_once(

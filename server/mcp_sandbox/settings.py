@@ -14,13 +14,14 @@ from mcp_sandbox.errors import ConfigError
 from mcp_sandbox.policy import CallBounds, Limits
 
 DEFAULT_IMAGE = "mcp-sandbox-runtime:0.1"
+_PREFIX = "MCP_SANDBOX_"
 
 
 class Settings(BaseSettings):
     """Every key is documented in README.md; a test keeps the two in step."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MCP_SANDBOX_",
+        env_prefix=_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
@@ -39,6 +40,10 @@ class Settings(BaseSettings):
     )
     env: dict[str, str] = Field(
         default_factory=dict, description="extra variables set inside every sandbox"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra labels on every container (ours, mcp-sandbox*, cannot be changed)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     limits: Limits = Limits()
@@ -93,6 +98,14 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         values["config"] = path
     values.update(overrides)
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.startswith(_PREFIX)
+        and name[len(_PREFIX) :].split("__")[0].lower() not in Settings.model_fields
+    )
+    if unknown:
+        raise ConfigError(f"invalid configuration: unknown variable {', '.join(unknown)}")
     try:
         return Settings(**values)
     except ValidationError as e:

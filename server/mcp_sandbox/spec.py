@@ -89,8 +89,11 @@ class ContainerSpec:
                 {"name": "fsize", "soft": lim.fsize_mib * _MIB, "hard": lim.fsize_mib * _MIB},
                 {"name": "core", "soft": 0, "hard": 0},
             ],
+            # Docker's tmpfs default is noexec; a venv under /tmp needs exec, and code that
+            # wants to run something needs no file for it anyway (an interpreter will do).
             "tmpfs": {
-                path: f"rw,nosuid,nodev,size={size_mib}m,mode=1777" for path, size_mib in self.tmpfs
+                path: f"rw,exec,nosuid,nodev,size={size_mib}m,mode=1777"
+                for path, size_mib in self.tmpfs
             },
             # Output is read live from the attach stream; the daemon keeps no log file.
             "log_config": {"type": "none", "config": {}},
@@ -108,10 +111,13 @@ def build_spec(
     seccomp_json: str,
     extra_env: Mapping[str, str],
     runtime: str | None,
+    extra_labels: Mapping[str, str] | None = None,
 ) -> ContainerSpec:
     """The container for one call. Pure: same inputs, same spec."""
     argv = plan.argv if plan.stdin is None else (*_STDIN_WRAPPER, *plan.argv)
     env = {**extra_env, **BASE_ENV}
+    labels = {k: v for k, v in (extra_labels or {}).items() if not k.startswith(LABEL)}
+    labels.update({LABEL: "1", OWNER_LABEL: owner})
     return ContainerSpec(
         name=f"{LABEL}-{run_id}",
         image=image,
@@ -119,7 +125,7 @@ def build_spec(
         limits=plan.limits,
         seccomp_json=seccomp_json,
         env=tuple(sorted(env.items())),
-        labels=((LABEL, "1"), (OWNER_LABEL, owner)),
+        labels=tuple(sorted(labels.items())),
         stdin=plan.stdin is not None,
         runtime=runtime,
         tmpfs=(("/tmp", plan.limits.tmp_mib), (WORKDIR, plan.limits.workdir_mib)),

@@ -37,6 +37,16 @@ INSTRUCTIONS = (
 )
 
 
+_WALLS = (
+    "Each call gets a new container that is removed afterwards: no network, read-only root "
+    "(/tmp and the working directory are small scratch tmpfs), no host files or credentials, "
+    "limited CPU, memory, processes and time. Returns exit_code, timed_out, oom_killed, "
+    "truncated, and scrubbed stdout/stderr (long output is cut head+tail)."
+)
+RUN_CODE_DOC = "Run a snippet of python, javascript (Node.js) or bash in a sandbox. " + _WALLS
+SHELL_DOC = "Run `/bin/sh -c command` in a sandbox (Debian, with python3, node, git). " + _WALLS
+
+
 def _error(message: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
 
@@ -103,26 +113,26 @@ def build_server(service: SandboxService) -> MCPServer[None]:
         open_world_hint=False,  # no network
     )
 
-    @mcp.tool(title="Run code in a sandbox", annotations=annotations)
+    @mcp.tool(title="Run code in a sandbox", annotations=annotations, description=RUN_CODE_DOC)
     async def run_code(
         language: Language,
         code: str,
         timeout_s: TimeoutArg = None,
         stdin: StdinArg = None,
     ) -> Annotated[CallToolResult, RunResult]:
-        """Run a snippet of python, javascript (Node.js) or bash in a fresh, network-less
-        container, and return its exit code and output."""
+        """Run a snippet of python, javascript (Node.js) or bash in a fresh container."""
         args = RunCodeArgs(language=language, code=code, timeout_s=timeout_s, stdin=stdin)
         return await _guarded("run_code", service.run_code(args))
 
-    @mcp.tool(title="Run a shell command in a sandbox", annotations=annotations)
+    @mcp.tool(
+        title="Run a shell command in a sandbox", annotations=annotations, description=SHELL_DOC
+    )
     async def shell(
         command: str,
         timeout_s: TimeoutArg = None,
         stdin: StdinArg = None,
     ) -> Annotated[CallToolResult, RunResult]:
-        """Run `/bin/sh -c command` in a fresh, network-less container, and return its exit
-        code and output."""
+        """Run `/bin/sh -c command` in a fresh container."""
         args = ShellArgs(command=command, timeout_s=timeout_s, stdin=stdin)
         return await _guarded("shell", service.shell(args))
 

@@ -1,0 +1,84 @@
+"""How tests reach the sandbox: a real `mcp-sandbox serve` over stdio, the SDK's Client."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import anyio
+from mcp import Client, StdioServerParameters
+
+# Planted in the server's environment: no sandbox may ever see it.
+PLANTED_NAME = "PLANTED_CANARY_API_TOKEN"
+PLANTED_VALUE = "canary-7d1f0c55e2b84a43"
+MODES = ("legacy", "auto")
+# Every container a test server makes carries this, so checks ignore anything else on the daemon.
+TEST_RUN_LABEL = "test.mcp-sandbox.run"
+TEST_RUN_ID = uuid.uuid4().hex[:12]
+
+
+def server_params(env: Mapping[str, str] | None = None, *args: str) -> StdioServerParameters:
+    """`python -m mcp_sandbox serve` with a planted variable and ``env`` on top."""
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        PLANTED_NAME: PLANTED_VALUE,
+        "MCP_SANDBOX_LOG_LEVEL": "WARNING",
+        "MCP_SANDBOX_LABELS": json.dumps({TEST_RUN_LABEL: TEST_RUN_ID}),
+    }
+    for key in ("DOCKER_HOST", "DOCKER_CONFIG"):
+        if key in os.environ:
+            base[key] = os.environ[key]
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_sandbox", *args, "serve"],
+        env={**base, **(env or {})},
+    )
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    mode: str = "auto", env: Mapping[str, str] | None = None, **kw: Any
+) -> AsyncIterator[Client]:
+    async with Client(server_params(env), mode=mode, **kw) as client:
+        yield client
+
+
+def labelled_containers() -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={TEST_RUN_LABEL}={TEST_RUN_ID}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Poll ``predicate`` (state of the daemon: there is no event to wait on) until true."""
+    with anyio.fail_after(timeout_s):
+        while not predicate():  # noqa: ASYNC110  # polling an outside daemon
+            await anyio.sleep(0.05)
+
+
+async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    """Call a tool that must succeed; return its structured content."""
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def call_error(client: Client, tool: str, **args: Any) -> str:
+    """Call a tool that must fail; return its one-line message."""
+    result = await client.call_tool(tool, args)
+    assert result.is_error, result.structured_content
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert "\n" not in text and "Traceback" not in text, text
+    return text

@@ -1,0 +1,50 @@
+"""Config: TOML then env; an invalid key or value stops start-up, naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_sandbox.errors import ConfigError
+from mcp_sandbox.settings import Settings, load_settings
+
+
+def test_toml_then_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('image = "a:1"\n[limits]\nmemory_mib = 256\npids = 100\n')
+    monkeypatch.setenv("MCP_SANDBOX_LIMITS__PIDS", "50")
+    s = load_settings(cfg)
+    assert (s.image, s.limits.memory_mib, s.limits.pids) == ("a:1", 256, 50)
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ("[limits]\nmemory_mb = 5\n", "limits.memory_mb: Extra inputs are not permitted"),
+        ("[limits]\nmemory_mib = 1\n", "limits.memory_mib"),
+        ("[limits]\ntimeout_s = 200\n", "above bounds.max_timeout_s"),
+        ("imagee = 'x'\n", "imagee"),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_invalid_config_names_the_key(tmp_path: Path, toml: str, needle: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[")):
+        load_settings(cfg)
+
+
+def test_unknown_env_var_with_our_prefix_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCP_SANDBOX_MEMORY_MIB", "100")
+    with pytest.raises(ConfigError, match="MCP_SANDBOX_MEMORY_MIB"):
+        load_settings()
+
+
+def test_every_key_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    keys = [k for k in Settings.model_fields if k not in ("config", "limits", "bounds")]
+    keys += [f"limits.{k}" for k in Settings.model_fields["limits"].annotation.model_fields]  # type: ignore[union-attr]
+    keys += [f"bounds.{k}" for k in Settings.model_fields["bounds"].annotation.model_fields]  # type: ignore[union-attr]
+    missing = [k for k in keys if f"`{k}`" not in readme]
+    assert not missing, f"README.md does not document: {missing}"
