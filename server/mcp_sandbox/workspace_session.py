@@ -1,0 +1,314 @@
+"""One call's workspace: the mounts its sandbox gets, and afterwards what the run changed.
+
+- ``ro``: the root bind-mounted read-only (non-recursive), each masked path overmounted by an
+  empty read-only file or directory.
+- ``copy`` and ``rw``: a size-capped tmpfs volume, filled from a tar stream the server builds.
+  A local tmpfs volume lives only while some container holds it, so a small "keeper"
+  container holds it from before the sandbox starts until the copy has been read back after
+  the sandbox ended. ``rw`` then writes the allowed changes to the host (``workspace_copy``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar, TypeVarTuple, Unpack
+
+import anyio
+from anyio import CapacityLimiter, to_thread
+
+from mcp_sandbox.docker_api import DockerApi
+from mcp_sandbox.errors import RequestRejected, SandboxUnavailable
+from mcp_sandbox.host import owner_is_alive
+from mcp_sandbox.policy import Limits
+from mcp_sandbox.runner import remove_quietly
+from mcp_sandbox.spec import LABEL, OWNER_LABEL, WORKDIR, ContainerSpec, Mount, with_workspace
+from mcp_sandbox.workspace import (
+    MaskSet,
+    Mode,
+    PathRules,
+    WorkspacePolicy,
+    WorkspaceReport,
+    find_masked,
+    resolve_workdir,
+)
+from mcp_sandbox.workspace_copy import (
+    Change,
+    Manifest,
+    Readback,
+    apply_changes,
+    diff,
+    read_back,
+    scan_copy,
+    tar_stream,
+    workspace_owner,
+)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+STEP_TIMEOUT_S = 120.0
+_MIB = 1024 * 1024
+# What a read-back may exceed the volume by: tar headers, one per entry.
+_ARCHIVE_SLACK = 64 * _MIB
+_FOREIGN_GRACE_S = 600.0
+
+# The keeper only holds the volume: it runs nothing of the caller's and needs next to nothing.
+KEEPER_ARGV = ("sleep", "infinity")
+KEEPER_LIMITS = Limits(
+    memory_mib=32, cpus=1.0, pids=8, nofile=64, nproc=64, fsize_mib=1, tmp_mib=1, workdir_mib=1
+)
+
+
+@dataclass(frozen=True)
+class WorkspaceAsk:
+    """What a call asked for: a working directory below the root, and maybe a mode."""
+
+    workdir: str = "."
+    mode: Mode | None = None
+
+
+@dataclass(frozen=True)
+class WorkspacePlan:
+    """A call's checked workspace: decided before any container starts."""
+
+    mode: Mode
+    root: Path
+    workdir: tuple[str, ...]
+    masks: MaskSet | None = None
+    manifest: Manifest | None = None
+
+    @property
+    def working_dir(self) -> str:
+        return "/".join((WORKDIR, *self.workdir))
+
+    @property
+    def workdir_text(self) -> str:
+        return "/".join(self.workdir) or "."
+
+
+class Workspace:
+    """The server's workspace root and policy; checks each call's request against them."""
+
+    def __init__(self, root: Path | None, policy: WorkspacePolicy) -> None:
+        self.root = root
+        self.policy = policy
+        self._mask = PathRules(policy.mask)
+        self._exclude = PathRules(policy.exclude)
+
+    def plan(self, ask: WorkspaceAsk) -> WorkspacePlan | None:
+        """Check ``ask`` and read what the mode needs from the tree. Raises RequestRejected.
+
+        Blocking (it reads the tree): run it in a worker thread.
+        """
+        p = self.policy
+        if self.root is None:
+            if ask.mode is not None or ask.workdir.strip("/.") or ask.workdir.startswith("/"):
+                raise RequestRejected(
+                    "there is no workspace: the server started in / or a home directory; "
+                    "start it with --workspace PATH"
+                )
+            return None
+        mode = ask.mode or p.mode
+        if mode not in p.modes:
+            raise RequestRejected(
+                f"workspace mode {mode!r} is not enabled; allowed: {', '.join(p.modes)}"
+            )
+        workdir = resolve_workdir(self.root, ask.workdir)
+        if self._mask.covers(workdir, True):
+            raise RequestRejected("workdir is a masked path: no sandbox may see it")
+        if mode == "ro":
+            masks = find_masked(self.root, self._mask, max_entries=p.scan_max_entries)
+            return WorkspacePlan(mode, self.root, workdir, masks=masks)
+        if self._exclude.covers(workdir, True):
+            raise RequestRejected("workdir is excluded from copies (workspace_policy.exclude)")
+        manifest = scan_copy(self.root, p, lock_protected=mode == "rw")
+        return WorkspacePlan(mode, self.root, workdir, manifest=manifest)
+
+
+class Session:
+    """A prepared workspace: mount it, run, then ``finish`` for the report."""
+
+    def __init__(
+        self,
+        plan: WorkspacePlan,
+        mounts: tuple[Mount, ...],
+        finish: Callable[[], Awaitable[WorkspaceReport]] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.mounts = mounts
+        self._finish = finish
+
+    async def finish(self) -> WorkspaceReport:
+        if self._finish is None:
+            return WorkspaceReport(mode=self.plan.mode, workdir=self.plan.workdir_text)
+        return await self._finish()
+
+
+async def _step(
+    threads: CapacityLimiter, what: str, fn: Callable[[Unpack[Ts]], T], *args: *Ts
+) -> T:
+    """One of our own blocking steps, in a worker thread, failing clearly past its bound."""
+    try:
+        with anyio.fail_after(STEP_TIMEOUT_S):
+            return await to_thread.run_sync(fn, *args, limiter=threads, abandon_on_cancel=True)
+    except TimeoutError:
+        raise SandboxUnavailable(f"could not {what} within {STEP_TIMEOUT_S:g} s") from None
+
+
+@contextlib.contextmanager
+def _ro_mounts(plan: WorkspacePlan) -> Iterator[tuple[Mount, ...]]:
+    """The read-only bind and its masks; the empty file and dir they use live meanwhile."""
+    assert plan.masks is not None
+    with tempfile.TemporaryDirectory(prefix="mcp-sandbox-mask-") as tmp:
+        empty_file = os.path.join(tmp, "file")
+        empty_dir = os.path.join(tmp, "dir")
+        with open(empty_file, "x"):
+            pass
+        os.mkdir(empty_dir)
+        os.chmod(empty_file, 0o444)
+        os.chmod(empty_dir, 0o555)
+        os.chmod(tmp, 0o755)
+        mounts = [Mount("bind", str(plan.root), WORKDIR, read_only=True)]
+        mounts += [Mount("bind", empty_file, f"{WORKDIR}/{rel}", True) for rel in plan.masks.files]
+        mounts += [Mount("bind", empty_dir, f"{WORKDIR}/{rel}", True) for rel in plan.masks.dirs]
+        yield tuple(mounts)
+
+
+@contextlib.asynccontextmanager
+async def open_session(
+    plan: WorkspacePlan,
+    *,
+    api: DockerApi,
+    threads: CapacityLimiter,
+    policy: WorkspacePolicy,
+    keeper: ContainerSpec,
+    volume: str,
+    workdir_mib: int,
+) -> AsyncIterator[Session]:
+    """The workspace of one run, set up before the sandbox and removed after it.
+
+    ``keeper`` is the container that holds a copy's volume (mounted at /workspace); it is
+    not used in ``ro``. Raises SandboxUnavailable when the backend fails.
+    """
+    if plan.mode == "ro":
+        with _ro_mounts(plan) as mounts:
+            yield Session(plan, mounts)
+        return
+    manifest = plan.manifest
+    assert manifest is not None
+    size = manifest.tmpfs_bytes + workdir_mib * _MIB + _MIB
+    mount = Mount("volume", volume, WORKDIR, read_only=False)
+    keeper = with_workspace(keeper, (mount,), WORKDIR)
+
+    async def finish() -> WorkspaceReport:
+        sent = manifest.sent()
+        keep = policy.rw_quota_mib * _MIB if plan.mode == "rw" else 0
+
+        def consume(chunks: Iterator[bytes]) -> Readback:
+            return read_back(
+                chunks,
+                sent,
+                max_bytes=size + _ARCHIVE_SLACK,
+                max_entries=len(sent) + policy.copy_max_files,
+                keep_bytes=keep,
+            )
+
+        back = await _step(
+            threads, "copy the workspace out", api.read_archive, keeper.name, WORKDIR, consume
+        )
+        changes = diff(sent, back)
+        applied: int | None = None
+        note = back.note
+        if plan.mode == "rw":
+            owner = workspace_owner(plan.root)
+            applied, note = await _step(
+                threads, "write the changes back", _apply, changes, back, policy, plan.root, owner
+            )
+        listed = [c for c in changes if c.kind != "dir"]
+        return WorkspaceReport(
+            mode=plan.mode,
+            workdir=plan.workdir_text,
+            changes_total=len(listed),
+            changes=[c.public() for c in listed[: policy.changes_listed]],
+            applied=applied,
+            note=note,
+        )
+
+    try:
+        labels = dict(keeper.labels)
+        await _step(
+            threads, "create the workspace volume", _create_volume, api, volume, size, labels
+        )
+        await _step(
+            threads,
+            "start the workspace keeper",
+            api.create,
+            keeper.create_kwargs(),
+            keeper.host_config_kwargs(),
+        )
+        await _step(threads, "start the workspace keeper", api.start, keeper.name)
+        await _step(
+            threads,
+            "copy the workspace in",
+            api.put_archive,
+            keeper.name,
+            WORKDIR,
+            tar_stream(manifest),
+        )
+        yield Session(plan, (mount,), finish)
+    finally:
+        await remove_quietly(api, keeper.name, threads)
+        with anyio.move_on_after(20, shield=True):
+            try:
+                await to_thread.run_sync(
+                    api.remove_volume, volume, limiter=threads, abandon_on_cancel=True
+                )
+            except SandboxUnavailable:
+                pass  # in use by a sandbox whose removal failed: the reaper removes it later
+
+
+def _create_volume(api: DockerApi, name: str, size: int, labels: dict[str, str]) -> None:
+    api.create_volume(name, size_bytes=size, labels=labels)
+
+
+def _apply(
+    changes: list[Change],
+    back: Readback,
+    policy: WorkspacePolicy,
+    root: Path,
+    owner: tuple[int, int] | None,
+) -> tuple[int, str | None]:
+    return apply_changes(changes, back, policy, root, owner=owner)
+
+
+async def reap_volumes(
+    api: DockerApi, threads: CapacityLimiter, *, owner: str, own_too: bool
+) -> int:
+    """Remove labelled volumes whose server is gone (and ours, with ``own_too``)."""
+    try:
+        found = await to_thread.run_sync(api.labelled_volumes, limiter=threads)
+    except SandboxUnavailable:
+        return 0
+    now = time.time()
+    removed = 0
+    for v in found:
+        who = v.labels.get(OWNER_LABEL, "")
+        if who == owner:
+            doomed = own_too
+        else:
+            alive = owner_is_alive(who)
+            doomed = alive is False or (alive is None and now - v.created_unix > _FOREIGN_GRACE_S)
+        if doomed and v.labels.get(LABEL):
+            with anyio.move_on_after(20, shield=True):
+                try:
+                    await to_thread.run_sync(api.remove_volume, v.name, limiter=threads)
+                    removed += 1
+                except SandboxUnavailable:
+                    pass
+    return removed

@@ -1,0 +1,550 @@
+"""The workspace through real servers: ro, copy and rw, masks, escapes and limits.
+
+Every workspace lives under a pytest tmp dir; each server is started on one with
+``MCP_SANDBOX_WORKSPACE``. Nothing outside the tmp dirs is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+
+from sandbox_client import (
+    MODES,
+    TEST_RUN_ID,
+    TEST_RUN_LABEL,
+    call,
+    call_error,
+    connect,
+    eventually,
+    labelled_containers,
+    server_params,
+)
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_project"
+ENV_CANARY = "env-canary-5b0e9d7c41"
+KEY_CANARY = "key-canary-a7c3e1f9"
+HOST_CANARY = "host-canary-03f2aa61"
+ALL_MODES = json.dumps(["ro", "copy", "rw"])
+
+
+def tree_digest(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every path below ``root`` with its type, mode, owner and content: equal means unchanged."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            st = p.lstat()
+            rel = str(p.relative_to(root))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", st.st_mode, st.st_uid)
+            else:
+                digest = hashlib.sha256(p.read_bytes()).hexdigest()
+                out[rel] = ("file", st.st_mode, st.st_uid, st.st_gid, digest)
+    return out
+
+
+def labelled_volumes() -> list[str]:
+    out = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", f"label={TEST_RUN_LABEL}={TEST_RUN_ID}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_volume_left() -> Iterator[None]:
+    yield
+    assert labelled_volumes() == [], "a workspace volume was left behind"
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A host file next to, never inside, any workspace."""
+    path = tmp_path_factory.mktemp("outside") / "host-secret.txt"
+    path.write_text(HOST_CANARY)
+    return path
+
+
+def plant_secrets(root: Path) -> None:
+    (root / ".env").write_text(f"API_TOKEN={ENV_CANARY}\n")
+    (root / ".env.local").write_text(f"X={ENV_CANARY}\n")
+    (root / "certs").mkdir()
+    (root / "certs" / "server.pem").write_text(KEY_CANARY)
+    (root / ".ssh").mkdir()
+    (root / ".ssh" / "id_ed25519").write_text(KEY_CANARY)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(SAMPLE, root, dirs_exist_ok=True)
+    plant_secrets(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+async def ws(project: Path) -> AsyncIterator[Client]:
+    async with connect("auto", env={"MCP_SANDBOX_WORKSPACE": str(project)}) as c:
+        yield c
+
+
+# --- the sample project, read-only and copied ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_pytest_in_ro_reports_one_pass_one_fail(project: Path, mode: str) -> None:
+    before = tree_digest(project)
+    async with connect(mode, env={"MCP_SANDBOX_WORKSPACE": str(project)}) as c:
+        result = await call(c, "shell", command="python -m pytest -q")
+    assert result["exit_code"] == 1, result
+    assert "1 failed, 1 passed" in result["stdout"]
+    assert "test_mean_of_nothing_fails_on_purpose" in result["stdout"]
+    assert result["workspace"]["mode"] == "ro" and result["workspace"]["changes_total"] == 0
+    assert tree_digest(project) == before  # no cache, no bytecode left behind
+
+
+async def test_node_test_runs_in_ro(ws: Client) -> None:
+    result = await call(ws, "shell", command="node --test")
+    assert result["exit_code"] == 0, result
+    assert "pass 1" in result["stdout"]
+
+
+async def test_pytest_in_copy_gives_the_same_verdict(ws: Client, project: Path) -> None:
+    before = tree_digest(project)
+    result = await call(ws, "shell", command="python -m pytest -q", workspace="copy")
+    assert result["exit_code"] == 1 and "1 failed, 1 passed" in result["stdout"], result
+    assert result["workspace"]["changes_total"] == 0
+    assert tree_digest(project) == before
+
+
+async def test_a_write_in_ro_fails_clearly(ws: Client, project: Path) -> None:
+    before = tree_digest(project)
+    result = await call(ws, "shell", command="echo x > new.txt; echo y >> sample/__init__.py")
+    assert result["exit_code"] != 0
+    new, edit = result["stderr"].splitlines()
+    assert new.endswith("cannot create new.txt: Read-only file system")
+    # The host's file is not the sandbox user's: permission is checked before the mount.
+    assert edit.endswith(("Read-only file system", "Permission denied"))
+    assert tree_digest(project) == before
+
+
+async def test_the_workspace_bind_is_read_only_and_the_cwd(ws: Client) -> None:
+    result = await call(ws, "shell", command="pwd; grep ' /workspace ' /proc/self/mounts")
+    cwd, mount = result["stdout"].splitlines()
+    assert cwd == "/workspace" and mount.split()[3].startswith("ro,")
+
+
+async def test_workdir_sets_the_working_directory(ws: Client) -> None:
+    result = await call(ws, "shell", command="pwd; ls", workdir="sample")
+    assert result["stdout"].splitlines()[0] == "/workspace/sample"
+    assert result["workspace"]["workdir"] == "sample"
+
+
+async def test_copy_writes_freely_and_the_host_tree_stays_byte_for_byte(
+    ws: Client, project: Path
+) -> None:
+    before = tree_digest(project)
+    script = (
+        "echo hello > new.txt && mkdir -p build/out && head -c 5000 /dev/zero > build/out/blob"
+        " && echo '# edited' >> sample/__init__.py && rm sum.js && chmod +x test_sample.py"
+        " && ln -s /etc/passwd escape && echo done"
+    )
+    result = await call(ws, "shell", command=script, workspace="copy")
+    assert result["exit_code"] == 0 and result["stdout"] == "done\n", result
+    assert tree_digest(project) == before
+    changes = {(c["path"], c["change"]): c for c in result["workspace"]["changes"]}
+    assert changes[("new.txt", "created")]["size"] == 6
+    assert changes[("build/out/blob", "created")]["size"] == 5000
+    assert ("sample/__init__.py", "changed") in changes
+    assert ("test_sample.py", "changed") in changes  # mode only
+    assert changes[("sum.js", "deleted")]["size"] == (SAMPLE / "sum.js").stat().st_size
+    assert changes[("escape", "created")]["kind"] == "symlink"
+    assert result["workspace"]["changes_total"] == 6
+    assert all(c["applied"] is None for c in result["workspace"]["changes"])
+
+
+async def test_each_copy_starts_from_the_host_tree(ws: Client) -> None:
+    await call(ws, "shell", command="echo one > left.txt", workspace="copy")
+    result = await call(ws, "shell", command="ls left.txt 2>&1; true", workspace="copy")
+    assert "No such file" in result["stdout"]
+
+
+async def test_the_change_list_is_bounded(project: Path) -> None:
+    env = {
+        "MCP_SANDBOX_WORKSPACE": str(project),
+        "MCP_SANDBOX_WORKSPACE_POLICY__CHANGES_LISTED": "5",
+    }
+    async with connect("auto", env=env) as c:
+        result = await call(
+            c, "shell", command="for i in $(seq 1 40); do : > f$i; done", workspace="copy"
+        )
+    ws = result["workspace"]
+    assert ws["changes_total"] == 40 and len(ws["changes"]) == 5
+
+
+async def test_serve_workspace_option_wins_over_the_environment(
+    project: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "other.txt").write_text("other")
+    params = server_params({"MCP_SANDBOX_WORKSPACE": str(tmp_path)})
+    params.args += ["--workspace", str(project)]
+    async with Client(params) as c:
+        result = await call(c, "shell", command="ls")
+    assert "test_sample.py" in result["stdout"] and "other.txt" not in result["stdout"]
+
+
+async def test_a_server_started_in_slash_has_no_workspace() -> None:
+    params = server_params()
+    params.cwd = "/"
+    async with Client(params) as c:
+        result = await call(c, "shell", command="pwd; ls -A; grep -c ' /workspace ' /proc/mounts")
+        assert result["stdout"].split() == ["/workspace", "1"]  # an empty scratch tmpfs
+        assert result["workspace"] is None
+        message = await call_error(c, "shell", command="true", workdir="etc")
+        assert "no workspace" in message and "--workspace" in message
+
+
+# --- masks ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["ro", "copy"])
+async def test_masked_files_are_unreadable_and_never_in_output(ws: Client, mode: str) -> None:
+    probe = (
+        "cat .env .env.local certs/server.pem .ssh/id_ed25519 2>&1; ls -la . .ssh certs 2>&1;"
+        " grep -r -e canary . 2>&1; tar cf - . 2>/dev/null | strings | grep canary; true"
+    )
+    result = await call(ws, "shell", command=probe, workspace=mode)
+    text = json.dumps(result)
+    assert ENV_CANARY not in text and KEY_CANARY not in text
+    if mode == "copy":
+        assert "No such file" in result["stdout"]  # never copied: not even the names
+
+
+async def test_masked_paths_are_empty_and_read_only_in_ro(ws: Client) -> None:
+    result = await call(
+        ws,
+        "shell",
+        command="wc -c < .env; ls -A .ssh | wc -l; echo x > .env 2>&1; touch .ssh/k 2>&1; true",
+    )
+    lines = result["stdout"].splitlines()
+    assert lines[:2] == ["0", "0"]
+    assert all("Read-only file system" in line for line in lines[2:]), lines
+
+
+async def test_a_workdir_inside_a_mask_is_refused(ws: Client) -> None:
+    message = await call_error(ws, "shell", command="ls", workdir=".ssh")
+    assert "masked" in message
+
+
+# --- escapes --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def escapes(tmp_path_factory: pytest.TempPathFactory, outside: Path) -> AsyncIterator[Client]:
+    base = tmp_path_factory.mktemp("escapes")
+    root = base / "root"
+    (root / "inner").mkdir(parents=True)
+    (base / "sibling").mkdir()
+    (base / "sibling" / "secret.txt").write_text(HOST_CANARY)
+    (root / "to_root").symlink_to("/")
+    (root / "to_sibling").symlink_to("../sibling")
+    (root / "inner" / "up").symlink_to("../../sibling")
+    (root / "to_inner").symlink_to("inner")
+    (root / "peek").symlink_to(outside)
+    (root / "file.txt").write_text("x")
+    env = {"MCP_SANDBOX_WORKSPACE": str(root), "MCP_SANDBOX_WORKSPACE_POLICY__MODES": ALL_MODES}
+    async with connect("auto", env=env) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("workdir", "needle"),
+    [
+        ("../..", "'..'"),
+        ("..", "'..'"),
+        ("inner/../..", "'..'"),
+        ("/etc", "relative"),
+        ("/", "relative"),
+        ("~", "relative"),
+        ("to_root", "outside the workspace"),
+        ("to_root/etc", "outside the workspace"),
+        ("to_sibling", "outside the workspace"),
+        ("inner/up", "outside the workspace"),
+        ("missing", "does not exist"),
+        ("file.txt", "not a directory"),
+        ("inner\x00", "NUL"),
+        ("a" * 5000, "workdir"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["ro", "copy", "rw"])
+async def test_escaping_workdirs_are_refused_before_any_container(
+    escapes: Client, workdir: str, needle: str, mode: str
+) -> None:
+    message = await call_error(escapes, "shell", command="pwd", workdir=workdir, workspace=mode)
+    assert needle in message
+    assert HOST_CANARY not in message
+
+
+async def test_a_link_inside_the_root_is_a_fine_workdir(escapes: Client) -> None:
+    result = await call(escapes, "shell", command="pwd", workdir="to_inner")
+    assert result["stdout"] == "/workspace/inner\n"
+
+
+@pytest.mark.parametrize("mode", ["ro", "copy"])
+async def test_links_to_host_paths_resolve_inside_the_container(escapes: Client, mode: str) -> None:
+    result = await call(
+        escapes,
+        "shell",
+        command="cat peek to_sibling/secret.txt inner/up/secret.txt 2>&1; ls to_root/",
+        workspace=mode,
+    )
+    assert HOST_CANARY not in json.dumps(result)
+    assert result["stdout"].count("No such file") == 3
+    assert "sbin" in result["stdout"]  # the container's own /, not the host's
+
+
+async def test_bad_workspace_arguments_are_one_line(ws: Client) -> None:
+    assert "workspace" in await call_error(ws, "shell", command="true", workspace="host")
+    assert "workdir" in await call_error(ws, "shell", command="true", workdir=7)
+    message = await call_error(ws, "shell", command="true", workspace="rw")
+    assert "'rw' is not enabled" in message and "ro, copy" in message
+
+
+# --- limits on copies ---------------------------------------------------------------------------
+
+
+async def test_a_workspace_above_copy_max_is_refused_clearly(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    root = tmp_path_factory.mktemp("big")
+    (root / "data.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    (root / "node_modules").mkdir()
+    (root / "node_modules" / "huge.bin").write_bytes(b"\0" * (3 * 1024 * 1024))
+    env = {
+        "MCP_SANDBOX_WORKSPACE": str(root),
+        "MCP_SANDBOX_WORKSPACE_POLICY__COPY_MAX_MIB": "1",
+    }
+    async with connect("auto", env=env) as c:
+        message = await call_error(c, "shell", command="true", workspace="copy")
+        assert "more than 1 MiB" in message and "exclude" in message
+        (root / "data.bin").unlink()
+        # Excluded trees are not copied, so they do not count.
+        result = await call(c, "shell", command="ls -A", workspace="copy")
+        assert result["stdout"] == ""
+
+
+# --- rw -----------------------------------------------------------------------------------------
+
+RW_OWNER = (4321, 4322)
+
+
+@pytest.fixture(scope="module")
+def rw_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("rw")
+    (root / ".git" / "hooks").mkdir(parents=True)
+    (root / ".git" / "config").write_text("[core]\n")
+    (root / ".mcp.json").write_text("{}\n")
+    (root / ".env").write_text(f"TOKEN={ENV_CANARY}\n")
+    if os.geteuid() == 0:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in [".", *dirnames, *filenames]:
+                os.chown(os.path.join(dirpath, name), *RW_OWNER)
+    return root
+
+
+@pytest.fixture(scope="module")
+async def rw(rw_root: Path) -> AsyncIterator[Client]:
+    env = {
+        "MCP_SANDBOX_WORKSPACE": str(rw_root),
+        "MCP_SANDBOX_WORKSPACE_POLICY__MODES": ALL_MODES,
+        "MCP_SANDBOX_WORKSPACE_POLICY__RW_QUOTA_MIB": "2",
+    }
+    async with connect("auto", env=env) as c:
+        yield c
+
+
+def _changes(result: dict[str, object]) -> dict[str, dict[str, object]]:
+    ws = result["workspace"]
+    assert isinstance(ws, dict)
+    return {str(c["path"]): c for c in ws["changes"]}
+
+
+async def test_rw_writes_land_owned_by_the_workspace_owner(rw: Client, rw_root: Path) -> None:
+    result = await call(
+        rw,
+        "shell",
+        command="mkdir -p made/deep && echo hi > made/deep/new.txt && id -u",
+        workspace="rw",
+    )
+    assert result["exit_code"] == 0 and result["stdout"] == "65534\n"
+    new = rw_root / "made" / "deep" / "new.txt"
+    assert new.read_text() == "hi\n"
+    assert _changes(result)["made/deep/new.txt"]["applied"] is True
+    assert result["workspace"]["applied"] == 1
+    if os.geteuid() == 0:
+        for p in (new, new.parent, new.parent.parent):
+            assert (p.stat().st_uid, p.stat().st_gid) == RW_OWNER
+
+
+async def test_rw_changes_and_deletes(rw: Client, rw_root: Path) -> None:
+    (rw_root / "edit.txt").write_text("old\n")
+    (rw_root / "gone.txt").write_text("bye\n")
+    result = await call(rw, "shell", command="echo new > edit.txt && rm gone.txt", workspace="rw")
+    assert (rw_root / "edit.txt").read_text() == "new\n"
+    assert not (rw_root / "gone.txt").exists()
+    changes = _changes(result)
+    assert changes["edit.txt"]["change"] == "changed" and changes["edit.txt"]["applied"]
+    assert changes["gone.txt"]["change"] == "deleted" and changes["gone.txt"]["applied"]
+
+
+async def test_rw_escaping_links_are_reported_and_removed(rw: Client, rw_root: Path) -> None:
+    result = await call(
+        rw,
+        "shell",
+        command="mkdir links && cd links && ln -s /etc/passwd abs && ln -s ../../.. up"
+        " && ln -s ../.env secret && ln -s ../made ok",
+        workspace="rw",
+    )
+    changes = _changes(result)
+    for name in ("abs", "up", "secret"):
+        assert changes[f"links/{name}"]["applied"] is False
+        assert "removed" in str(changes[f"links/{name}"]["note"])
+        assert not (rw_root / "links" / name).is_symlink()
+    assert changes["links/ok"]["applied"] is True
+    assert os.readlink(rw_root / "links" / "ok") == "../made"
+
+
+async def test_rw_strips_setuid_and_setgid(rw: Client, rw_root: Path) -> None:
+    result = await call(
+        rw,
+        "shell",
+        command="cp /bin/true suid && chmod 6755 suid && stat -c %a suid",
+        workspace="rw",
+    )
+    assert result["stdout"] == "6755\n"  # inside, the copy may hold it (nosuid tmpfs)
+    mode = stat.S_IMODE((rw_root / "suid").stat().st_mode)
+    assert mode & 0o6000 == 0 and mode & 0o111
+    assert "setuid" in str(_changes(result)["suid"]["note"])
+
+
+async def test_rw_never_writes_hooks_or_agent_config(rw: Client, rw_root: Path) -> None:
+    before = tree_digest(rw_root / ".git"), (rw_root / ".mcp.json").read_bytes()
+    result = await call(
+        rw,
+        "shell",
+        command="echo evil > .git/hooks/pre-commit; echo '{\"x\":1}' > .mcp.json;"
+        " rm -f .mcp.json; echo '{\"mcpServers\":{}}' > .mcp.json; mkdir -p sub/.git/hooks .claude;"
+        " echo evil > sub/.git/hooks/post-checkout; echo '{}' > .claude/settings.json;"
+        " echo 'rm -rf ~' > .bashrc; echo TOKEN=x > .env; echo fine > fine.txt; true",
+        workspace="rw",
+    )
+    assert "Permission denied" in result["stderr"]  # the protected copy is read-only inside
+    after = tree_digest(rw_root / ".git"), (rw_root / ".mcp.json").read_bytes()
+    assert after == before
+    for p in ("sub/.git", ".claude", ".bashrc"):
+        assert not (rw_root / p).exists()
+    assert (rw_root / ".env").read_text() == f"TOKEN={ENV_CANARY}\n"
+    assert (rw_root / "fine.txt").read_text() == "fine\n"
+    changes = _changes(result)
+    for path in (".mcp.json", "sub/.git/hooks/post-checkout", ".claude/settings.json", ".bashrc"):
+        assert changes[path]["applied"] is False, path
+        assert "protected" in str(changes[path]["note"])
+    assert "masked" in str(changes[".env"]["note"])
+    assert ENV_CANARY not in json.dumps(result)
+
+
+async def test_rw_past_the_quota_writes_nothing(rw: Client, rw_root: Path) -> None:
+    before = tree_digest(rw_root)
+    result = await call(
+        rw,
+        "shell",
+        command="for i in 1 2 3; do head -c 1048576 /dev/urandom > big$i; done; echo small > s",
+        workspace="rw",
+    )
+    assert result["workspace"]["applied"] == 0
+    assert "rw_quota_mib" in result["workspace"]["note"]
+    assert tree_digest(rw_root) == before
+
+
+async def test_rw_many_small_files_in_a_bind_mount_style_flood_are_bounded(
+    rw: Client, rw_root: Path
+) -> None:
+    # The flood that once wrote 1 GiB into a bind mount: here it hits the copy's tmpfs size.
+    before = tree_digest(rw_root)
+    result = await call(
+        rw,
+        "shell",
+        command="i=0; while head -c 8388608 /dev/zero > f$i 2>/dev/null; do i=$((i+1)); done;"
+        " echo wrote $i",
+        workspace="rw",
+        timeout_s=60,
+    )
+    assert int(result["stdout"].split()[1]) < 16  # stopped by the volume size, not 1 GiB
+    assert result["workspace"]["applied"] == 0
+    assert tree_digest(rw_root) == before
+
+
+# --- what a dead server leaves ------------------------------------------------------------
+
+
+def _kill_mid_copy(root: Path) -> None:
+    """A server killed (SIGKILL: no clean-up) while a `copy` run holds its keeper and volume."""
+    params = server_params({"MCP_SANDBOX_WORKSPACE": str(root)})
+    init = {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "raw-test", "version": "0"},
+    }
+    args = {"command": "sleep 60", "workspace": "copy", "timeout_s": 60}
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "shell", "arguments": args},
+        },
+    ]
+    with subprocess.Popen(
+        [params.command, *params.args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=dict(params.env or {}),
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        for message in messages:
+            proc.stdin.write((json.dumps(message) + "\n").encode())
+            proc.stdin.flush()
+        try:
+            assert b'"id":1' in proc.stdout.readline()
+            deadline = time.monotonic() + 30
+            while not labelled_volumes() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert labelled_volumes(), "the copy run never made its volume"
+        finally:
+            proc.kill()
+
+
+async def test_a_dead_servers_volume_and_keeper_are_reaped_at_start(project: Path) -> None:
+    await anyio.to_thread.run_sync(_kill_mid_copy, project)
+    assert labelled_volumes()
+    async with connect("auto", env={"MCP_SANDBOX_WORKSPACE": str(project)}):
+        await eventually(lambda: not labelled_volumes() and not labelled_containers())

@@ -1,0 +1,449 @@
+"""The workspace without Docker: path rules, workdir checks, masks, copies and write-backs."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from mcp_sandbox.errors import RequestRejected
+from mcp_sandbox.policy import Limits, RunPlan
+from mcp_sandbox.spec import Mount, build_spec, with_workspace
+from mcp_sandbox.workspace import (
+    DEFAULT_MASK,
+    DEFAULT_PROTECT,
+    PathRules,
+    WorkspacePolicy,
+    check_root,
+    default_root,
+    find_masked,
+    resolve_workdir,
+)
+from mcp_sandbox.workspace_copy import (
+    Change,
+    Readback,
+    apply_changes,
+    container_link,
+    diff,
+    read_back,
+    scan_copy,
+    tar_stream,
+)
+
+RW = WorkspacePolicy(modes=("ro", "copy", "rw"))
+
+# --- rules ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "is_dir", "masked"),
+    [
+        (".env", False, True),
+        ("app/.env.production", False, True),
+        ("certs/server.pem", False, True),
+        ("home/.ssh", True, True),
+        ("home/.ssh/known_hosts", False, False),  # the directory is what matches
+        (".ssh", False, False),  # `.ssh/` matches directories only
+        ("x/.docker/config.json", False, True),
+        (".docker/other.json", False, False),
+        ("id_rsa.pub", False, True),
+        ("src/environment.py", False, False),
+        (".ENV", False, True),  # hosts that ignore case would show it as .env
+        ("server.PEM.", False, True),  # Windows drops the trailing dot
+    ],
+)
+def test_mask_rules_match_names_at_any_depth(path: str, is_dir: bool, masked: bool) -> None:
+    assert PathRules(DEFAULT_MASK).matches(tuple(path.split("/")), is_dir) is masked
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".git/hooks/pre-commit",
+        ".GIT/hooks/pre-commit",
+        "sub/.git",
+        ".git",
+        ".mcp.json",
+        ".claude/settings.json",
+        ".vscode/tasks.json",
+        ".hus\u212ay/pre-commit",  # KELVIN SIGN: `k` on a normalising filesystem
+        ".bashrc",
+        "deep/er/.envrc",
+    ],
+)
+def test_protected_paths_cover_their_contents(path: str) -> None:
+    assert PathRules(DEFAULT_PROTECT).covers(tuple(path.split("/")), False)
+
+
+@given(st.lists(st.booleans(), min_size=4, max_size=4))
+def test_case_never_gets_past_a_protect_rule(upper: list[bool]) -> None:
+    name = "." + "".join(c.upper() if u else c for c, u in zip("git", upper, strict=False))
+    assert PathRules(DEFAULT_PROTECT).covers((name, "hooks", "x"), False)
+
+
+def test_anchored_patterns_match_at_the_root_only() -> None:
+    rules = PathRules(["/build/", "secrets/*.txt"])
+    assert rules.covers(("build", "x"), False) and not rules.covers(("a", "build", "x"), False)
+    assert rules.matches(("a", "secrets", "k.txt"), False)
+
+
+@pytest.mark.parametrize("bad", ["", "/", "a/../b", "**/x", "a//b", "x\x00"])
+def test_bad_patterns_are_config_errors(bad: str) -> None:
+    with pytest.raises(ValidationError):
+        WorkspacePolicy(mask=(bad,))
+
+
+def test_the_default_mode_must_be_allowed() -> None:
+    with pytest.raises(ValidationError, match="not in modes"):
+        WorkspacePolicy(mode="rw")
+    assert WorkspacePolicy().modes == ("ro", "copy")
+
+
+# --- the root and the workdir ---------------------------------------------------------------
+
+
+def test_root_and_home_are_never_workspaces(tmp_path: Path) -> None:
+    for path in (Path("/"), Path.home()):
+        with pytest.raises(ValueError, match="cannot be the workspace"):
+            check_root(path)
+    with pytest.raises(ValueError, match="not a directory"):
+        check_root(tmp_path / "missing")
+    assert check_root(tmp_path) == tmp_path.resolve()
+
+
+def test_a_server_started_in_slash_gets_no_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir("/")
+    assert default_root(None) is None
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (tmp_path / "sibling").mkdir()
+    (root / "to_root").symlink_to("/")
+    (root / "to_sibling").symlink_to("../sibling")
+    (root / "a" / "up").symlink_to("../../sibling")
+    (root / "to_b").symlink_to("a/b")
+    (root / "file").write_text("x")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("workdir", "needle"),
+    [
+        ("..", "'..'"),
+        ("a/../..", "'..'"),
+        ("/etc", "relative"),
+        ("~root", "relative"),
+        ("to_root", "outside"),
+        ("to_root/tmp", "outside"),
+        ("to_sibling", "outside"),
+        ("a/up", "outside"),
+        ("nope", "does not exist"),
+        ("file", "not a directory"),
+        ("a\x00", "NUL"),
+    ],
+)
+def test_escaping_workdirs_are_refused(tree: Path, workdir: str, needle: str) -> None:
+    with pytest.raises(RequestRejected, match=needle):
+        resolve_workdir(tree, workdir)
+
+
+def test_workdirs_resolve_to_real_parts(tree: Path) -> None:
+    assert resolve_workdir(tree, ".") == ()
+    assert resolve_workdir(tree, "a/b/") == ("a", "b")
+    assert resolve_workdir(tree, "to_b") == ("a", "b")
+
+
+# --- ro masks ---------------------------------------------------------------------------------
+
+
+def test_masks_are_found_and_links_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "app" / ".ssh").mkdir(parents=True)
+    (tmp_path / "app" / ".ssh" / "id_rsa").write_text("k")
+    (tmp_path / ".env").write_text("s")
+    (tmp_path / "app" / "tls.key").write_text("k")
+    (tmp_path / ".env.link").symlink_to(".env")
+    masks = find_masked(tmp_path, PathRules(DEFAULT_MASK), max_entries=100)
+    assert masks.files == (".env", "app/tls.key")
+    assert masks.dirs == ("app/.ssh",)
+
+
+def test_a_huge_tree_is_refused_not_walked_forever(tmp_path: Path) -> None:
+    for i in range(20):
+        (tmp_path / f"f{i}").write_text("")
+    with pytest.raises(RequestRejected, match="more than 10 entries"):
+        find_masked(tmp_path, PathRules(DEFAULT_MASK), max_entries=10)
+
+
+# --- copies -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "p"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "m.py").write_text("x = 1\n")
+    (root / "run.sh").write_text("#!/bin/sh\n")
+    (root / "run.sh").chmod(0o755)
+    (root / ".env").write_text("SECRET=1\n")
+    (root / "node_modules" / "pkg").mkdir(parents=True)
+    (root / "node_modules" / "pkg" / "i.js").write_text("")
+    (root / ".git" / "hooks").mkdir(parents=True)
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (root / "link").symlink_to("src/m.py")
+    (root / "climb").symlink_to("../outside")
+    os.mkfifo(root / "fifo")
+    return root
+
+
+def test_a_copy_leaves_out_masks_excludes_and_special_files(project: Path) -> None:
+    manifest = scan_copy(project, RW, lock_protected=True)
+    rels = {e.rel: e for e in manifest.entries}
+    assert set(rels) == {
+        "src",
+        "src/m.py",
+        "run.sh",
+        ".git",
+        ".git/HEAD",
+        ".git/hooks",
+        "link",
+        "climb",
+    }
+    assert rels[".git"].locked and rels[".git/hooks"].locked and not rels["src/m.py"].locked
+    order = [e.rel for e in manifest.entries]
+    assert order.index("src") < order.index("src/m.py")
+
+
+@pytest.mark.parametrize(
+    ("policy", "needle"),
+    [
+        (WorkspacePolicy(copy_max_files=2), "more than 2 files"),
+        (WorkspacePolicy(scan_max_entries=100, copy_max_mib=1), None),
+    ],
+)
+def test_copy_bounds(project: Path, policy: WorkspacePolicy, needle: str | None) -> None:
+    if needle is None:
+        (project / "big").write_bytes(b"\0" * (1024 * 1024 + 1))
+        needle = "more than 1 MiB"
+    with pytest.raises(RequestRejected, match=needle):
+        scan_copy(project, policy, lock_protected=False)
+
+
+def _members(chunks: Iterator[bytes]) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
+    data = b"".join(chunks)
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar:
+            f = tar.extractfile(m) if m.isreg() else None
+            out[m.name] = (m, f.read() if f else b"")
+    return out
+
+
+def test_the_tar_stream_is_owned_by_the_sandbox_and_locks_protected_paths(project: Path) -> None:
+    manifest = scan_copy(project, RW, lock_protected=True)
+    members = _members(tar_stream(manifest))
+    m, data = members["src/m.py"]
+    assert (m.uid, m.gid, data) == (65534, 65534, b"x = 1\n")
+    assert members["run.sh"][0].mode & 0o111
+    assert members[".git/HEAD"][0].uid == 0 and not members[".git/HEAD"][0].mode & 0o222
+    assert members["climb"][0].linkname == "/outside"  # the daemon refuses `../outside`
+    assert members["link"][0].linkname == "src/m.py"
+    assert all(e.sent for e in manifest.entries)
+
+
+def test_container_links_keep_their_meaning() -> None:
+    assert container_link(("a", "l"), "../b") == "../b"
+    assert container_link(("l",), "../x") == "/x"
+    assert container_link(("a", "l"), "../../../etc") == "/etc"
+    assert container_link(("l",), "/abs") == "/abs"
+
+
+# --- what came back -----------------------------------------------------------------------------
+
+
+def _archive(project: Path, edit: dict[str, bytes | str | None], **kw: int) -> bytes:
+    """The copy of ``project`` as the daemon would return it, after ``edit``.
+
+    A bytes value writes a file, a str makes a link, None deletes; ``kw`` sets modes.
+    """
+    manifest = scan_copy(project, RW, lock_protected=True)
+    members = _members(tar_stream(manifest))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        root = tarfile.TarInfo("workspace")
+        root.type = tarfile.DIRTYPE
+        tar.addfile(root)
+        for name, (m, data) in members.items():
+            if name in edit:
+                continue
+            m.name = f"workspace/{name}"
+            tar.addfile(m, io.BytesIO(data))
+        for name, value in edit.items():
+            if value is None:
+                continue
+            info = tarfile.TarInfo(f"workspace/{name}")
+            info.mode = kw.get(name.replace("/", "_").replace(".", "_"), 0o644)
+            if isinstance(value, str):
+                info.type, info.linkname = tarfile.SYMTYPE, value
+                tar.addfile(info)
+            else:
+                info.size = len(value)
+                tar.addfile(info, io.BytesIO(value))
+    return buf.getvalue()
+
+
+def _changes(project: Path, archive: bytes, keep: int = 10**6) -> tuple[list[Change], Readback]:
+    manifest = scan_copy(project, RW, lock_protected=True)
+    for _ in tar_stream(manifest):
+        pass
+    sent = manifest.sent()
+    back = read_back(iter([archive]), sent, max_bytes=10**7, max_entries=1000, keep_bytes=keep)
+    return diff(sent, back), back
+
+
+def test_the_diff_lists_created_changed_and_deleted(project: Path) -> None:
+    archive = _archive(project, {"src/m.py": b"x = 2\n", "new.txt": b"hi", "run.sh": None})
+    changes, back = _changes(project, archive)
+    assert back.complete
+    got = {(c.rel, c.change) for c in changes}
+    assert got == {("src/m.py", "changed"), ("new.txt", "created"), ("run.sh", "deleted")}
+
+
+def test_a_read_back_past_its_bound_is_incomplete_and_lists_no_deletion(project: Path) -> None:
+    archive = _archive(project, {"big": b"\0" * 100_000, "run.sh": None})
+    manifest = scan_copy(project, RW, lock_protected=True)
+    for _ in tar_stream(manifest):
+        pass
+    back = read_back(
+        iter([archive]), manifest.sent(), max_bytes=50_000, max_entries=100, keep_bytes=0
+    )
+    assert not back.complete and "list incomplete" in str(back.note)
+    assert all(c.change != "deleted" for c in diff(manifest.sent(), back))
+
+
+def _apply(project: Path, edit: dict[str, bytes | str | None], **kw: int) -> dict[str, Change]:
+    changes, back = _changes(project, _archive(project, edit, **kw))
+    apply_changes(changes, back, RW, project, owner=None)
+    return {c.rel: c for c in changes}
+
+
+def test_rw_applies_inside_and_refuses_the_rest(project: Path, tmp_path: Path) -> None:
+    (tmp_path / "outside").write_text("host")
+    got = _apply(
+        project,
+        {
+            "src/m.py": b"x = 2\n",
+            "out": "/etc/passwd",
+            "up": "../outside",
+            "hidden": ".env",
+            "hook": ".git/hooks",
+            "ok": "src/m.py",
+            ".git/hooks/pre-commit": b"evil",
+            ".GIT/config": b"evil",
+            ".env": b"SECRET=overwritten",
+            "node_modules/pkg/i.js": b"evil",
+            "suid": b"#!/bin/sh\n",
+        },
+        suid=0o6755,
+    )
+    assert (project / "src" / "m.py").read_text() == "x = 2\n" and got["src/m.py"].applied
+    for name in ("out", "up", "hidden", "hook"):
+        assert not got[name].applied and "symbolic link" in str(got[name].note), name
+        assert not os.path.lexists(project / name)
+    assert got["ok"].applied and os.readlink(project / "ok") == "src/m.py"
+    for name in (".git/hooks/pre-commit", ".GIT/config"):
+        assert "protected" in str(got[name].note)
+    assert "masked" in str(got[".env"].note) and (project / ".env").read_text() == "SECRET=1\n"
+    assert "excluded" in str(got["node_modules/pkg/i.js"].note)
+    assert not (project / ".git" / "hooks" / "pre-commit").exists()
+    mode = stat.S_IMODE((project / "suid").stat().st_mode)
+    assert mode == 0o755 and "setuid" in str(got["suid"].note)
+    assert (tmp_path / "outside").read_text() == "host"
+
+
+def test_rw_never_follows_a_host_link_while_writing(project: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    changes, back = _changes(project, _archive(project, {"src/new.py": b"y"}))
+    # The host directory becomes a link to outside during the run.
+    os.rename(project / "src", tmp_path / "src-moved")
+    (project / "src").symlink_to(outside)
+    apply_changes(changes, back, RW, project, owner=None)
+    [new] = [c for c in changes if c.rel == "src/new.py"]
+    assert not new.applied and "not a directory" in str(new.note)
+    assert list(outside.iterdir()) == []
+
+
+def test_rw_refuses_a_change_the_host_made_meanwhile(project: Path) -> None:
+    changes, back = _changes(project, _archive(project, {"src/m.py": b"sandbox"}))
+    (project / "src" / "m.py").write_text("user edit, longer than before\n")
+    apply_changes(changes, back, RW, project, owner=None)
+    assert (project / "src" / "m.py").read_text() == "user edit, longer than before\n"
+    [c] = [c for c in changes if c.rel == "src/m.py"]
+    assert "changed on the host" in str(c.note)
+
+
+def test_rw_past_the_quota_writes_nothing(project: Path) -> None:
+    archive = _archive(project, {"a": b"x" * 3000, "b": b"y"})
+    changes, back = _changes(project, archive, keep=2000)
+    applied, note = apply_changes(changes, back, RW, project, owner=None)
+    assert applied == 0 and "rw_quota_mib" in str(note)
+    assert not (project / "b").exists()
+
+
+def test_rw_keeps_a_directory_holding_files_the_sandbox_did_not_see(project: Path) -> None:
+    (project / "conf").mkdir()
+    (project / "conf" / "app.pem").write_text("secret")
+    (project / "conf" / "a.txt").write_text("a")
+    got = _apply(project, {"conf/a.txt": None, "conf": None})
+    assert got["conf/a.txt"].applied and not got["conf"].applied
+    assert (project / "conf" / "app.pem").read_text() == "secret"
+
+
+# --- the spec ------------------------------------------------------------------------------------
+
+
+def test_a_workspace_mount_replaces_the_scratch_tmpfs() -> None:
+    plan = RunPlan(argv=("true",), limits=Limits(), stdin=None)
+    spec = build_spec(
+        plan, image="i", run_id="r", owner="o", seccomp_json="{}", extra_env={}, runtime=None
+    )
+    mounts = (
+        Mount("bind", "/home/u/p", "/workspace", read_only=True),
+        Mount("bind", "/tmp/m/file", "/workspace/.env", read_only=True),
+    )
+    host = with_workspace(spec, mounts, "/workspace/src").host_config_kwargs()
+    assert set(host["tmpfs"]) == {"/tmp"}
+    assert all(m["ReadOnly"] and m["BindOptions"]["NonRecursive"] for m in host["mounts"])
+    assert with_workspace(spec, mounts, "/workspace/src").create_kwargs()["working_dir"] == (
+        "/workspace/src"
+    )
+    volume = Mount("volume", "v", "/workspace", read_only=False).engine()
+    assert volume["VolumeOptions"] == {"NoCopy": True}
+
+
+def test_a_directory_we_cannot_list_is_masked_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "open").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> object:
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    masks = find_masked(tmp_path, PathRules(DEFAULT_MASK), max_entries=100)
+    assert masks.dirs == ("locked",) and masks.files == ()
