@@ -1,0 +1,363 @@
+"""The launcher takes a narrow request and builds every container from its own policy.
+
+A table of create requests a compromised server might send: each is refused. Then, for any
+request the launcher accepts, the container it asks Docker for keeps every wall.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import struct
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mcp_sandbox import launcher as launcher_mod
+from mcp_sandbox.app import make_service
+from mcp_sandbox.docker_api import ExitState
+from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
+from mcp_sandbox.launcher import (
+    LauncherClient,
+    PingRequest,
+    RunCodeRequest,
+    ShellRequest,
+    frame,
+    frame_length,
+    handle_connection,
+    max_request_bytes,
+    parse_request,
+)
+from mcp_sandbox.policy import CallBounds
+from mcp_sandbox.resources import load_seccomp
+from mcp_sandbox.service import SandboxService
+from mcp_sandbox.settings import Settings
+
+OK_ARGS = {"language": "python", "code": "print(1)"}
+
+# What an attacker holding the server would ask for, every way we can think of spelling it.
+FORBIDDEN: list[tuple[str, object]] = [
+    ("docker create body", {"Image": "alpine", "HostConfig": {"Privileged": True}}),
+    ("unknown op", {"op": "create", "config": {"HostConfig": {"Privileged": True}}}),
+    ("exec op", {"op": "exec", "container": "mcp-sandbox-server-1", "cmd": ["sh"]}),
+    ("privileged beside args", {"op": "run_code", "args": OK_ARGS, "privileged": True}),
+    ("host config beside args", {"op": "shell", "args": {"command": "id"}, "HostConfig": {}}),
+    ("privileged in args", {"op": "run_code", "args": {**OK_ARGS, "privileged": True}}),
+    ("Privileged, Go's spelling", {"op": "run_code", "args": {**OK_ARGS, "Privileged": True}}),
+    ("bind-mount /", {"op": "run_code", "args": {**OK_ARGS, "binds": ["/:/host"]}}),
+    ("Binds", {"op": "shell", "args": {"command": "id", "Binds": ["/:/host:rw"]}}),
+    ("mounts", {"op": "run_code", "args": {**OK_ARGS, "mounts": [{"Source": "/"}]}}),
+    ("volumes", {"op": "run_code", "args": {**OK_ARGS, "volumes": {"/host": {}}}}),
+    ("volumes_from", {"op": "run_code", "args": {**OK_ARGS, "volumes_from": ["server"]}}),
+    ("cap_add", {"op": "run_code", "args": {**OK_ARGS, "cap_add": ["SYS_ADMIN"]}}),
+    ("CapAdd", {"op": "shell", "args": {"command": "id", "CapAdd": ["ALL"]}}),
+    ("devices", {"op": "run_code", "args": {**OK_ARGS, "devices": ["/dev/sda:/dev/sda"]}}),
+    ("host pid", {"op": "run_code", "args": {**OK_ARGS, "pid_mode": "host"}}),
+    ("host network", {"op": "run_code", "args": {**OK_ARGS, "network_mode": "host"}}),
+    ("host ipc", {"op": "run_code", "args": {**OK_ARGS, "ipc_mode": "host"}}),
+    ("host userns", {"op": "run_code", "args": {**OK_ARGS, "userns_mode": "host"}}),
+    ("another seccomp", {"op": "run_code", "args": {**OK_ARGS, "seccomp": "unconfined"}}),
+    (
+        "security_opt",
+        {"op": "shell", "args": {"command": "id", "security_opt": ["seccomp=unconfined"]}},
+    ),
+    ("another image", {"op": "run_code", "args": {**OK_ARGS, "image": "alpine"}}),
+    ("another runtime", {"op": "run_code", "args": {**OK_ARGS, "runtime": "runc"}}),
+    ("root user", {"op": "run_code", "args": {**OK_ARGS, "user": "0:0"}}),
+    ("environment", {"op": "run_code", "args": {**OK_ARGS, "env": {"LD_PRELOAD": "/x"}}}),
+    ("labels", {"op": "run_code", "args": {**OK_ARGS, "labels": {"mcp-sandbox": "x"}}}),
+    ("limits", {"op": "run_code", "args": {**OK_ARGS, "memory_mib": 65536}}),
+    ("language as a path", {"op": "run_code", "args": {**OK_ARGS, "language": "../../bin/sh"}}),
+    ("args missing", {"op": "run_code"}),
+    ("args not an object", {"op": "shell", "args": "id"}),
+    ("a list of requests", [{"op": "ping"}, {"op": "run_code", "args": OK_ARGS}]),
+    ("op not a string", {"op": ["run_code"], "args": OK_ARGS}),
+]
+
+
+@pytest.mark.parametrize(("what", "request_"), FORBIDDEN, ids=[w for w, _ in FORBIDDEN])
+def test_a_forbidden_request_is_refused(what: str, request_: object) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        parse_request(json.dumps(request_).encode())
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{", b"\xff\xfe", b"null", b"[" * 100_000 + b"]" * 100_000, b'"run_code"'],
+)
+def test_what_is_not_json_or_not_an_object_is_refused(body: bytes) -> None:
+    with pytest.raises(RequestRejected):
+        parse_request(body)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\n\r\n",
+        b"POST /containers/x/exec HTTP/1.1\r\n",
+        b"GET /version HTTP/1.1\r\n",
+        b"PUT /containers/x/archive?path=/ HTTP/1.1\r\n",
+        b"\x00\x00\x00\x00",
+        struct.pack(">I", 2**31),
+    ],
+)
+def test_docker_api_requests_do_not_even_frame(raw: bytes) -> None:
+    """An Engine API request read as our frame header announces gigabytes: refused."""
+    with pytest.raises(RequestRejected, match="frame of"):
+        frame_length(raw[:4], max_request_bytes(CallBounds()))
+
+
+def test_the_allowed_requests_parse() -> None:
+    assert isinstance(parse_request(b'{"op":"ping"}'), PingRequest)
+    run = parse_request(json.dumps({"op": "run_code", "args": OK_ARGS}).encode())
+    assert isinstance(run, RunCodeRequest) and run.args.code == "print(1)"
+    shell = parse_request(b'{"op":"shell","args":{"command":"id","timeout_s":3,"stdin":"x"}}')
+    assert isinstance(shell, ShellRequest) and shell.args.timeout_s == 3
+
+
+def test_a_frame_round_trips_lone_surrogates_and_control_bytes() -> None:
+    message = {"op": "run_code", "args": {"language": "python", "code": "\ud800\x00\x10\u202e"}}
+    data = frame(message)
+    assert frame_length(data[:4], 1 << 20) == len(data) - 4
+    parsed = parse_request(data[4:])
+    assert isinstance(parsed, RunCodeRequest) and parsed.args.code == "\ud800\x00\x10\u202e"
+
+
+def test_the_largest_allowed_request_fits_a_frame() -> None:
+    bounds = CallBounds()
+    worst = "\x01" * bounds.max_code_bytes
+    data = frame({"op": "shell", "args": {"command": worst, "stdin": "\x01" * 1000}})
+    assert len(data) - 4 <= max_request_bytes(bounds)
+
+
+# --- what the launcher asks Docker for ----------------------------------------------------
+
+
+class _Streams:
+    def pump(self, sink: Any) -> None:
+        sink(1, b"ok\n")
+
+    def send_stdin(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RecordingDocker:
+    """A DockerApi stand-in at our seam: records every create, runs nothing."""
+
+    def __init__(self, hang: bool = False) -> None:
+        self.created: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.removed: list[str] = []
+        self.hang = hang
+        self.gone = threading.Event()
+
+    def create(self, create_kwargs: dict[str, Any], host_config_kwargs: dict[str, Any]) -> None:
+        self.created.append((create_kwargs, host_config_kwargs))
+
+    def attach(self, name: str, stdin: bool) -> _Streams:
+        return _Streams()
+
+    def start(self, name: str) -> None:
+        pass
+
+    def wait(self, name: str) -> ExitState:
+        if self.hang:
+            self.gone.wait(30)  # as a real wait, it ends when the container is removed
+        return ExitState(exit_code=0, oom_killed=False)
+
+    def kill(self, name: str) -> None:
+        pass
+
+    def oom_killed(self, name: str) -> bool:
+        return False
+
+    def remove(self, name: str) -> None:
+        self.removed.append(name)
+        self.gone.set()
+
+    def labelled_containers(self) -> list[Any]:
+        return []
+
+    def ping(self) -> None:
+        pass
+
+
+def _service(api: RecordingDocker, **settings_kw: Any) -> SandboxService:
+    return make_service(Settings(**settings_kw), api)  # type: ignore[arg-type]
+
+
+@functools.cache
+def _policy_service() -> tuple[RecordingDocker, SandboxService]:
+    api = RecordingDocker()
+    return api, _service(api, image="policy-image:7")
+
+
+request_st = st.one_of(
+    st.builds(
+        lambda lang, code, t, stdin: {
+            "op": "run_code",
+            "args": {"language": lang, "code": code, "timeout_s": t, "stdin": stdin},
+        },
+        st.sampled_from(["python", "javascript", "bash"]),
+        st.text(min_size=1, max_size=200),
+        st.none() | st.floats(0.1, 120),
+        st.none() | st.text(max_size=50),
+    ),
+    st.builds(
+        lambda cmd, t: {"op": "shell", "args": {"command": cmd, "timeout_s": t}},
+        st.text(min_size=1, max_size=200),
+        st.none() | st.floats(0.1, 120),
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request_st)
+async def test_any_accepted_request_gets_the_launchers_own_walls(request_: dict[str, Any]) -> None:
+    api, service = _policy_service()
+    api.created.clear()
+    api.removed.clear()
+    try:
+        parsed = parse_request(json.dumps(request_).encode())
+    except RequestRejected:
+        return
+    reply = await launcher_mod._dispatch(service, parsed)
+    if "error" in reply:
+        assert reply["error"]["kind"] == "RequestRejected"  # e.g. blank code: policy said no
+        assert not api.created
+        return
+    [(create, host)] = api.created
+    assert create["image"] == "policy-image:7"
+    assert create["user"] == "65534:65534"
+    assert host["privileged"] is False
+    assert host["cap_drop"] == ["ALL"] and not host.get("cap_add")
+    assert not host.get("binds") and not host.get("devices")
+    # The one host path: the launcher's own workspace (its cwd), read-only, and its masks.
+    assert all(m["ReadOnly"] and m["Target"].startswith("/workspace") for m in host["mounts"])
+    assert not host.get("volumes_from") and not host.get("device_requests")
+    for ns in ("pid_mode", "ipc_mode", "uts_mode", "userns_mode", "network_mode", "cgroupns"):
+        assert host.get(ns) in (None, "private", "none", ""), ns
+    profile = load_seccomp(None)
+    assert f"seccomp={profile}" in host["security_opt"]
+    assert not any("unconfined" in o for o in host["security_opt"])
+    assert "no-new-privileges:true" in host["security_opt"]
+    assert api.removed == [create["name"]]
+
+
+# --- one connection, over a real Unix socket, with the fake daemon -------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(path: Path, handler: Callable[[Any], Awaitable[None]]) -> AsyncIterator[None]:
+    listener = await anyio.create_unix_listener(path)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handler, tg)
+        yield
+        tg.cancel_scope.cancel()
+
+
+def _launcher(service: SandboxService) -> Callable[[Any], Awaitable[None]]:
+    connections = anyio.CapacityLimiter(4)
+    return lambda stream: handle_connection(stream, service, connections)
+
+
+async def test_client_and_launcher_speak_the_same_protocol(tmp_path: Path) -> None:
+    api = RecordingDocker()
+    sock = tmp_path / "l.sock"
+    async with serving(sock, _launcher(_service(api))):
+        client = LauncherClient(sock)
+        await client.ping()
+        from mcp_sandbox.requests import RunCodeArgs
+
+        result = await client.run_code(RunCodeArgs(language="python", code="print(1)"))
+        assert result.exit_code == 0 and result.stdout == "ok\n"
+        with pytest.raises(RequestRejected, match="empty"):
+            await client.run_code(RunCodeArgs(language="python", code="   "))
+
+
+async def test_a_hang_up_stops_the_run_and_removes_its_container(tmp_path: Path) -> None:
+    api = RecordingDocker(hang=True)
+    sock = tmp_path / "l.sock"
+    async with serving(sock, _launcher(_service(api))):
+        stream = await anyio.connect_unix(sock)
+        await stream.send(frame({"op": "shell", "args": {"command": "sleep 60"}}))
+        with anyio.fail_after(5):
+            while not api.created:  # noqa: ASYNC110  # the fake records from a thread
+                await anyio.sleep(0.01)
+        await stream.aclose()
+        with anyio.fail_after(5):
+            while not api.removed:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert api.removed == [api.created[0][0]["name"]]
+
+
+async def test_a_forbidden_frame_gets_one_line_and_no_container(tmp_path: Path) -> None:
+    api = RecordingDocker()
+    sock = tmp_path / "l.sock"
+    async with serving(sock, _launcher(_service(api))):
+        for raw in (
+            frame({"op": "run_code", "args": {**OK_ARGS, "privileged": True}}),
+            b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\n\r\n{}",
+        ):
+            stream = await anyio.connect_unix(sock)
+            async with stream:
+                await stream.send(raw)
+                reply = b""
+                with anyio.fail_after(5):
+                    # Refused with a reply; unread bytes may turn the close into a reset.
+                    with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                        while True:
+                            reply += await stream.receive()
+            if reply:
+                assert json.loads(reply[4:])["error"]["kind"] == "RequestRejected"
+        assert api.created == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("RequestRejected", RequestRejected),
+        ("HostBusy", HostBusy),
+        ("SandboxUnavailable", SandboxUnavailable),
+        ("internal", SandboxError),
+        ("KeyboardInterrupt", SandboxError),
+    ],
+)
+async def test_launcher_errors_come_back_as_our_error_types(
+    tmp_path: Path, kind: str, expected: type[SandboxError]
+) -> None:
+    sock = tmp_path / "fake.sock"
+
+    async def answer(stream: Any) -> None:
+        async with stream:
+            await stream.receive()
+            await stream.send(frame({"error": {"kind": kind, "message": "nope\nsecond line"}}))
+
+    async with serving(sock, answer):
+        with pytest.raises(SandboxError) as caught:
+            await LauncherClient(sock).ping()
+        assert type(caught.value) is expected and str(caught.value) == "nope"
+
+
+async def test_no_launcher_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SandboxUnavailable, match="not reachable"):
+        await LauncherClient(tmp_path / "none.sock").ping()
+
+
+async def test_the_compose_healthcheck_speaks_the_launchers_protocol(tmp_path: Path) -> None:
+    from mcp_sandbox import healthcheck
+
+    sock = tmp_path / "l.sock"
+    assert not await anyio.to_thread.run_sync(healthcheck.launcher_ok, str(sock))
+    async with serving(sock, _launcher(_service(RecordingDocker()))):
+        assert await anyio.to_thread.run_sync(healthcheck.launcher_ok, str(sock))
