@@ -10,12 +10,21 @@ import sys
 from pathlib import Path
 
 import anyio
+from pydantic import ValidationError
 
 from mcp_sandbox import __version__
-from mcp_sandbox.app import configure_logging, make_service
+from mcp_sandbox.app import configure_logging, make_scrubber, make_service
 from mcp_sandbox.docker_api import DockerApi
 from mcp_sandbox.errors import ConfigError, SandboxError
-from mcp_sandbox.settings import Settings, load_settings
+from mcp_sandbox.http_settings import HttpSettings
+from mcp_sandbox.launcher import LauncherClient
+from mcp_sandbox.service import SandboxService
+from mcp_sandbox.settings import (
+    Settings,
+    describe_validation_error,
+    load_settings,
+    with_workspace_root,
+)
 
 log = logging.getLogger("mcp_sandbox")
 
@@ -26,7 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML config file (or MCP_SANDBOX_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the MCP server")
-    serve.add_argument("--transport", choices=["stdio"], default="stdio")
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    serve.add_argument("--host", help="http: address to listen on (setting http.host)")
+    serve.add_argument("--port", type=int, help="http: TCP port (setting http.port)")
+    serve.add_argument(
+        "--workspace",
+        type=Path,
+        help="directory mounted at /workspace (setting workspace; default: the current one)",
+    )
     images = sub.add_parser("images", help="manage the sandbox images")
     images_sub = images.add_subparsers(dest="images_command", required=True)
     build = images_sub.add_parser("build", help="build every image the server needs, locally")
@@ -36,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
         "default: a local Debian base made with mmdebstrap",
     )
     build.add_argument("--rebuild-base", action="store_true", help="make the local base again")
+    build.add_argument(
+        "--server", action="store_true", help="also the server image compose.yaml runs"
+    )
+    launcher = sub.add_parser("launcher", help="the process that alone holds the Docker API")
+    launcher.add_argument("action", choices=["serve", "ping"])
+    launcher.add_argument("--socket", type=Path, help="Unix socket (setting launcher_socket)")
+    token = sub.add_parser("token", help="make a bearer token for the HTTP transport")
+    token.add_argument("action", choices=["new"])
+    token.add_argument("name", help="the name logs show for this token")
+    token.add_argument("--file", type=Path, help="append its hashed entry to this tokens file")
     sub.add_parser("doctor", help="check what a first run needs")
     return p
 
@@ -43,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve_stdio(settings: Settings) -> None:
     from mcp_sandbox.tools import build_server
 
-    service = make_service(settings)
+    service = _sandboxes(settings)
     server = build_server(service)
     async with anyio.create_task_group() as tg:
 
@@ -63,6 +89,63 @@ async def _serve_stdio(settings: Settings) -> None:
         tg.cancel_scope.cancel()
 
 
+def _sandboxes(settings: Settings) -> SandboxService | LauncherClient:
+    """The launcher, when one holds Docker; else Docker in this process."""
+    if settings.launcher_socket is not None:
+        return LauncherClient(settings.launcher_socket)
+    return make_service(settings)
+
+
+async def _serve_http(settings: Settings, host: str | None, port: int | None) -> None:
+    from mcp_sandbox.http_transport import serve_http
+
+    given = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if given:
+        try:
+            http = HttpSettings.model_validate({**settings.http.model_dump(), **given})
+        except ValidationError as e:
+            raise ConfigError(f"invalid option: {describe_validation_error(e)}") from None
+        settings = settings.model_copy(update={"http": http})
+    await serve_http(settings, _sandboxes(settings))
+
+
+def _launcher(settings: Settings, action: str, socket: Path | None) -> int:
+    from mcp_sandbox.launcher import serve_launcher
+
+    path = socket or settings.launcher_socket
+    if path is None:
+        raise ConfigError("the launcher needs --socket or the launcher_socket setting")
+    if action == "ping":
+        anyio.run(LauncherClient(path).ping)
+        print("ok")
+        return 0
+    anyio.run(serve_launcher, make_service(settings), path)
+    return 0
+
+
+def _new_token(name: str, tokens_file: Path | None) -> int:
+    """Print a new token; its hashed entry goes to ``tokens_file`` (or is printed too)."""
+    from mcp_sandbox.auth import hash_entry, new_token, parse_entry, parse_lines
+
+    token = new_token()
+    entry = hash_entry(name, token)
+    parse_entry(entry, "the token name")
+    if tokens_file is None:
+        print(f"token: {token}\nentry: {entry}")
+        return 0
+    if tokens_file.exists():
+        taken = parse_lines(tokens_file.read_text(encoding="utf-8").splitlines(), str(tokens_file))
+        if any(e.name == name for e in taken):
+            raise ConfigError(f"{tokens_file} already has a token named {name}")
+    # The file holds hashes only, so the server (another uid in compose) may read it.
+    fd = os.open(tokens_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(entry + "\n")
+    print(f"added the hashed entry of {name!r} to {tokens_file}", file=sys.stderr)
+    print(token)
+    return 0
+
+
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -79,14 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
+        if getattr(args, "workspace", None) is not None:
+            settings = with_workspace_root(settings, args.workspace)
     except ConfigError as e:
         print(f"mcp-sandbox: {e}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, make_scrubber(settings).scrub)
     try:
         if args.command == "serve":
-            anyio.run(_serve_stdio, settings)
+            if args.transport == "http":
+                anyio.run(_serve_http, settings, args.host, args.port)
+            else:
+                anyio.run(_serve_stdio, settings)
             return 0
+        if args.command == "launcher":
+            return _launcher(settings, args.action, args.socket)
+        if args.command == "token":
+            return _new_token(args.name, args.file)
         if args.command == "images":
             from mcp_sandbox.images import build_images
 
@@ -96,11 +188,19 @@ def main(argv: list[str] | None = None) -> int:
                 _progress,
                 base=args.base,
                 rebuild_base=args.rebuild_base,
+                proxy_image=settings.egress.proxy_image,
             )
+            if args.server:
+                from mcp_sandbox.server_image import build_server_image
+
+                build_server_image(DockerApi(), _progress)
             return 0
         return anyio.run(_doctor, settings)
     except SandboxError as e:
         print(f"mcp-sandbox: {e}", file=sys.stderr)
         return 1
+    except ConfigError as e:
+        print(f"mcp-sandbox: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

@@ -8,7 +8,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from mcp_sandbox import egress_policy
 from mcp_sandbox.docker_api import DockerApi
+from mcp_sandbox.egress_settings import DEFAULT_PROXY_IMAGE
 from mcp_sandbox.errors import SandboxUnavailable
 from mcp_sandbox.resources import data_dir
 
@@ -25,6 +27,15 @@ Progress = Callable[[str], None]
 
 def runtime_context() -> Path:
     return data_dir("sandbox_images") / "runtime"
+
+
+def egress_proxy_context(into: Path) -> Path:
+    """The proxy's build context in ``into``: its directory, the server's own decision code
+    (``egress_policy.py``, standard library only) and the runtime's package installer."""
+    shutil.copytree(data_dir("sandbox_images") / "egress-proxy", into, dirs_exist_ok=True)
+    shutil.copy2(egress_policy.__file__, into / "egress_policy.py")
+    shutil.copy2(runtime_context() / "install-packages.sh", into / "install-packages.sh")
+    return into
 
 
 def runtime_packages() -> list[str]:
@@ -75,8 +86,10 @@ def build_images(
     *,
     base: str | None = None,
     rebuild_base: bool = False,
+    proxy_image: str = DEFAULT_PROXY_IMAGE,
 ) -> None:
-    """Build ``image`` from ``base`` (default: the local mmdebstrap base, made if absent)."""
+    """Build ``image`` and the egress proxy's ``proxy_image`` from ``base`` (default: the
+    local mmdebstrap base, made if absent)."""
     if base is None:
         base = BASE_TAG
         if rebuild_base or not api.image_exists(BASE_TAG):
@@ -87,3 +100,8 @@ def build_images(
     for line in api.build(runtime_context(), image, {"BASE": base}):
         progress("  " + line)
     progress(f"built {image}")
+    progress(f"building {proxy_image} from {base}")
+    with tempfile.TemporaryDirectory(prefix="mcp-sandbox-proxy-") as tmp:
+        for line in api.build(egress_proxy_context(Path(tmp)), proxy_image, {"BASE": base}):
+            progress("  " + line)
+    progress(f"built {proxy_image}")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_sandbox.languages import Language
+from mcp_sandbox.workspace import MAX_WORKDIR_CHARS, Mode
 
 TimeoutArg = Annotated[
     float | None,
@@ -17,6 +18,30 @@ TimeoutArg = Annotated[
     ),
 ]
 StdinArg = Annotated[str | None, Field(description="text fed to the program's standard input")]
+NetworkArg = Annotated[
+    Literal["none", "egress"],
+    Field(
+        description='"none": no network at all. "egress": out only through the server\'s proxy, '
+        "to its allowlisted host names (when the server enables it)",
+    ),
+]
+
+WorkdirArg = Annotated[
+    str,
+    Field(
+        max_length=MAX_WORKDIR_CHARS,
+        description="working directory, relative to the workspace root (mounted at /workspace); "
+        "it must exist and stay inside the root",
+    ),
+]
+WorkspaceArg = Annotated[
+    Mode | None,
+    Field(
+        description='how the workspace is mounted: "ro" read-only; "copy" a throw-away '
+        'writable copy (the result lists what changed); "rw" changes are written back to '
+        "your files (only if the server enables it). Omitted: the server's default (ro)",
+    ),
+]
 
 
 class RunCodeArgs(BaseModel):
@@ -26,6 +51,9 @@ class RunCodeArgs(BaseModel):
     code: str = Field(description="the program text")
     timeout_s: TimeoutArg = None
     stdin: StdinArg = None
+    network: NetworkArg = "none"
+    workdir: WorkdirArg = "."
+    workspace: WorkspaceArg = None
 
 
 class ShellArgs(BaseModel):
@@ -34,6 +62,9 @@ class ShellArgs(BaseModel):
     command: str = Field(description="a /bin/sh command line")
     timeout_s: TimeoutArg = None
     stdin: StdinArg = None
+    network: NetworkArg = "none"
+    workdir: WorkdirArg = "."
+    workspace: WorkspaceArg = None
 
 
 def describe_bad_arguments(exc: ValidationError, *, supported_languages: tuple[str, ...]) -> str:

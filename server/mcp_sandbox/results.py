@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mcp_sandbox.workspace import WorkspaceReport
+
 
 class RunResult(BaseModel):
     """One finished run. A failing, timed-out or OOM-killed program is a result, not an error.
@@ -23,6 +25,16 @@ class RunResult(BaseModel):
     stderr_bytes: int = Field(description="bytes the program wrote to stderr, before any cut")
     image: str = Field(description="the image the sandbox ran")
     run_id: str = Field(description="this run's id, as in the server's log")
+    egress_allowed: int = Field(
+        0, description='network="egress": requests the proxy let through (0 without a network)'
+    )
+    egress_denied: list[str] = Field(
+        default_factory=list,
+        description='network="egress": what the proxy refused, as "host:port (reason)"',
+    )
+    workspace: WorkspaceReport | None = Field(
+        None, description="the workspace mode and, for copy and rw, the files the run changed"
+    )
     stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
     stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
 
@@ -37,6 +49,18 @@ class RunResult(BaseModel):
         lines = [
             f"{verdict} in {self.duration_ms} ms" + (" (output cut)" if self.truncated else "")
         ]
+        if self.egress_allowed or self.egress_denied:
+            lines.append(
+                f"egress: {self.egress_allowed} allowed"
+                + (f"; refused: {', '.join(self.egress_denied)}" if self.egress_denied else "")
+            )
+        if self.workspace is not None and self.workspace.mode != "ro":
+            ws = self.workspace
+            lines.append(
+                f"workspace {ws.mode}: {ws.changes_total} path(s) changed"
+                + (f", {ws.applied} written back" if ws.applied is not None else "")
+                + (f" ({ws.note})" if ws.note else "")
+            )
         for name, text in (("stdout", self.stdout), ("stderr", self.stderr)):
             if text:
                 more = "…" if len(text) > preview_chars else ""

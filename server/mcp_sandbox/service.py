@@ -6,22 +6,34 @@ import contextlib
 import logging
 import secrets as pysecrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import anyio
 from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox import languages
 from mcp_sandbox.docker_api import DockerApi
-from mcp_sandbox.errors import HostBusy, SandboxUnavailable
+from mcp_sandbox.egress import EgressProxy, EgressTally, reap_networks
+from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxUnavailable
 from mcp_sandbox.host import owner_is_alive
 from mcp_sandbox.output import shape
-from mcp_sandbox.policy import decide
+from mcp_sandbox.policy import RunPlan, decide
 from mcp_sandbox.requests import RunCodeArgs, ShellArgs
 from mcp_sandbox.results import RunResult
 from mcp_sandbox.runner import RawRun, remove_quietly, run_once
 from mcp_sandbox.settings import Settings
-from mcp_sandbox.spec import OWNER_LABEL, build_spec
+from mcp_sandbox.spec import OWNER_LABEL, ContainerSpec, build_spec, with_egress, with_workspace
+from mcp_sandbox.workspace import WorkspaceReport, default_root
+from mcp_sandbox.workspace_session import (
+    KEEPER_ARGV,
+    KEEPER_LIMITS,
+    Session,
+    Workspace,
+    WorkspaceAsk,
+    WorkspacePlan,
+    open_session,
+    reap_volumes,
+)
 
 log = logging.getLogger("mcp_sandbox")
 
@@ -41,6 +53,7 @@ class SandboxService:
         seccomp_json: Callable[[], str],
         scrub: Callable[[str], str],
         scrub_margin: int,
+        sandbox_env: Mapping[str, str] | None = None,
         max_concurrent: int,
         owner: str,
     ) -> None:
@@ -51,23 +64,55 @@ class SandboxService:
         self._seccomp_json = seccomp_json
         self._scrub = scrub
         self._margin = scrub_margin
+        self._env = dict(settings.env if sandbox_env is None else sandbox_env)
         self._slots = CapacityLimiter(max_concurrent)
         # Each run holds a stream-pump thread and makes short calls besides.
         self._threads = CapacityLimiter(max_concurrent * 3 + 8)
+        self._egress = EgressProxy(
+            settings.egress,
+            api,
+            owner=owner,
+            seccomp_json=seccomp_json,
+            extra_labels=settings.labels,
+        )
+        self.workspace = Workspace(default_root(settings.workspace), settings.workspace_policy)
+        if self.workspace.root is None:
+            log.warning("started in / or a home directory: no workspace (use --workspace PATH)")
+
+    def scrub(self, text: str) -> str:
+        """The one scrubber everything that leaves the server passes."""
+        return self._scrub(text)
 
     async def run_code(self, args: RunCodeArgs) -> RunResult:
         argv = languages.argv_for(args.language, args.code)
-        return await self._run(argv, args.code, args.timeout_s, args.stdin)
+        where = WorkspaceAsk(args.workdir, args.workspace)
+        return await self._run(argv, args.code, args.timeout_s, args.stdin, args.network, where)
 
     async def shell(self, args: ShellArgs) -> RunResult:
         argv = (*languages.SHELL_PREFIX, args.command)
-        return await self._run(argv, args.command, args.timeout_s, args.stdin)
+        where = WorkspaceAsk(args.workdir, args.workspace)
+        return await self._run(argv, args.command, args.timeout_s, args.stdin, args.network, where)
 
     async def _run(
-        self, argv: tuple[str, ...], source: str, timeout_s: float | None, stdin: str | None
+        self,
+        argv: tuple[str, ...],
+        source: str,
+        timeout_s: float | None,
+        stdin: str | None,
+        network: str = "none",
+        where: WorkspaceAsk | None = None,
     ) -> RunResult:
         s = self.settings
         plan = decide(s.limits, s.bounds, argv, source, timeout_s, stdin)
+        if network != "none" and not s.egress.enabled:
+            raise RequestRejected(
+                'network "egress" is not enabled on this server; its operator can turn it on '
+                "with egress.enabled = true (then calls reach only egress.allow)"
+            )
+        # Checked, and the tree read, before any container starts.
+        ws_plan = await to_thread.run_sync(
+            self.workspace.plan, where or WorkspaceAsk(), limiter=self._threads
+        )
         run_id = pysecrets.token_hex(6)
         spec = build_spec(
             plan,
@@ -75,15 +120,17 @@ class SandboxService:
             run_id=run_id,
             owner=self.owner,
             seccomp_json=self._seccomp_json(),
-            extra_env=s.env,
+            extra_env=self._env,
             runtime=s.runtime,
             extra_labels=s.labels,
         )
         async with self._slot(plan.limits.timeout_s):
-            raw = await run_once(
-                self.api, spec, plan.stdin, plan.limits.output_bytes + self._margin, self._threads
-            )
-        result = self._result(raw, run_id, plan.limits.output_bytes)
+            async with self._workspace_session(ws_plan, run_id, plan) as ws:
+                if ws is not None:
+                    spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
+                raw, tally = await self._launch(spec, plan, run_id, network)
+                report = await ws.finish() if ws is not None else None
+        result = self._result(raw, run_id, plan.limits.output_bytes, tally, report)
         log.info(
             "run %s exit=%s timed_out=%s oom=%s %dms out=%dB err=%dB",
             run_id,
@@ -95,6 +142,48 @@ class SandboxService:
             result.stderr_bytes,
         )
         return result
+
+    async def _launch(
+        self, spec: ContainerSpec, plan: RunPlan, run_id: str, network: str
+    ) -> tuple[RawRun, EgressTally | None]:
+        """Run ``spec``; with ``network="egress"``, on a network of its own behind the proxy."""
+        keep = plan.limits.output_bytes + self._margin
+        if network == "none":
+            return await run_once(self.api, spec, plan.stdin, keep, self._threads), None
+        async with self._egress.attached(run_id, plan.limits.timeout_s, self._threads) as call:
+            spec = with_egress(spec, call.link)
+            raw = await run_once(self.api, spec, plan.stdin, keep, self._threads)
+        return raw, call.tally
+
+    @contextlib.asynccontextmanager
+    async def _workspace_session(
+        self, ws_plan: WorkspacePlan | None, run_id: str, plan: RunPlan
+    ) -> AsyncIterator[Session | None]:
+        """The run's workspace mounts (None: no workspace), set up and torn down around it."""
+        if ws_plan is None:
+            yield None
+            return
+        s = self.settings
+        keeper = build_spec(
+            RunPlan(argv=KEEPER_ARGV, limits=KEEPER_LIMITS, stdin=None),
+            image=s.image,
+            run_id=f"{run_id}-keeper",
+            owner=self.owner,
+            seccomp_json=self._seccomp_json(),
+            extra_env={},
+            runtime=s.runtime,
+            extra_labels=s.labels,
+        )
+        async with open_session(
+            ws_plan,
+            api=self.api,
+            threads=self._threads,
+            policy=s.workspace_policy,
+            keeper=keeper,
+            volume=f"{keeper.name}-ws",
+            workdir_mib=plan.limits.workdir_mib,
+        ) as ws:
+            yield ws
 
     @contextlib.asynccontextmanager
     async def _slot(self, wait_s: float) -> AsyncIterator[None]:
@@ -113,7 +202,14 @@ class SandboxService:
         finally:
             self._slots.release()
 
-    def _result(self, raw: RawRun, run_id: str, budget: int) -> RunResult:
+    def _result(
+        self,
+        raw: RawRun,
+        run_id: str,
+        budget: int,
+        tally: EgressTally | None = None,
+        workspace: WorkspaceReport | None = None,
+    ) -> RunResult:
         out, err = shape(
             raw.stdout, raw.stderr, budget=budget, scrub=self._scrub, margin=self._margin
         )
@@ -127,9 +223,19 @@ class SandboxService:
             stderr_bytes=err.original_bytes,
             image=self.settings.image,
             run_id=run_id,
+            egress_allowed=tally.allowed if tally else 0,
+            egress_denied=list(tally.denied) if tally else [],
+            workspace=self._scrubbed(workspace),
             stdout=out.text,
             stderr=err.text,
         )
+
+    def _scrubbed(self, report: WorkspaceReport | None) -> WorkspaceReport | None:
+        """Paths the sandbox named leave the server like its output: scrubbed."""
+        if report is None:
+            return None
+        changes = [c.model_copy(update={"path": self._scrub(c.path)}) for c in report.changes]
+        return report.model_copy(update={"changes": changes})
 
     async def reap(self, *, own_too: bool) -> int:
         """Remove labelled containers whose server is gone (and ours, with ``own_too``)."""
@@ -151,4 +257,7 @@ class SandboxService:
         async with anyio.create_task_group() as tg:
             for name in doomed:
                 tg.start_soon(remove_quietly, self.api, name, self._threads)
+        # Networks last: one with a container on it cannot go.
+        await reap_networks(self.api, self.owner, self._threads, own_too=own_too)
+        await reap_volumes(self.api, self._threads, owner=self.owner, own_too=own_too)
         return len(doomed)

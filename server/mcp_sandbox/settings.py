@@ -7,11 +7,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mcp_sandbox.egress_settings import EgressSettings
 from mcp_sandbox.errors import ConfigError
+from mcp_sandbox.http_settings import HttpSettings
 from mcp_sandbox.policy import CallBounds, Limits
+from mcp_sandbox.secrets import looks_secret_name
+from mcp_sandbox.workspace import WorkspacePolicy, check_root
 
 DEFAULT_IMAGE = "mcp-sandbox-runtime:0.1"
 _PREFIX = "MCP_SANDBOX_"
@@ -41,6 +45,18 @@ class Settings(BaseSettings):
     env: dict[str, str] = Field(
         default_factory=dict, description="extra variables set inside every sandbox"
     )
+    pass_env: list[str] = Field(
+        default_factory=list,
+        description="names of the server's own variables copied into every sandbox",
+    )
+    allow_secret_env: list[str] = Field(
+        default_factory=list,
+        description="secret-looking names that `env` or `pass_env` may still set",
+    )
+    scrub_values: list[str] = Field(
+        default_factory=list,
+        description="literal values redacted from everything that leaves the server",
+    )
     labels: dict[str, str] = Field(
         default_factory=dict,
         description="extra labels on every container (ours, mcp-sandbox*, cannot be changed)",
@@ -48,6 +64,36 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     limits: Limits = Limits()
     bounds: CallBounds = CallBounds()
+    workspace: Path | None = Field(
+        None, description="directory mounted at /workspace; None: where the server started"
+    )
+    workspace_policy: WorkspacePolicy = WorkspacePolicy()
+    egress: EgressSettings = EgressSettings()
+    launcher_socket: Path | None = Field(
+        None, description="send runs to `mcp-sandbox launcher` here instead of using Docker"
+    )
+    http: HttpSettings = HttpSettings()
+
+    @model_validator(mode="after")
+    def _no_secret_into_sandboxes(self) -> Settings:
+        # A name like *TOKEN* carries a credential; handing it to untrusted code needs an
+        # explicit, reviewable opt-in per name.
+        risky = sorted(
+            n
+            for n in {*self.env, *self.pass_env}
+            if looks_secret_name(n) and n not in self.allow_secret_env
+        )
+        if risky:
+            raise ValueError(
+                f"refusing to pass secret-looking variable(s) {', '.join(risky)} into "
+                "sandboxes; list them in allow_secret_env if untrusted code should have them"
+            )
+        return self
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace_is_a_project(cls, value: Path | None) -> Path | None:
+        return None if value is None else check_root(value)
 
     @model_validator(mode="after")
     def _default_within_max(self) -> Settings:
@@ -69,6 +115,17 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values come in as init kwargs; env vars override them.
         return (env_settings, init_settings)
+
+
+def with_workspace_root(settings: Settings, path: Path) -> Settings:
+    """``settings`` with the workspace ``--workspace`` names: it wins over file and env.
+
+    Raises ConfigError saying why ``path`` cannot be one.
+    """
+    try:
+        return settings.model_copy(update={"workspace": check_root(path)})
+    except ValueError as e:
+        raise ConfigError(f"invalid configuration: workspace: {e}") from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
+from mcp_sandbox.egress_policy import EgressLink
 from mcp_sandbox.policy import Limits, RunPlan
 
 LABEL = "mcp-sandbox"
@@ -22,6 +23,15 @@ BASE_ENV: Mapping[str, str] = {
     "PYTHONPYCACHEPREFIX": "/tmp/.pycache",
     "npm_config_cache": "/tmp/.npm",
     "XDG_CACHE_HOME": "/tmp/.cache",
+    # The workspace may be read-only: tools that write caches beside the code write to /tmp.
+    "PYTEST_ADDOPTS": "-o cache_dir=/tmp/.pytest_cache",
+    "MYPY_CACHE_DIR": "/tmp/.mypy_cache",
+    "RUFF_CACHE_DIR": "/tmp/.ruff_cache",
+    # The workspace belongs to another user than the sandbox's, and git would refuse it
+    # ("dubious ownership"); inside the sandbox there is nothing that check protects.
+    "GIT_CONFIG_COUNT": "1",
+    "GIT_CONFIG_KEY_0": "safe.directory",
+    "GIT_CONFIG_VALUE_0": "*",
 }
 
 # stdin crosses the attach stream as base64, so no byte of it can be read by the daemon as a
@@ -29,6 +39,40 @@ BASE_ENV: Mapping[str, str] = {
 _STDIN_WRAPPER = ("/bin/sh", "-c", 'base64 -d | "$@"', "stdin-decoder")
 
 _MIB = 1024 * 1024
+
+# An "egress" sandbox: no IPv6, no ICMP echo sockets, and a resolver that goes nowhere.
+EGRESS_DNS = ("127.0.0.1",)
+EGRESS_SYSCTLS: Mapping[str, str] = {
+    "net.ipv6.conf.all.disable_ipv6": "1",
+    "net.ipv6.conf.default.disable_ipv6": "1",
+    "net.ipv4.ping_group_range": "1 0",
+}
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path or volume in the sandbox, as data; ``engine()`` is the Engine API's form."""
+
+    kind: Literal["bind", "volume"]
+    source: str
+    target: str
+    read_only: bool
+
+    def engine(self) -> dict[str, Any]:
+        m: dict[str, Any] = {
+            "Type": self.kind,
+            "Source": self.source,
+            "Target": self.target,
+            "ReadOnly": self.read_only,
+        }
+        if self.kind == "bind":
+            # Docker 20.10 makes only the top of a recursive bind read-only: mounts below it
+            # would stay writable. Non-recursive, they are not there at all.
+            m["BindOptions"] = {"Propagation": "rprivate", "NonRecursive": True}
+        else:
+            # Never fill the volume from the image's directory at the mount point.
+            m["VolumeOptions"] = {"NoCopy": True}
+        return m
 
 
 @dataclass(frozen=True)
@@ -43,6 +87,10 @@ class ContainerSpec:
     stdin: bool
     runtime: str | None = None
     tmpfs: tuple[tuple[str, int], ...] = field(default=())
+    # network="egress": the call's own internal network, whose only exit is the proxy.
+    egress_network: str | None = None
+    mounts: tuple[Mount, ...] = field(default=())
+    working_dir: str = WORKDIR
 
     def create_kwargs(self) -> dict[str, Any]:
         """Arguments of the Engine API's container create, minus the host config."""
@@ -52,17 +100,34 @@ class ContainerSpec:
             "command": list(self.argv),
             "user": SANDBOX_USER,
             "environment": [f"{k}={v}" for k, v in self.env],
-            "working_dir": WORKDIR,
+            "working_dir": self.working_dir,
             "labels": dict(self.labels),
             "hostname": "sandbox",
             # An empty network namespace with only `lo`, without a trip through libnetwork.
-            "network_disabled": True,
+            "network_disabled": self.egress_network is None,
             # With detach off, docker-py sets StdinOnce too: stdin closes after our one write.
             "stdin_open": self.stdin,
             "detach": False,
             "tty": False,
             # docker-py would copy proxy settings from the user's ~/.docker/config.json.
             "use_config_proxy": False,
+        } | self._egress_create_kwargs()
+
+    def _egress_create_kwargs(self) -> dict[str, Any]:
+        if self.egress_network is None:
+            return {}
+        return {"networking_config": {"EndpointsConfig": {self.egress_network: {}}}}
+
+    def _egress_host_kwargs(self) -> dict[str, Any]:
+        if self.egress_network is None:
+            return {}
+        return {
+            "network_mode": self.egress_network,
+            # Docker's resolver (127.0.0.11) then forwards inside the sandbox, to nothing.
+            "dns": list(EGRESS_DNS),
+            # A program that resolves by itself (not through the proxy) fails in seconds.
+            "dns_opt": ["timeout:1", "attempts:1"],
+            "sysctls": dict(EGRESS_SYSCTLS),
         }
 
     def host_config_kwargs(self) -> dict[str, Any]:
@@ -95,11 +160,12 @@ class ContainerSpec:
                 path: f"rw,exec,nosuid,nodev,size={size_mib}m,mode=1777"
                 for path, size_mib in self.tmpfs
             },
+            "mounts": [m.engine() for m in self.mounts],
             # Output is read live from the attach stream; the daemon keeps no log file.
             "log_config": {"type": "none", "config": {}},
             "runtime": self.runtime,
             "auto_remove": False,
-        }
+        } | self._egress_host_kwargs()
 
 
 def build_spec(
@@ -130,3 +196,18 @@ def build_spec(
         runtime=runtime,
         tmpfs=(("/tmp", plan.limits.tmp_mib), (WORKDIR, plan.limits.workdir_mib)),
     )
+
+
+def with_egress(spec: ContainerSpec, link: EgressLink) -> ContainerSpec:
+    """``spec`` on the call's internal network, with the proxy variables (they win)."""
+    env = {**dict(spec.env), **link.env()}
+    return replace(spec, env=tuple(sorted(env.items())), egress_network=link.network)
+
+
+def with_workspace(
+    spec: ContainerSpec, mounts: tuple[Mount, ...], working_dir: str
+) -> ContainerSpec:
+    """``spec`` with the workspace mounted; a mount replaces the scratch tmpfs at its target."""
+    targets = {m.target for m in mounts}
+    tmpfs = tuple((path, size) for path, size in spec.tmpfs if path not in targets)
+    return replace(spec, mounts=mounts, working_dir=working_dir, tmpfs=tmpfs)

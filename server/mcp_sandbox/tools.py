@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
@@ -17,15 +17,20 @@ from pydantic import BaseModel, ValidationError
 from mcp_sandbox import __version__, languages
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.languages import Language
+from mcp_sandbox.launcher import LauncherClient
 from mcp_sandbox.requests import (
+    NetworkArg,
     RunCodeArgs,
     ShellArgs,
     StdinArg,
     TimeoutArg,
+    WorkdirArg,
+    WorkspaceArg,
     describe_bad_arguments,
 )
 from mcp_sandbox.results import RunResult
 from mcp_sandbox.service import SandboxService
+from mcp_sandbox.workspace import WorkspacePolicy
 
 log = logging.getLogger("mcp_sandbox")
 
@@ -33,13 +38,19 @@ ARGUMENT_MODELS: dict[str, type[BaseModel]] = {"run_code": RunCodeArgs, "shell":
 
 INSTRUCTIONS = (
     "Runs code in a fresh, throw-away Docker container per call: no network, read-only root, "
-    "no host files, limited CPU, memory, processes and time. Nothing persists between calls."
+    "only the project's workspace (read-only by default, secret files hidden), limited CPU, "
+    "memory, processes and time. Nothing persists between calls."
 )
 
 
 _WALLS = (
-    "Each call gets a new container that is removed afterwards: no network, read-only root "
-    "(/tmp and the working directory are small scratch tmpfs), no host files or credentials, "
+    "Each call gets a new container that is removed afterwards: no network (unless "
+    'network="egress" and the server allows it: then only its allowlisted hosts, through a '
+    "proxy; refusals are listed in egress_denied), read-only root "
+    "(/tmp is a small scratch tmpfs). The workspace (the project) is at /workspace and is the "
+    'working directory (workdir: a path inside it): read-only by default; workspace="copy" '
+    "gives a throw-away writable copy and lists the files the run changed. Secret files "
+    "(.env, keys...) are hidden; no other host files or credentials, "
     "limited CPU, memory, processes and time. Returns exit_code, timed_out, oom_killed, "
     "truncated, and scrubbed stdout/stderr (long output is cut head+tail)."
 )
@@ -72,19 +83,19 @@ def _tool_result(result: RunResult) -> CallToolResult:
     )
 
 
-async def _guarded(action: str, call: Any) -> CallToolResult:
-    """Our errors reach the caller as one line; anything else stays in the server log."""
+async def _guarded(scrub: Callable[[str], str], action: str, call: Any) -> CallToolResult:
+    """Our errors reach the caller as one scrubbed line; anything else stays in the log."""
     try:
         return _tool_result(await call)
     except SandboxError as e:
         log.info("%s refused: %s", action, e)
-        raise ToolError(str(e)) from None
+        raise ToolError(scrub(str(e))) from None
     except Exception:
         log.exception("%s failed", action)
         raise ToolError("internal error; details are in the server log") from None
 
 
-def build_server(service: SandboxService) -> MCPServer[None]:
+def build_server(service: SandboxService | LauncherClient) -> MCPServer[None]:
     """The MCP server over ``service``; the lifespan reaps what dead servers left behind."""
 
     @contextlib.asynccontextmanager
@@ -106,10 +117,15 @@ def build_server(service: SandboxService) -> MCPServer[None]:
         lifespan=lifespan,
         middleware=[_check_arguments],
     )
+    # A launcher client's errors were scrubbed where they were made.
+    scrub: Callable[[str], str] = getattr(service, "scrub", lambda text: text)
+    # With `rw` enabled a call may write the user's files; otherwise nothing outside the
+    # throw-away container changes, and repeating a call adds no effect.
+    writes = "rw" in _workspace_modes(service)
     annotations = ToolAnnotations(
-        read_only_hint=True,  # nothing outside the throw-away container changes
-        destructive_hint=False,
-        idempotent_hint=True,  # a call leaves nothing behind, so repeating it adds no effect
+        read_only_hint=not writes,
+        destructive_hint=writes,
+        idempotent_hint=not writes,
         open_world_hint=False,  # no network
     )
 
@@ -119,10 +135,21 @@ def build_server(service: SandboxService) -> MCPServer[None]:
         code: str,
         timeout_s: TimeoutArg = None,
         stdin: StdinArg = None,
+        network: NetworkArg = "none",
+        workdir: WorkdirArg = ".",
+        workspace: WorkspaceArg = None,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run a snippet of python, javascript (Node.js) or bash in a fresh container."""
-        args = RunCodeArgs(language=language, code=code, timeout_s=timeout_s, stdin=stdin)
-        return await _guarded("run_code", service.run_code(args))
+        args = RunCodeArgs(
+            language=language,
+            code=code,
+            timeout_s=timeout_s,
+            stdin=stdin,
+            network=network,
+            workdir=workdir,
+            workspace=workspace,
+        )
+        return await _guarded(scrub, "run_code", service.run_code(args))
 
     @mcp.tool(
         title="Run a shell command in a sandbox", annotations=annotations, description=SHELL_DOC
@@ -131,15 +158,32 @@ def build_server(service: SandboxService) -> MCPServer[None]:
         command: str,
         timeout_s: TimeoutArg = None,
         stdin: StdinArg = None,
+        network: NetworkArg = "none",
+        workdir: WorkdirArg = ".",
+        workspace: WorkspaceArg = None,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run `/bin/sh -c command` in a fresh container."""
-        args = ShellArgs(command=command, timeout_s=timeout_s, stdin=stdin)
-        return await _guarded("shell", service.shell(args))
+        args = ShellArgs(
+            command=command,
+            timeout_s=timeout_s,
+            stdin=stdin,
+            network=network,
+            workdir=workdir,
+            workspace=workspace,
+        )
+        return await _guarded(scrub, "shell", service.shell(args))
 
     return mcp
 
 
-async def _reap_at_start(service: SandboxService) -> None:
+def _workspace_modes(service: SandboxService | LauncherClient) -> tuple[str, ...]:
+    """The workspace modes calls may ask for (a launcher's are its own: assume the default)."""
+    if isinstance(service, SandboxService):
+        return service.settings.workspace_policy.modes
+    return WorkspacePolicy().modes
+
+
+async def _reap_at_start(service: SandboxService | LauncherClient) -> None:
     removed = await service.reap(own_too=False)
     if removed:
         log.info("removed %d sandbox(es) left by servers that died", removed)

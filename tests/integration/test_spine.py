@@ -132,8 +132,9 @@ async def test_only_loopback_exists(inside: dict[str, object]) -> None:
 
 async def test_root_is_read_only_and_scratch_is_writable(inside: dict[str, object]) -> None:
     assert inside["root_writable"] is False and inside["etc_writable"] is False
-    assert inside["tmp_writable"] is True and inside["cwd_writable"] is True
-    assert inside["cwd"] == "/workspace"
+    assert inside["tmp_writable"] is True
+    # The working directory is the workspace (the server's cwd), read-only by default.
+    assert inside["cwd"] == "/workspace" and inside["cwd_writable"] is False
 
 
 async def test_pid1_is_an_init_that_reaps(inside: dict[str, object]) -> None:
@@ -144,7 +145,11 @@ async def test_no_host_path_or_docker_socket_is_mounted(inside: dict[str, object
     assert inside["docker_sock"] is False
     mounts = str(inside["mounts"])
     for line in mounts.splitlines():
-        _source, target, fstype = line.split()[:3]
+        _source, target, fstype, options = line.split()[:4]
+        if target == "/workspace" or target.startswith("/workspace/"):
+            # The workspace and the empty files masking its secrets: read-only binds.
+            assert options.split(",")[0] == "ro", line
+            continue
         # Docker's own per-container files are bind-mounted; nothing else from the host.
         if target in ("/etc/resolv.conf", "/etc/hostname", "/etc/hosts") or target.endswith(
             "/sbin/docker-init"
@@ -177,6 +182,12 @@ async def test_the_environment_is_built_from_nothing(inside: dict[str, object]) 
         "PYTHONPYCACHEPREFIX",
         "npm_config_cache",
         "XDG_CACHE_HOME",
+        "PYTEST_ADDOPTS",
+        "MYPY_CACHE_DIR",
+        "RUFF_CACHE_DIR",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_KEY_0",
+        "GIT_CONFIG_VALUE_0",
     }
     assert PLANTED_NAME not in str(inside["environ1"]) and PLANTED_VALUE not in str(inside)
 

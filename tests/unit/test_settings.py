@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from mcp_sandbox.egress_settings import EgressSettings
 from mcp_sandbox.errors import ConfigError
+from mcp_sandbox.http_settings import HttpSettings
 from mcp_sandbox.settings import Settings, load_settings
+from mcp_sandbox.workspace import WorkspacePolicy
 
 
 def test_toml_then_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,7 +46,11 @@ def test_unknown_env_var_with_our_prefix_is_an_error(monkeypatch: pytest.MonkeyP
 
 def test_every_key_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    keys = [k for k in Settings.model_fields if k not in ("config", "limits", "bounds")]
+    nested = ("config", "limits", "bounds", "egress", "http", "workspace_policy")
+    keys = [k for k in Settings.model_fields if k not in nested]
+    keys += [f"egress.{k}" for k in EgressSettings.model_fields]
+    keys += [f"http.{k}" for k in HttpSettings.model_fields]
+    keys += [f"workspace_policy.{k}" for k in WorkspacePolicy.model_fields]
     keys += [f"limits.{k}" for k in Settings.model_fields["limits"].annotation.model_fields]  # type: ignore[union-attr]
     keys += [f"bounds.{k}" for k in Settings.model_fields["bounds"].annotation.model_fields]  # type: ignore[union-attr]
     missing = [k for k in keys if f"`{k}`" not in readme]
