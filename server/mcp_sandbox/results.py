@@ -21,10 +21,12 @@ class RunResult(BaseModel):
     oom_killed: bool = Field(description="the memory limit ended a process of the run")
     truncated: bool = Field(description="stdout or stderr was cut to fit the output budget")
     duration_ms: int = Field(description="wall time from start to exit")
+    pooled: bool = Field(description="ran in a pre-started sandbox (still fresh: one call each)")
     stdout_bytes: int = Field(description="bytes the program wrote to stdout, before any cut")
     stderr_bytes: int = Field(description="bytes the program wrote to stderr, before any cut")
     image: str = Field(description="the image the sandbox ran")
     run_id: str = Field(description="this run's id, as in the server's log")
+    sandbox: str = Field(description="the container it ran in, removed since")
     egress_allowed: int = Field(
         0, description='network="egress": requests the proxy let through (0 without a network)'
     )

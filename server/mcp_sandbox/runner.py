@@ -33,6 +33,8 @@ class RawRun:
     timed_out: bool
     oom_killed: bool
     duration_ms: int
+    container: str = ""  # the container's name
+    pooled: bool = False  # a warm sandbox, pre-started for this one call
 
 
 async def _step(
@@ -108,7 +110,7 @@ async def run_once(
             await _step(threads, "kill the sandbox", api.kill, spec.name)
             await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
             oom = await _step(threads, "inspect the sandbox", api.oom_killed, spec.name)
-        return RawRun(out, err, exit_code, timed_out, oom, duration_ms)
+        return RawRun(out, err, exit_code, timed_out, oom, duration_ms, spec.name)
     finally:
         if streams is not None:
             streams.close()

@@ -7,22 +7,33 @@ import logging
 import secrets as pysecrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 
 import anyio
+import psutil
 from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox import languages
 from mcp_sandbox.docker_api import DockerApi
 from mcp_sandbox.egress import EgressProxy, EgressTally, reap_networks
-from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxUnavailable
+from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.host import owner_is_alive
 from mcp_sandbox.output import shape
 from mcp_sandbox.policy import RunPlan, decide
+from mcp_sandbox.pool import WarmPool, run_warm
 from mcp_sandbox.requests import RunCodeArgs, ShellArgs
 from mcp_sandbox.results import RunResult
 from mcp_sandbox.runner import RawRun, remove_quietly, run_once
 from mcp_sandbox.settings import Settings
-from mcp_sandbox.spec import OWNER_LABEL, ContainerSpec, build_spec, with_egress, with_workspace
+from mcp_sandbox.spec import (
+    OWNER_LABEL,
+    WORKDIR,
+    ContainerSpec,
+    build_spec,
+    with_egress,
+    with_workspace,
+)
+from mcp_sandbox.warm import STUB_ARGV
 from mcp_sandbox.workspace import WorkspaceReport, default_root
 from mcp_sandbox.workspace_session import (
     KEEPER_ARGV,
@@ -33,6 +44,7 @@ from mcp_sandbox.workspace_session import (
     WorkspacePlan,
     open_session,
     reap_volumes,
+    ro_mounts,
 )
 
 log = logging.getLogger("mcp_sandbox")
@@ -78,6 +90,19 @@ class SandboxService:
         self.workspace = Workspace(default_root(settings.workspace), settings.workspace_policy)
         if self.workspace.root is None:
             log.warning("started in / or a home directory: no workspace (use --workspace PATH)")
+        ps = settings.pool
+        self.pool = (
+            WarmPool(
+                api,
+                self._threads,
+                self._warm_spec,
+                min_size=ps.min_size,
+                max_size=min(ps.max_size, max_concurrent),
+                may_start=self._may_start,
+            )
+            if ps.enabled and ps.max_size > 0
+            else None
+        )
 
     def scrub(self, text: str) -> str:
         """The one scrubber everything that leaves the server passes."""
@@ -132,8 +157,9 @@ class SandboxService:
                 report = await ws.finish() if ws is not None else None
         result = self._result(raw, run_id, plan.limits.output_bytes, tally, report)
         log.info(
-            "run %s exit=%s timed_out=%s oom=%s %dms out=%dB err=%dB",
+            "run %s %s exit=%s timed_out=%s oom=%s %dms out=%dB err=%dB",
             run_id,
+            "warm" if result.pooled else "cold",
             result.exit_code,
             result.timed_out,
             result.oom_killed,
@@ -146,9 +172,22 @@ class SandboxService:
     async def _launch(
         self, spec: ContainerSpec, plan: RunPlan, run_id: str, network: str
     ) -> tuple[RawRun, EgressTally | None]:
-        """Run ``spec``; with ``network="egress"``, on a network of its own behind the proxy."""
+        """Run ``spec``; with ``network="egress"``, on a network of its own behind the proxy.
+
+        A warm sandbox stands in only when its spec equals ``spec`` but for identity.
+        """
         keep = plan.limits.output_bytes + self._margin
         if network == "none":
+            warm = self.pool.take(spec) if self.pool is not None else None
+            if warm is not None:
+                assert self.pool is not None
+                try:
+                    raw = await run_warm(
+                        self.api, warm, plan, spec.working_dir, keep, self._threads
+                    )
+                finally:
+                    self.pool.discard(warm)  # killed and removed off the reply path
+                return raw, None
             return await run_once(self.api, spec, plan.stdin, keep, self._threads), None
         async with self._egress.attached(run_id, plan.limits.timeout_s, self._threads) as call:
             spec = with_egress(spec, call.link)
@@ -185,13 +224,59 @@ class SandboxService:
         ) as ws:
             yield ws
 
+    def _warm_spec(self, run_id: str) -> ContainerSpec | None:
+        """A warm sandbox of the default call's shape (None: that shape cannot be warm).
+
+        Built by the same functions as a cold call's spec; blocking (it scans the tree).
+        """
+        s = self.settings
+        stub = RunPlan(argv=STUB_ARGV, limits=s.limits, stdin=None)
+        spec = build_spec(
+            stub,
+            image=s.image,
+            run_id=run_id,
+            owner=self.owner,
+            seccomp_json=self._seccomp_json(),
+            extra_env=self._env,
+            runtime=s.runtime,
+            extra_labels=s.labels,
+        )
+        try:
+            ws_plan = self.workspace.plan(WorkspaceAsk())
+        except SandboxError:
+            return None
+        spec = replace(spec, stdin=True)  # the stub reads its one request from stdin
+        if ws_plan is None:
+            return spec
+        if ws_plan.mode != "ro":
+            return None
+        return with_workspace(spec, ro_mounts(ws_plan), WORKDIR)
+
+    def _may_start(self) -> bool:
+        floor = self.settings.pool.min_available_mib * 1024 * 1024
+        return floor == 0 or psutil.virtual_memory().available >= floor
+
+    async def run_background(self) -> None:
+        """What runs beside the calls for the server's life: the warm pool."""
+        if self.pool is not None:
+            await self.pool.run()
+
     @contextlib.asynccontextmanager
     async def _slot(self, wait_s: float) -> AsyncIterator[None]:
-        """A sandbox slot, or HostBusy once the call has waited as long as it may run."""
+        """A sandbox slot, or HostBusy once the call has waited as long as it may run.
+
+        A slot is also withheld while the host is short of memory (``pool.min_available_mib``).
+        """
         acquired = False
         with anyio.move_on_after(wait_s):
             await self._slots.acquire()
-            acquired = True
+            try:
+                while not self._may_start():  # noqa: ASYNC110  # host memory has no event
+                    await anyio.sleep(0.05)
+                acquired = True
+            finally:
+                if not acquired:
+                    self._slots.release()
         if not acquired:
             raise HostBusy(
                 f"all {self.max_concurrent} sandbox slots stayed busy for {wait_s:g} s; "
@@ -219,10 +304,12 @@ class SandboxService:
             oom_killed=raw.oom_killed,
             truncated=out.truncated or err.truncated,
             duration_ms=raw.duration_ms,
+            pooled=raw.pooled,
             stdout_bytes=out.original_bytes,
             stderr_bytes=err.original_bytes,
             image=self.settings.image,
             run_id=run_id,
+            sandbox=raw.container,
             egress_allowed=tally.allowed if tally else 0,
             egress_denied=list(tally.denied) if tally else [],
             workspace=self._scrubbed(workspace),

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mcp_sandbox.egress_settings import EgressSettings
@@ -19,6 +19,21 @@ from mcp_sandbox.workspace import WorkspacePolicy, check_root
 
 DEFAULT_IMAGE = "mcp-sandbox-runtime:0.1"
 _PREFIX = "MCP_SANDBOX_"
+
+
+class PoolSettings(BaseModel):
+    """Pre-started sandboxes of the default shape, each used for one call only."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="keep sandboxes warm for default-shaped calls")
+    min_size: int = Field(1, ge=0, le=64, description="warm sandboxes kept while idle")
+    max_size: int = Field(4, ge=0, le=64, description="warm sandboxes kept under load")
+    min_available_mib: int = Field(
+        512,
+        ge=0,
+        description="no new sandbox, warm or cold, while the host has less memory available",
+    )
 
 
 class Settings(BaseSettings):
@@ -63,6 +78,7 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     limits: Limits = Limits()
+    pool: PoolSettings = PoolSettings()
     bounds: CallBounds = CallBounds()
     workspace: Path | None = Field(
         None, description="directory mounted at /workspace; None: where the server started"

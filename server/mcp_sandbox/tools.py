@@ -103,6 +103,9 @@ def build_server(service: SandboxService | LauncherClient) -> MCPServer[None]:
         async with anyio.create_task_group() as tg:
             # Never delays the handshake, and a daemon that is down does not stop start-up.
             tg.start_soon(_reap_at_start, service)
+            background = getattr(service, "run_background", None)  # the warm pool, if local
+            if background is not None:
+                tg.start_soon(background)
             try:
                 yield
             finally:

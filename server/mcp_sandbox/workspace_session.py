@@ -10,8 +10,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -161,23 +164,42 @@ async def _step(
         raise SandboxUnavailable(f"could not {what} within {STEP_TIMEOUT_S:g} s") from None
 
 
+@functools.cache
+def _blanks() -> tuple[str, str]:
+    """An empty read-only file and directory that masks are mounted from.
+
+    One pair per server process, so the same masks always give the same mounts (a warm
+    sandbox is used only when its spec equals the call's). Removed at exit.
+    """
+    tmp = tempfile.mkdtemp(prefix="mcp-sandbox-mask-")
+    atexit.register(shutil.rmtree, tmp, True)
+    empty_file = os.path.join(tmp, "file")
+    empty_dir = os.path.join(tmp, "dir")
+    with open(empty_file, "x"):
+        pass
+    os.mkdir(empty_dir)
+    os.chmod(empty_file, 0o444)
+    os.chmod(empty_dir, 0o555)
+    os.chmod(tmp, 0o755)
+    return empty_file, empty_dir
+
+
+def ro_mounts(plan: WorkspacePlan) -> tuple[Mount, ...]:
+    """The read-only bind of the root, and an empty read-only stand-in over each mask."""
+    assert plan.masks is not None
+    empty_file, empty_dir = _blanks()
+    if not (os.path.isfile(empty_file) and os.path.isdir(empty_dir)):
+        _blanks.cache_clear()  # something removed them: make them again
+        empty_file, empty_dir = _blanks()
+    mounts = [Mount("bind", str(plan.root), WORKDIR, read_only=True)]
+    mounts += [Mount("bind", empty_file, f"{WORKDIR}/{rel}", True) for rel in plan.masks.files]
+    mounts += [Mount("bind", empty_dir, f"{WORKDIR}/{rel}", True) for rel in plan.masks.dirs]
+    return tuple(mounts)
+
+
 @contextlib.contextmanager
 def _ro_mounts(plan: WorkspacePlan) -> Iterator[tuple[Mount, ...]]:
-    """The read-only bind and its masks; the empty file and dir they use live meanwhile."""
-    assert plan.masks is not None
-    with tempfile.TemporaryDirectory(prefix="mcp-sandbox-mask-") as tmp:
-        empty_file = os.path.join(tmp, "file")
-        empty_dir = os.path.join(tmp, "dir")
-        with open(empty_file, "x"):
-            pass
-        os.mkdir(empty_dir)
-        os.chmod(empty_file, 0o444)
-        os.chmod(empty_dir, 0o555)
-        os.chmod(tmp, 0o755)
-        mounts = [Mount("bind", str(plan.root), WORKDIR, read_only=True)]
-        mounts += [Mount("bind", empty_file, f"{WORKDIR}/{rel}", True) for rel in plan.masks.files]
-        mounts += [Mount("bind", empty_dir, f"{WORKDIR}/{rel}", True) for rel in plan.masks.dirs]
-        yield tuple(mounts)
+    yield ro_mounts(plan)
 
 
 @contextlib.asynccontextmanager

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from mcp_sandbox.egress_settings import EgressSettings
 from mcp_sandbox.errors import ConfigError
-from mcp_sandbox.http_settings import HttpSettings
 from mcp_sandbox.settings import Settings, load_settings
-from mcp_sandbox.workspace import WorkspacePolicy
 
 
 def test_toml_then_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,14 +42,20 @@ def test_unknown_env_var_with_our_prefix_is_an_error(monkeypatch: pytest.MonkeyP
         load_settings()
 
 
+def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every leaf key of ``model``: a nested model's keys as ``outer.inner``."""
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
 def test_every_key_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    nested = ("config", "limits", "bounds", "egress", "http", "workspace_policy")
-    keys = [k for k in Settings.model_fields if k not in nested]
-    keys += [f"egress.{k}" for k in EgressSettings.model_fields]
-    keys += [f"http.{k}" for k in HttpSettings.model_fields]
-    keys += [f"workspace_policy.{k}" for k in WorkspacePolicy.model_fields]
-    keys += [f"limits.{k}" for k in Settings.model_fields["limits"].annotation.model_fields]  # type: ignore[union-attr]
-    keys += [f"bounds.{k}" for k in Settings.model_fields["bounds"].annotation.model_fields]  # type: ignore[union-attr]
+    keys = [k for k in _keys(Settings) if k != "config"]
     missing = [k for k in keys if f"`{k}`" not in readme]
     assert not missing, f"README.md does not document: {missing}"

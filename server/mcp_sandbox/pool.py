@@ -1,0 +1,226 @@
+"""A pool of pre-started sandboxes of one shape: each is used for one call, then removed.
+
+Refills run in the background, off the reply path; the pool grows while calls find it
+empty and shrinks while it sits idle.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+from anyio import CapacityLimiter, to_thread
+from anyio.abc import TaskGroup
+
+from mcp_sandbox.docker_api import AttachedStreams, DockerApi
+from mcp_sandbox.errors import SandboxUnavailable
+from mcp_sandbox.output import StreamCapture
+from mcp_sandbox.policy import RunPlan
+from mcp_sandbox.runner import RawRun, remove_quietly
+from mcp_sandbox.spec import WORKDIR, ContainerSpec
+from mcp_sandbox.warm import EndWatch, encode_request, shape_of
+
+log = logging.getLogger("mcp_sandbox")
+
+IDLE_SHRINK_S = 30.0  # an idle minute shrinks the pool by two
+REFILL_RETRY_S = 2.0
+
+
+@dataclass
+class Warm:
+    spec: ContainerSpec
+    streams: AttachedStreams
+
+
+class WarmPool:
+    """Warm sandboxes of the shape ``make_spec`` builds."""
+
+    def __init__(
+        self,
+        api: DockerApi,
+        threads: CapacityLimiter,
+        make_spec: Callable[[str], ContainerSpec | None],
+        *,
+        min_size: int,
+        max_size: int,
+        may_start: Callable[[], bool],
+    ) -> None:
+        self._api = api
+        self._threads = threads
+        self._make_spec = make_spec
+        self.min_size, self.max_size = min_size, max(min_size, max_size)
+        self.target = min_size
+        self._may_start = may_start
+        self._ready: deque[Warm] = deque()
+        self._starting = 0
+        self._wake = anyio.Event()
+        self._last_take = time.monotonic()
+        self._tg: TaskGroup | None = None
+        self.served = 0
+        self.misses = 0
+
+    def take(self, cold: ContainerSpec) -> Warm | None:
+        """A warm sandbox whose spec equals ``cold`` but for identity, or None.
+
+        Warm sandboxes of another shape (the workspace's masks changed, say) are stale:
+        they are discarded, never used.
+        """
+        self._last_take = time.monotonic()
+        shape = shape_of(cold)
+        warm = None
+        while self._ready and warm is None:
+            candidate = self._ready.popleft()
+            if shape_of(candidate.spec) == shape:
+                warm = candidate
+            else:
+                self.discard(candidate)
+        if warm is None:
+            self.misses += 1
+            self.target = min(self.target + 1, self.max_size)
+        else:
+            self.served += 1
+        self._wake.set()
+        return warm
+
+    @property
+    def ready(self) -> int:
+        return len(self._ready)
+
+    async def run(self) -> None:
+        """Keep ``target`` sandboxes warm until cancelled; then remove every one left."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                while True:
+                    self._shrink_when_idle()
+                    while len(self._ready) + self._starting < self.target and self._may_start():
+                        self._starting += 1
+                        tg.start_soon(self._start_one)
+                    self._wake = anyio.Event()
+                    with anyio.move_on_after(REFILL_RETRY_S):
+                        await self._wake.wait()
+        finally:
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                await self.drain()
+
+    def _shrink_when_idle(self) -> None:
+        if time.monotonic() - self._last_take > IDLE_SHRINK_S and self.target > self.min_size:
+            self.target -= 1
+            self._last_take = time.monotonic()
+        while len(self._ready) > self.target:
+            self.discard(self._ready.pop())
+
+    async def _start_one(self) -> None:
+        streams: AttachedStreams | None = None
+        spec: ContainerSpec | None = None
+        try:
+            spec = await to_thread.run_sync(
+                self._make_spec, secrets.token_hex(6), limiter=self._threads
+            )
+            if spec is None:  # this shape cannot be warm now; look again later
+                await anyio.sleep(REFILL_RETRY_S * 5)
+                return
+            with anyio.fail_after(60):
+                await to_thread.run_sync(
+                    self._api.create,
+                    spec.create_kwargs(),
+                    spec.host_config_kwargs(),
+                    limiter=self._threads,
+                    abandon_on_cancel=True,
+                )
+                streams = await to_thread.run_sync(
+                    self._api.attach, spec.name, True, limiter=self._threads, abandon_on_cancel=True
+                )
+                await to_thread.run_sync(
+                    self._api.start, spec.name, limiter=self._threads, abandon_on_cancel=True
+                )
+            self._ready.append(Warm(spec, streams))
+            streams = None
+        except (SandboxUnavailable, TimeoutError) as e:
+            log.warning("could not warm a sandbox: %s", e)
+            await anyio.sleep(REFILL_RETRY_S)
+        finally:
+            self._starting -= 1
+            if streams is not None and spec is not None:  # part-way: it never joins the pool
+                streams.close()
+                await remove_quietly(self._api, spec.name, self._threads)
+            self._wake.set()
+
+    def discard(self, warm: Warm) -> None:
+        """Kill and remove ``warm`` in the background (or now, if the pool has stopped)."""
+        warm.streams.close()
+        if self._tg is not None:
+            self._tg.start_soon(remove_quietly, self._api, warm.spec.name, self._threads)
+        else:
+            threading.Thread(target=self._remove_blocking, args=(warm.spec.name,)).start()
+
+    def _remove_blocking(self, name: str) -> None:
+        try:
+            self._api.remove(name)
+        except SandboxUnavailable:
+            pass  # the start-up reaper removes what is left
+
+    async def drain(self) -> None:
+        """Remove every warm sandbox, now."""
+        doomed, self._ready = list(self._ready), deque()
+        async with anyio.create_task_group() as tg:
+            for warm in doomed:
+                warm.streams.close()
+                tg.start_soon(remove_quietly, self._api, warm.spec.name, self._threads)
+
+
+async def run_warm(
+    api: DockerApi,
+    warm: Warm,
+    plan: RunPlan,
+    cwd: str,
+    keep_bytes: int,
+    threads: CapacityLimiter,
+) -> RawRun:
+    """One call in a warm sandbox. The caller discards the sandbox afterwards."""
+    nonce = secrets.token_hex(16)
+    out, err = StreamCapture(keep_bytes), StreamCapture(keep_bytes)
+    watches = {1: EndWatch(nonce, out), 2: EndWatch(nonce, err)}
+    stdin_b64 = base64.b64encode(plan.stdin) if plan.stdin is not None else None
+    request = encode_request(nonce, plan.argv, cwd or WORKDIR, stdin_b64)
+    pumped = threading.Event()
+
+    def sink(stream: int, chunk: bytes) -> bool:
+        watches.get(stream, watches[2]).feed(chunk)
+        return all(w.ended for w in watches.values())
+
+    def pump() -> None:
+        try:
+            warm.streams.pump(sink)
+        finally:
+            pumped.set()
+
+    threading.Thread(target=warm.streams.send_stdin, args=(request,), daemon=True).start()
+    started = time.monotonic()
+    with anyio.move_on_after(plan.limits.timeout_s) as deadline:
+        await to_thread.run_sync(pump, limiter=threads, abandon_on_cancel=True)
+    duration_ms = int((time.monotonic() - started) * 1000)
+    timed_out = deadline.cancelled_caught
+    exit_code = watches[1].exit_code if watches[1].ended else None
+    oom = False
+    if timed_out:
+        await to_thread.run_sync(api.kill, warm.spec.name, limiter=threads)
+        await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
+        exit_code = None
+    elif not watches[1].ended:
+        # The stub never wrote its marker (the program killed it): the exit is the answer.
+        for w in watches.values():
+            w.flush()
+        state = await to_thread.run_sync(api.wait, warm.spec.name, limiter=threads)
+        exit_code, oom = state.exit_code, state.oom_killed
+    if exit_code == 137 or timed_out:
+        oom = oom or await to_thread.run_sync(api.oom_killed, warm.spec.name, limiter=threads)
+    return RawRun(out, err, exit_code, timed_out, oom, duration_ms, warm.spec.name, pooled=True)

@@ -1,0 +1,114 @@
+"""Warm sandboxes: as walled as cold ones, one call each, removed on every path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from sandbox_client import call, connect, eventually, labelled_containers
+
+from .test_spine import INSIDE
+
+COLD = {"MCP_SANDBOX_POOL__ENABLED": "false"}
+
+
+async def _warm_call(client: Client, **args: Any) -> dict[str, Any]:
+    """Call until a warm sandbox serves it (the pool fills in the background)."""
+    with anyio.fail_after(60):
+        while True:
+            result = await call(client, **args)
+            if result["pooled"]:
+                return result
+            await anyio.sleep(0.3)
+
+
+def _exists(name: str) -> bool:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"name=^{name}$"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return bool(out.stdout.strip())
+
+
+@pytest.mark.parametrize("env", [None, COLD], ids=["warm", "cold"])
+async def test_warm_and_cold_sandboxes_have_the_same_walls(env: dict[str, str] | None) -> None:
+    async with connect("auto", env=env) as c:
+        if env is None:
+            result = await _warm_call(c, tool="run_code", language="python", code=INSIDE)
+        else:
+            result = await call(c, "run_code", language="python", code=INSIDE)
+            assert result["pooled"] is False
+    inside = json.loads(result["stdout"])
+    assert (inside["uid"], inside["capeff"], inside["nonewprivs"], inside["seccomp"]) == (
+        65534,
+        "0000000000000000",
+        "1",
+        "2",
+    )
+    assert inside["nets"] == ["lo"] and inside["root_writable"] is False
+    assert inside["pid1"] == "/sbin/docker-init"
+    assert "canary" not in json.dumps(inside["env"])
+
+
+async def test_two_calls_never_share_a_sandbox() -> None:
+    async with connect("auto") as c:
+        first = await _warm_call(c, tool="shell", command="echo mark > /tmp/mark; echo ok")
+        seen = {first["sandbox"]}
+        for _ in range(4):
+            r = await call(
+                c, "shell", command="cat /tmp/mark 2>&1; grep -o 'upperdir=[^,]*' /proc/self/mounts"
+            )
+            assert "No such file" in r["stdout"]
+            seen.add(r["sandbox"])
+        assert len(seen) == 5
+        await eventually(lambda: not any(_exists(n) for n in seen))
+
+
+async def test_a_timed_out_warm_call_is_killed_and_removed() -> None:
+    async with connect("auto") as c:
+        await _warm_call(c, tool="shell", command="true")
+        r = await _warm_call(c, tool="shell", command="trap '' TERM; sleep 60", timeout_s=1)
+        assert r["timed_out"] is True and r["exit_code"] is None
+        await eventually(lambda: not _exists(r["sandbox"]))
+
+
+async def test_output_after_the_end_is_discarded_and_exit_codes_pass() -> None:
+    async with connect("auto") as c:
+        r = await _warm_call(c, tool="shell", command="(sleep 0.5; echo LATE) & echo early; exit 5")
+        assert r["exit_code"] == 5 and r["stdout"] == "early\n"
+
+
+def _running_sleep60() -> list[str]:
+    found = []
+    for cid in labelled_containers():
+        top = subprocess.run(["docker", "top", cid], capture_output=True, text=True)
+        if "sleep 60" in top.stdout:
+            found.append(cid)
+    return found
+
+
+async def test_a_cancelled_warm_call_removes_its_container() -> None:
+    async with connect("auto") as c:
+        await _warm_call(c, tool="shell", command="true")
+        await anyio.sleep(1.0)  # a warm sandbox is ready again
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(c.call_tool, "shell", {"command": "sleep 60", "timeout_s": 60})
+            await eventually(lambda: bool(_running_sleep60()))
+            busy = _running_sleep60()
+            tg.cancel_scope.cancel()
+        await eventually(lambda: not any(cid in labelled_containers() for cid in busy))
+
+
+async def test_the_pool_refills_after_use() -> None:
+    env = {"MCP_SANDBOX_POOL__MIN_SIZE": "2", "MCP_SANDBOX_POOL__MAX_SIZE": "2"}
+    async with connect("auto", env=env) as c:
+        for _ in range(3):
+            await _warm_call(c, tool="shell", command="true")
+        await eventually(lambda: len(labelled_containers()) >= 2, timeout_s=30)
