@@ -114,20 +114,33 @@ def safe_tail(text: str, scrub: Scrub, margin: int) -> str:
     return _common_suffix(scrub(text[margin:]), scrub(text))
 
 
+def cost(text: str) -> int:
+    """What ``text`` weighs in a result: its UTF-8 bytes, plus one per character that JSON
+    escapes with a backslash (so a flood of quotes cannot double a result's size)."""
+    return len(text.encode("utf-8")) + sum(text.count(c) for c in '"\\\t\n')
+
+
 def _fit_bytes(text: str, limit: int, *, from_end: bool = False) -> str:
-    raw = text.encode("utf-8")
-    if len(raw) <= limit:
+    """The longest prefix (or suffix) of ``text`` whose cost is at most ``limit``."""
+    if cost(text) <= limit:
         return text
-    part = raw[len(raw) - limit :] if from_end else raw[:limit]
-    return part.decode("utf-8", "ignore")
+    lo, hi = 0, min(len(text), max(limit, 0))
+    while lo < hi:  # the longest length whose cost fits
+        mid = (lo + hi + 1) // 2
+        part = text[len(text) - mid :] if from_end else text[:mid]
+        if cost(part) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[len(text) - lo :] if from_end else text[:lo]
 
 
 def _cut(head: str, tail: str, original: int, allot: int) -> str:
-    """``head`` and ``tail`` joined by a marker, in at most ``allot`` UTF-8 bytes."""
+    """``head`` and ``tail`` joined by a marker, costing at most ``allot``."""
     marker = CUT_MARKER.format(n=original)
-    room = max(allot - len(marker.encode()), 0)
+    room = max(allot - cost(marker), 0)
     head_part = _fit_bytes(head, room * 3 // 5)
-    tail_part = _fit_bytes(tail, room - len(head_part.encode()), from_end=True)
+    tail_part = _fit_bytes(tail, room - cost(head_part), from_end=True)
     return _fit_bytes(head_part + marker + tail_part, allot)
 
 
@@ -154,13 +167,13 @@ def _allot(a: int, b: int, budget: int) -> tuple[int, int]:
 def shape(
     out: StreamCapture, err: StreamCapture, *, budget: int, scrub: Scrub, margin: int
 ) -> tuple[ShapedStream, ShapedStream]:
-    """Both streams as text that together fit ``budget`` UTF-8 bytes (stdout first)."""
+    """Both streams as text that together ``cost`` at most ``budget`` (stdout first)."""
     rendered = [_render(c, scrub, margin) for c in (out, err)]
-    sizes = [len(h.encode()) if whole else budget for h, _, whole in rendered]
+    sizes = [cost(h) if whole else budget for h, _, whole in rendered]
     allots = _allot(sizes[0], sizes[1], budget)
     shaped = []
     for capture, (head, tail, whole), allot in zip((out, err), rendered, allots, strict=True):
-        if whole and len(head.encode()) <= allot:
+        if whole and cost(head) <= allot:
             shaped.append(ShapedStream(head, capture.total, truncated=False))
             continue
         if whole:

@@ -263,6 +263,15 @@ async def test_a_100_mb_flood_returns_fast_and_truncated(client: Client) -> None
     assert len(json.dumps(data, ensure_ascii=False)) < 40_000
 
 
+async def test_a_flood_of_quotes_and_backslashes_keeps_the_result_small(client: Client) -> None:
+    result = await client.call_tool(
+        "shell", {"command": "head -c 3000000 /dev/zero | tr '\\0' '\\\\'; echo '\"\"'"}
+    )
+    data = result.structured_content
+    assert data is not None and data["truncated"] is True
+    assert len(json.dumps(data, ensure_ascii=False, separators=(",", ":"))) < 40_000
+
+
 async def test_terminal_control_sequences_are_neutralised(client: Client) -> None:
     result = await call(
         client,

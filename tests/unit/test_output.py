@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp_sandbox.output import StreamCapture, neutralise, safe_head, safe_tail, shape
+from mcp_sandbox.output import StreamCapture, cost, neutralise, safe_head, safe_tail, shape
 
 SECRET = "SECRET-0123456789abcdef"
 
@@ -39,7 +41,8 @@ def test_shaped_output_fits_its_budget(out: bytes, err: bytes, budget: int) -> N
     o, e = shape(
         capture(out, budget + 64), capture(err, budget + 64), budget=budget, scrub=scrub, margin=64
     )
-    assert len(o.text.encode()) + len(e.text.encode()) <= budget
+    assert cost(o.text) + cost(e.text) <= budget
+    assert len(json.dumps(o.text, ensure_ascii=False)) + len(json.dumps(e.text, ensure_ascii=False)) <= budget + 4
     assert (o.original_bytes, e.original_bytes) == (len(out), len(err))
     if not o.truncated:
         assert o.text == neutralise(out.decode("utf-8", "replace"))
@@ -103,3 +106,10 @@ def test_a_flood_is_cut_with_a_marker_naming_its_size() -> None:
     )
     assert o.truncated and not e.truncated
     assert "1000003 bytes" in o.text and o.text.endswith("END")
+
+
+def test_a_flood_of_json_escapes_cannot_double_the_result() -> None:
+    o, _ = shape(
+        capture(b'\\"' * 500_000, 4_000), capture(b"", 10), budget=3_000, scrub=scrub, margin=0
+    )
+    assert len(json.dumps(o.text, ensure_ascii=False)) <= 3_002
