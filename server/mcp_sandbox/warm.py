@@ -17,7 +17,7 @@ from mcp_sandbox.output import StreamCapture
 from mcp_sandbox.spec import ContainerSpec
 
 # dash, no extra processes for small requests: each argument arrives as one line with
-# backslashes doubled and newlines as \n, which printf %b turns back; the "." keeps
+# backslashes doubled and control bytes as \0ooo, which printf %b turns back; the "." keeps
 # trailing newlines through the command substitution.
 STUB = r"""
 IFS= read -r nonce || exit 97
@@ -46,7 +46,10 @@ _MARKER_RE = re.compile(rb"\x00mcp-sandbox-end:([0-9a-f]{32}):(\d{1,3})\x00")
 
 
 def _line(arg: str) -> str:
-    return arg.replace("\\", "\\\\").replace("\n", "\\n")
+    """``arg`` on one line of printable text: backslashes doubled, control bytes as octal
+    escapes (so neither a newline nor a Docker detach key can appear raw)."""
+    out = arg.replace("\\", "\\\\")
+    return "".join(f"\\0{ord(c):03o}" if ord(c) < 0x20 or c == "\x7f" else c for c in out)
 
 
 def encode_request(nonce: str, argv: tuple[str, ...], cwd: str, stdin_b64: bytes | None) -> bytes:

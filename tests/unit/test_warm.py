@@ -8,7 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mcp_sandbox.output import StreamCapture
@@ -24,6 +24,7 @@ arg_text = st.text(
 
 
 @settings(max_examples=40, deadline=None)
+@example(["\x1e\x1f ctrl-^ ctrl-_", "a\\nb\n", "\\0101 %b \\c", "\x7f\x01\r\t"], b"\x1e\x1f")
 @given(st.lists(arg_text, min_size=0, max_size=4), st.one_of(st.none(), st.binary(max_size=300)))
 def test_the_stub_runs_exactly_the_argv_and_stdin_it_was_sent(
     args: list[str], stdin: bytes | None
