@@ -65,6 +65,7 @@ class WarmPool:
         self._tg: TaskGroup | None = None
         self.served = 0
         self.misses = 0
+        self.closed = False
 
     def take(self, cold: ContainerSpec) -> Warm | None:
         """A warm sandbox whose spec equals ``cold`` but for identity, or None.
@@ -100,7 +101,11 @@ class WarmPool:
                 self._tg = tg
                 while True:
                     self._shrink_when_idle()
-                    while len(self._ready) + self._starting < self.target and self._may_start():
+                    while (
+                        not self.closed
+                        and len(self._ready) + self._starting < self.target
+                        and self._may_start()
+                    ):
                         self._starting += 1
                         tg.start_soon(self._start_one)
                     self._wake = anyio.Event()
@@ -121,6 +126,7 @@ class WarmPool:
     async def _start_one(self) -> None:
         streams: AttachedStreams | None = None
         spec: ContainerSpec | None = None
+        joined = False
         try:
             spec = await to_thread.run_sync(
                 self._make_spec, secrets.token_hex(6), limiter=self._threads
@@ -128,7 +134,8 @@ class WarmPool:
             if spec is None:  # this shape cannot be warm now; look again later
                 await anyio.sleep(REFILL_RETRY_S * 5)
                 return
-            with anyio.fail_after(60):
+            # Shielded: a creation that has begun ends in the pool or removed, never lost.
+            with anyio.CancelScope(shield=True), anyio.fail_after(60):
                 await to_thread.run_sync(
                     self._api.create,
                     spec.create_kwargs(),
@@ -136,22 +143,25 @@ class WarmPool:
                     limiter=self._threads,
                     abandon_on_cancel=True,
                 )
-                streams = await to_thread.run_sync(
+                attached = await to_thread.run_sync(
                     self._api.attach, spec.name, True, limiter=self._threads, abandon_on_cancel=True
                 )
+                streams = attached
                 await to_thread.run_sync(
                     self._api.start, spec.name, limiter=self._threads, abandon_on_cancel=True
                 )
-            self._ready.append(Warm(spec, streams))
-            streams = None
+            if not self.closed:
+                self._ready.append(Warm(spec, attached))
+                joined = True
         except (SandboxUnavailable, TimeoutError) as e:
             log.warning("could not warm a sandbox: %s", e)
             await anyio.sleep(REFILL_RETRY_S)
         finally:
-            self._starting -= 1
-            if streams is not None and spec is not None:  # part-way: it never joins the pool
-                streams.close()
+            if not joined and spec is not None:  # part-way, or the pool closed meanwhile
+                if streams is not None:
+                    streams.close()
                 await remove_quietly(self._api, spec.name, self._threads)
+            self._starting -= 1
             self._wake.set()
 
     def discard(self, warm: Warm) -> None:
@@ -167,6 +177,14 @@ class WarmPool:
             self._api.remove(name)
         except SandboxUnavailable:
             pass  # the start-up reaper removes what is left
+
+    async def close(self) -> None:
+        """Start no more sandboxes, let those being started finish (bounded), remove all."""
+        self.closed = True
+        with anyio.move_on_after(30):
+            while self._starting:  # noqa: ASYNC110  # starts run in worker threads
+                await anyio.sleep(0.05)
+        await self.drain()
 
     async def drain(self) -> None:
         """Remove every warm sandbox, now."""
@@ -192,12 +210,14 @@ async def run_warm(
     stdin_b64 = base64.b64encode(plan.stdin) if plan.stdin is not None else None
     request = encode_request(nonce, plan.argv, cwd or WORKDIR, stdin_b64)
     pumped = threading.Event()
+    pumping = threading.Event()
 
     def sink(stream: int, chunk: bytes) -> bool:
         watches.get(stream, watches[2]).feed(chunk)
         return all(w.ended for w in watches.values())
 
     def pump() -> None:
+        pumping.set()
         try:
             warm.streams.pump(sink)
         finally:
@@ -213,7 +233,8 @@ async def run_warm(
     oom = False
     if timed_out:
         await to_thread.run_sync(api.kill, warm.spec.name, limiter=threads)
-        await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
+        if pumping.is_set():
+            await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
         exit_code = None
     elif not watches[1].ended:
         # The stub never wrote its marker (the program killed it): the exit is the answer.
@@ -221,6 +242,14 @@ async def run_warm(
             w.flush()
         state = await to_thread.run_sync(api.wait, warm.spec.name, limiter=threads)
         exit_code, oom = state.exit_code, state.oom_killed
-    if exit_code == 137 or timed_out:
-        oom = oom or await to_thread.run_sync(api.oom_killed, warm.spec.name, limiter=threads)
+    if exit_code == 137 and not oom:
+        # SIGKILL: the memory limit, or the program's own kill. The daemon records OOM on
+        # the container once it has exited, and the stub exits right after its marker.
+        with anyio.move_on_after(5):
+            state = await to_thread.run_sync(
+                api.wait, warm.spec.name, limiter=threads, abandon_on_cancel=True
+            )
+            oom = state.oom_killed
+    elif timed_out:
+        oom = await to_thread.run_sync(api.oom_killed, warm.spec.name, limiter=threads)
     return RawRun(out, err, exit_code, timed_out, oom, duration_ms, warm.spec.name, pooled=True)

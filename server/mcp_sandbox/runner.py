@@ -71,9 +71,11 @@ async def run_once(
     captures = {1: out, 2: err}
     streams: AttachedStreams | None = None
     pumped = threading.Event()
+    pumping = threading.Event()
 
     def pump() -> None:
         assert streams is not None
+        pumping.set()
         try:
             streams.pump(lambda stream, chunk: captures.get(stream, err).feed(chunk))
         finally:
@@ -108,7 +110,8 @@ async def run_once(
         if timed_out:
             # Killing the container ends every process in it, and with them the stream.
             await _step(threads, "kill the sandbox", api.kill, spec.name)
-            await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
+            if pumping.is_set():  # a deadline that passed before the pump began has no stream
+                await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
             oom = await _step(threads, "inspect the sandbox", api.oom_killed, spec.name)
         return RawRun(out, err, exit_code, timed_out, oom, duration_ms, spec.name)
     finally:

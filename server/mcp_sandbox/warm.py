@@ -33,6 +33,7 @@ while [ "$i" -lt "$n" ]; do
   i=$((i + 1))
 done
 cd -- "$cwd" || exit 96
+unset OLDPWD
 if [ "$has_stdin" = 1 ]; then base64 -d | "$@"; else "$@" </dev/null; fi
 code=$?
 printf '\000mcp-sandbox-end:%s:%s\000' "$nonce" "$code"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 import secrets
 import stat
 import tarfile
@@ -394,7 +395,9 @@ def read_back(
                 elif member.issym():
                     back.seen[rel] = Seen("symlink", 0, mode, link=member.linkname)
                 elif member.islnk():
-                    back.seen[rel] = Seen("file", 0, mode, hardlink=True, link=member.linkname)
+                    # A hard link names its first path as the archive has it.
+                    first = member.linkname.removeprefix(_ARCHIVE_ROOT + "/")
+                    back.seen[rel] = Seen("file", 0, mode, hardlink=True, link=first)
                 elif member.isreg():
                     before = sent.get(rel)
                     keep = keep_bytes - kept >= member.size
@@ -480,10 +483,25 @@ def _printable(rel: str) -> str:
     return text if len(text) <= _MAX_SHOWN_PATH else text[: _MAX_SHOWN_PATH - 1] + "…"
 
 
+def _as_file(after: Seen, seen: dict[str, Seen]) -> Seen:
+    """A hard link stands for the regular file it names: the same bytes under this path.
+
+    Tar stores the second name of a file as a link to the first, so ``ln a b`` can make
+    the untouched ``a`` arrive as a link; read as a link it would look deleted.
+    """
+    if not after.hardlink:
+        return after
+    target = seen.get(after.link)
+    if target is None or target.kind != "file" or target.hardlink:
+        return after
+    return Seen("file", target.size, after.mode, digest=target.digest, data=target.data)
+
+
 def diff(sent: dict[str, Entry], back: Readback) -> list[Change]:
     """Created, changed and deleted paths, directories included, sorted by path."""
     changes: list[Change] = []
     for rel, after in back.seen.items():
+        after = _as_file(after, back.seen)
         parts = tuple(rel.split("/"))
         before = sent.get(rel)
         size = after.size if after.kind == "file" and not after.hardlink else None
@@ -530,8 +548,15 @@ def _inside(path: str, root: Path) -> bool:
     return path == r or path.startswith(r + "/")
 
 
+# Control characters and bidirectional overrides in a name drive or mislead the user's
+# terminal when they list the directory (`ls` prints an OSC title; U+202E shows exe as png).
+_HOSTILE_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def _refusal(c: Change, rules: _Rules) -> str | None:
     is_dir = c.kind == "dir"
+    if c.change != "deleted" and any(_HOSTILE_NAME.search(p) for p in c.parts):
+        return "name holds control or bidirectional characters: not applied"
     if rules.protect.covers(c.parts, is_dir):
         return "protected path: a sandbox never changes it"
     if rules.mask.covers(c.parts, is_dir):
@@ -544,7 +569,7 @@ def _refusal(c: Change, rules: _Rules) -> str | None:
     after = c.after
     if c.change == "deleted" or after is None:
         return None
-    if after.hardlink:
+    if after.hardlink or (after.kind == "file" and after.data is None):
         return "hard link: not applied (copy the file instead)"
     if after.kind == "other":
         return "special file (fifo or device): not applied"

@@ -351,8 +351,9 @@ async def test_missing_image_names_the_command_that_fixes_it(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_cancelling_a_call_removes_its_container(mode: str) -> None:
+    """The cold path; test_pool covers a warm sandbox's cancellation."""
     before = set(labelled_containers())
-    async with connect(mode) as c:
+    async with connect(mode, env={"MCP_SANDBOX_POOL__ENABLED": "false"}) as c:
         async with anyio.create_task_group() as tg:
             tg.start_soon(c.call_tool, "shell", {"command": "sleep 60", "timeout_s": 60})
             await eventually(lambda: bool(set(labelled_containers()) - before))

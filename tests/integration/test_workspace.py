@@ -268,7 +268,11 @@ async def escapes(tmp_path_factory: pytest.TempPathFactory, outside: Path) -> As
     (root / "to_inner").symlink_to("inner")
     (root / "peek").symlink_to(outside)
     (root / "file.txt").write_text("x")
-    env = {"MCP_SANDBOX_WORKSPACE": str(root), "MCP_SANDBOX_WORKSPACE_POLICY__MODES": ALL_MODES}
+    env = {
+        "MCP_SANDBOX_WORKSPACE": str(root),
+        "MCP_SANDBOX_WORKSPACE_POLICY__MODES": ALL_MODES,
+        "MCP_SANDBOX_APPROVAL__RW": "allow",  # asking a human is test_approval's
+    }
     async with connect("auto", env=env) as c:
         yield c
 
@@ -374,6 +378,7 @@ async def rw(rw_root: Path) -> AsyncIterator[Client]:
         "MCP_SANDBOX_WORKSPACE": str(rw_root),
         "MCP_SANDBOX_WORKSPACE_POLICY__MODES": ALL_MODES,
         "MCP_SANDBOX_WORKSPACE_POLICY__RW_QUOTA_MIB": "2",
+        "MCP_SANDBOX_APPROVAL__RW": "allow",  # asking a human is test_approval's
     }
     async with connect("auto", env=env) as c:
         yield c
@@ -411,6 +416,23 @@ async def test_rw_changes_and_deletes(rw: Client, rw_root: Path) -> None:
     changes = _changes(result)
     assert changes["edit.txt"]["change"] == "changed" and changes["edit.txt"]["applied"]
     assert changes["gone.txt"]["change"] == "deleted" and changes["gone.txt"]["applied"]
+
+
+async def test_rw_a_hard_link_never_costs_the_original(rw: Client, rw_root: Path) -> None:
+    (rw_root / "normal.txt").write_text("keep me\n")
+    await call(rw, "shell", command="ln normal.txt hl && ln normal.txt a0", workspace="rw")
+    assert (rw_root / "normal.txt").read_text() == "keep me\n"
+
+
+async def test_rw_refuses_names_that_drive_a_terminal(rw: Client, rw_root: Path) -> None:
+    cmd = 'touch "$(printf "x\\033]0;t\\007")" "$(printf "\\342\\200\\256gnp.exe")" plain'
+    result = await call(rw, "shell", command=cmd, workspace="rw")
+    names = await anyio.to_thread.run_sync(lambda: [p.name for p in rw_root.iterdir()])
+    assert "plain" in names
+    assert not any("\x1b" in n or "\u202e" in n for n in names)
+    assert any(
+        "control or bidirectional" in (c.get("note") or "") for c in result["workspace"]["changes"]
+    )
 
 
 async def test_rw_escaping_links_are_reported_and_removed(rw: Client, rw_root: Path) -> None:
@@ -546,5 +568,7 @@ def _kill_mid_copy(root: Path) -> None:
 async def test_a_dead_servers_volume_and_keeper_are_reaped_at_start(project: Path) -> None:
     await anyio.to_thread.run_sync(_kill_mid_copy, project)
     assert labelled_volumes()
-    async with connect("auto", env={"MCP_SANDBOX_WORKSPACE": str(project)}):
+    # No warm pool: its sandboxes would be the only containers left, and are not the point.
+    env = {"MCP_SANDBOX_WORKSPACE": str(project), "MCP_SANDBOX_POOL__ENABLED": "false"}
+    async with connect("auto", env=env):
         await eventually(lambda: not labelled_volumes() and not labelled_containers())
