@@ -26,7 +26,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, TypeVarTuple, Unpack
+from typing import Any
 
 import anyio
 from anyio import CapacityLimiter, to_thread
@@ -36,6 +36,7 @@ from mcp_sandbox.egress_policy import PROXY_PORT, EgressLink, make_password
 from mcp_sandbox.egress_settings import EgressSettings
 from mcp_sandbox.errors import SandboxUnavailable
 from mcp_sandbox.host import owner_is_alive
+from mcp_sandbox.runner import step
 from mcp_sandbox.spec import EGRESS_SYSCTLS, LABEL, OWNER_LABEL
 
 log = logging.getLogger("mcp_sandbox.egress")
@@ -64,9 +65,6 @@ CALL_NETWORK_OPTIONS: Mapping[str, str] = {
 }
 _MIB = 1024 * 1024
 _FOREIGN_GRACE_S = 600.0
-
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
 
 
 @dataclass(frozen=True)
@@ -153,18 +151,6 @@ def proxy_container(
     return create, host
 
 
-async def _step(
-    threads: CapacityLimiter, what: str, fn: Callable[[Unpack[Ts]], T], *args: *Ts
-) -> T:
-    try:
-        with anyio.fail_after(STEP_TIMEOUT_S):
-            return await to_thread.run_sync(fn, *args, limiter=threads, abandon_on_cancel=True)
-    except TimeoutError:
-        raise SandboxUnavailable(
-            f"container backend did not {what} within {STEP_TIMEOUT_S:g} s"
-        ) from None
-
-
 class EgressProxy:
     """This server's proxy, its outbound network, and the per-call internal networks."""
 
@@ -207,7 +193,7 @@ class EgressProxy:
         deadline = int(time.time() + timeout_s + CREDENTIAL_SLACK_S)
         call: EgressCall | None = None
         try:
-            await _step(
+            await step(
                 threads,
                 "create the call's network",
                 lambda: self.api.create_network(
@@ -217,7 +203,7 @@ class EgressProxy:
                     options=dict(CALL_NETWORK_OPTIONS),
                 ),
             )
-            address = await _step(
+            address = await step(
                 threads,
                 "connect the egress proxy",
                 self.api.connect_network,
@@ -243,22 +229,22 @@ class EgressProxy:
     async def _ensure(self, threads: CapacityLimiter) -> None:
         """The proxy runs with our current rules, or is made so. Raises SandboxUnavailable."""
         async with self._lock:
-            state = await _step(
+            state = await step(
                 threads, "inspect the egress proxy", self.api.container_state, self.container
             )
             if state is not None and state[0] and state[1].get(DIGEST_LABEL) == self._digest:
                 return
             if state is not None:
                 log.info("replacing the egress proxy %s (stopped or rules changed)", self.container)
-                await _step(threads, "remove the old egress proxy", self.api.remove, self.container)
-            if not await _step(
+                await step(threads, "remove the old egress proxy", self.api.remove, self.container)
+            if not await step(
                 threads, "inspect the outbound network", self.api.network_exists, self.outbound
             ):
                 if not self._own_outbound:
                     raise SandboxUnavailable(
                         f"egress.outbound_network {self.outbound!r} does not exist"
                     )
-                await _step(
+                await step(
                     threads,
                     "create the outbound network",
                     lambda: self.api.create_network(
@@ -276,14 +262,14 @@ class EgressProxy:
                 seccomp_json=self._seccomp_json(),
                 labels={**self._labels, ROLE_LABEL: "egress-proxy", DIGEST_LABEL: self._digest},
             )
-            await _step(threads, "start the egress proxy", self.api.run_detached, create, host)
+            await step(threads, "start the egress proxy", self.api.run_detached, create, host)
             await self._wait_ready(threads)
             log.info("egress proxy %s is up on %s", self.container, self.outbound)
 
     async def _wait_ready(self, threads: CapacityLimiter) -> None:
         with anyio.move_on_after(READY_TIMEOUT_S):
             while True:
-                code, out = await _step(
+                code, out = await step(
                     threads,
                     "ask the egress proxy",
                     self.api.exec_output,

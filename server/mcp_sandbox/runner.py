@@ -37,17 +37,19 @@ class RawRun:
     pooled: bool = False  # a warm sandbox, pre-started for this one call
 
 
-async def _step(
-    threads: CapacityLimiter, what: str, fn: Callable[[Unpack[Ts]], T], *args: *Ts
+async def step(
+    threads: CapacityLimiter,
+    what: str,
+    fn: Callable[[Unpack[Ts]], T],
+    *args: *Ts,
+    bound_s: float = STEP_TIMEOUT_S,
 ) -> T:
-    """One of our own Docker calls, in a worker thread, failing clearly past its bound."""
+    """One of our own blocking steps, in a worker thread, failing clearly past ``bound_s``."""
     try:
-        with anyio.fail_after(STEP_TIMEOUT_S):
+        with anyio.fail_after(bound_s):
             return await to_thread.run_sync(fn, *args, limiter=threads, abandon_on_cancel=True)
     except TimeoutError:
-        raise SandboxUnavailable(
-            f"container backend did not {what} within {STEP_TIMEOUT_S:g} s"
-        ) from None
+        raise SandboxUnavailable(f"could not {what} within {bound_s:g} s") from None
 
 
 async def remove_quietly(api: DockerApi, name: str, threads: CapacityLimiter) -> None:
@@ -82,15 +84,15 @@ async def run_once(
             pumped.set()
 
     try:
-        await _step(
+        await step(
             threads,
             "create the sandbox",
             api.create,
             spec.create_kwargs(),
             spec.host_config_kwargs(),
         )
-        streams = await _step(threads, "attach to the sandbox", api.attach, spec.name, spec.stdin)
-        await _step(threads, "start the sandbox", api.start, spec.name)
+        streams = await step(threads, "attach to the sandbox", api.attach, spec.name, spec.stdin)
+        await step(threads, "start the sandbox", api.start, spec.name)
         started = time.monotonic()
         if stdin is not None:
             assert streams is not None
@@ -109,10 +111,10 @@ async def run_once(
         timed_out = deadline.cancelled_caught
         if timed_out:
             # Killing the container ends every process in it, and with them the stream.
-            await _step(threads, "kill the sandbox", api.kill, spec.name)
+            await step(threads, "kill the sandbox", api.kill, spec.name)
             if pumping.is_set():  # a deadline that passed before the pump began has no stream
                 await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
-            oom = await _step(threads, "inspect the sandbox", api.oom_killed, spec.name)
+            oom = await step(threads, "inspect the sandbox", api.oom_killed, spec.name)
         return RawRun(out, err, exit_code, timed_out, oom, duration_ms, spec.name)
     finally:
         if streams is not None:

@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, TypeVarTuple, Unpack
 
 import anyio
 from anyio import CapacityLimiter, to_thread
@@ -29,7 +28,7 @@ from mcp_sandbox.docker_api import DockerApi
 from mcp_sandbox.errors import RequestRejected, SandboxUnavailable
 from mcp_sandbox.host import owner_is_alive
 from mcp_sandbox.policy import Limits
-from mcp_sandbox.runner import remove_quietly
+from mcp_sandbox.runner import remove_quietly, step
 from mcp_sandbox.spec import LABEL, OWNER_LABEL, WORKDIR, ContainerSpec, Mount, with_workspace
 from mcp_sandbox.workspace import (
     MaskSet,
@@ -51,9 +50,6 @@ from mcp_sandbox.workspace_copy import (
     tar_stream,
     workspace_owner,
 )
-
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
 
 STEP_TIMEOUT_S = 120.0
 _MIB = 1024 * 1024
@@ -153,17 +149,6 @@ class Session:
         return await self._finish()
 
 
-async def _step(
-    threads: CapacityLimiter, what: str, fn: Callable[[Unpack[Ts]], T], *args: *Ts
-) -> T:
-    """One of our own blocking steps, in a worker thread, failing clearly past its bound."""
-    try:
-        with anyio.fail_after(STEP_TIMEOUT_S):
-            return await to_thread.run_sync(fn, *args, limiter=threads, abandon_on_cancel=True)
-    except TimeoutError:
-        raise SandboxUnavailable(f"could not {what} within {STEP_TIMEOUT_S:g} s") from None
-
-
 @functools.cache
 def _blanks() -> tuple[str, str]:
     """An empty read-only file and directory that masks are mounted from.
@@ -241,16 +226,30 @@ async def open_session(
                 keep_bytes=keep,
             )
 
-        back = await _step(
-            threads, "copy the workspace out", api.read_archive, keeper.name, WORKDIR, consume
+        back = await step(
+            threads,
+            "copy the workspace out",
+            api.read_archive,
+            keeper.name,
+            WORKDIR,
+            consume,
+            bound_s=STEP_TIMEOUT_S,
         )
         changes = diff(sent, back)
         applied: int | None = None
         note = back.note
         if plan.mode == "rw":
             owner = workspace_owner(plan.root)
-            applied, note = await _step(
-                threads, "write the changes back", _apply, changes, back, policy, plan.root, owner
+            applied, note = await step(
+                threads,
+                "write the changes back",
+                _apply,
+                changes,
+                back,
+                policy,
+                plan.root,
+                owner,
+                bound_s=STEP_TIMEOUT_S,
             )
         listed = [c for c in changes if c.kind != "dir"]
         return WorkspaceReport(
@@ -264,24 +263,35 @@ async def open_session(
 
     try:
         labels = dict(keeper.labels)
-        await _step(
-            threads, "create the workspace volume", _create_volume, api, volume, size, labels
+        await step(
+            threads,
+            "create the workspace volume",
+            _create_volume,
+            api,
+            volume,
+            size,
+            labels,
+            bound_s=STEP_TIMEOUT_S,
         )
-        await _step(
+        await step(
             threads,
             "start the workspace keeper",
             api.create,
             keeper.create_kwargs(),
             keeper.host_config_kwargs(),
+            bound_s=STEP_TIMEOUT_S,
         )
-        await _step(threads, "start the workspace keeper", api.start, keeper.name)
-        await _step(
+        await step(
+            threads, "start the workspace keeper", api.start, keeper.name, bound_s=STEP_TIMEOUT_S
+        )
+        await step(
             threads,
             "copy the workspace in",
             api.put_archive,
             keeper.name,
             WORKDIR,
             tar_stream(manifest),
+            bound_s=STEP_TIMEOUT_S,
         )
         yield Session(plan, (mount,), finish)
     finally:
