@@ -1,15 +1,29 @@
-"""End-to-end latency of ``run_code(python, "print(1)")`` against plain ``docker run``.
+"""End-to-end latency of a call, cold and warm, against plain ``docker run``; then a load test.
 
-Three paths, measured in one run and interleaved (one of each per iteration, after warm-ups)
+Latency paths, measured in one run and interleaved (one of each per iteration, after warm-ups)
 so that daemon and page-cache drift hits all alike:
 
-- ``run_code`` through the SDK's ``Client`` over stdio, one server session for the run;
-- ``docker run --rm --network none IMAGE python3 -c "print(1)"`` of the same image;
 - ``python -c "print(1)"`` on the host, with the interpreter running this script (a bare
-  ``python3`` may be a version-manager shim that adds its own start-up): the floor.
+  ``python3`` may be a version-manager shim that adds its own start-up): the floor;
+- ``docker run --rm --network none IMAGE python3 -c "print(1)"`` of the same image;
+- ``run_code(python, "print(1)")`` through the SDK's ``Client`` over stdio, on a server with
+  the warm pool off (the cold path);
+- the same, ``shell("true")`` and ``run_code(javascript, "console.log(1)")`` on a second server
+  with the pool on. After each of its calls the benchmark waits, untimed, until the pool has
+  removed the used sandbox and warmed its successor: a refill running beside the next timed
+  path would tax that path, and an agent's calls are seconds apart anyway.
 
-Usage: ``python benchmarks/latency.py [--n 20] [--warmup 2] [--mode auto|legacy]``.
-Prints one table (p50, p90 in ms, ratio to the docker run p50). No targets are asserted.
+Then ``--concurrency`` clients call ``run_code(python)`` on the pooled server for
+``--load-seconds``: calls/s, errors, the share served warm. Afterwards: the containers each
+server left behind once it exited, the pooled server's peak RSS (sampled all run long), and
+what one idle warm sandbox costs: its memory cgroup and its containerd shim.
+
+Each server gets a near-empty temporary workspace: every call scans the workspace for masked
+files, and the project tree would add its own cost.
+
+Usage: ``python benchmarks/latency.py [--n 20] [--warmup 2] [--load-seconds 60]``.
+Prints one table: p50, p90 in ms, ratios to the docker run p50, and issue 6's targets with
+PASS/MISS. The targets are informational: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -19,17 +33,28 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import anyio
+import psutil
+from anyio import to_thread
 from mcp import Client, StdioServerParameters
+
+from mcp_sandbox.host import process_identity
 
 DEFAULT_IMAGE = "mcp-sandbox-runtime:0.1"
 SNIPPET = "print(1)"
 TEST_LABEL = "mcp-sandbox-test=1"
+PREFIX = "mcp-sandbox-bench-"
+OWNER_LABEL = "mcp-sandbox.owner"  # set by the server on every container it creates
+_MIB = 1024 * 1024
 
 Mode = Literal["auto", "legacy"]
 
@@ -38,11 +63,44 @@ Mode = Literal["auto", "legacy"]
 class Samples:
     path: str
     ms: list[float] = field(default_factory=list)
+    in_sandbox_ms: list[float] = field(default_factory=list)  # the server's duration_ms
+    warm: int = 0
 
-    def p(self, q: float) -> float:
+    def p(self, q: float, values: list[float] | None = None) -> float:
         """Nearest-rank percentile, q in (0, 1]."""
-        ordered = sorted(self.ms)
+        ordered = sorted(self.ms if values is None else values)
+        if not ordered:
+            return math.nan
         return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class Server:
+    """One ``mcp-sandbox serve`` on stdio, with the process behind it."""
+
+    client: Client
+    proc: psutil.Process
+    owner: str  # the label value on every container this server creates
+    pooled: bool
+
+
+@dataclass
+class Load:
+    seconds: float = 0.0
+    calls: int = 0
+    errors: int = 0
+    warm: int = 0
+    first_error: str = ""
+
+
+@dataclass
+class Footprint:
+    left_pooled: int = -1
+    left_cold: int = -1
+    server_rss_max: int = 0
+    idle_cgroup_bytes: int | None = None
+    idle_cgroup_rss_bytes: int | None = None
+    shim_rss_bytes: int | None = None
 
 
 async def timed(call: Callable[[], Awaitable[object]]) -> float:
@@ -56,19 +114,125 @@ def check_output(path: str, done: subprocess.CompletedProcess[bytes]) -> None:
         raise RuntimeError(f"{path} printed {done.stdout!r}, not 1")
 
 
-def render(rows: list[Samples], baseline: Samples) -> str:
-    base = baseline.p(0.5)
-    width = max(len(r.path) for r in rows)
-    lines = [f"{'path':<{width}}  {'p50 ms':>8}  {'p90 ms':>8}  {'x docker p50':>12}"]
-    lines += [
-        f"{r.path:<{width}}  {r.p(0.5):>8.1f}  {r.p(0.9):>8.1f}  {r.p(0.5) / base:>12.2f}"
-        for r in rows
-    ]
-    return "\n".join(lines)
+async def open_server(stack: AsyncExitStack, image: str, mode: Mode, *, pooled: bool) -> Server:
+    workspace = make_workspace(stack.enter_context(tempfile.TemporaryDirectory(prefix=PREFIX)))
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_sandbox", "serve", "--workspace", str(workspace)],
+        env={
+            **os.environ,
+            # One INFO line per run would interleave with the table.
+            "MCP_SANDBOX_LOG_LEVEL": "WARNING",
+            "MCP_SANDBOX_IMAGE": image,
+            "MCP_SANDBOX_POOL__ENABLED": "true" if pooled else "false",
+        },
+    )
+    client = await stack.enter_async_context(Client(params, mode=mode, read_timeout_seconds=60))
+    proc = find_server(workspace)
+    return Server(client, proc, process_identity(proc.pid), pooled)
 
 
-async def bench(n: int, warmup: int, mode: Mode, image: str) -> str:
-    prefix = f"mcp-sandbox-bench-{os.getpid()}"
+def make_workspace(path: str) -> Path:
+    workspace = Path(path)
+    # mkdtemp makes it 0700: the sandbox user (65534) could not enter /workspace.
+    workspace.chmod(0o755)
+    (workspace / "README").write_text("benchmark workspace\n")
+    return workspace
+
+
+def find_server(workspace: Path) -> psutil.Process:
+    """The server process: the only ``serve`` with this run's unique workspace."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "serve" in cmd and cmd[-2:] == ["--workspace", str(workspace)]:
+            return proc
+    raise RuntimeError(f"no server process found for workspace {workspace}")
+
+
+async def call(server: Server, tool: str, args: dict[str, Any], stdout: str) -> dict[str, Any]:
+    result = await server.client.call_tool(tool, args)
+    out = result.structured_content or {}
+    if result.is_error or out.get("exit_code") != 0 or out.get("stdout") != stdout:
+        raise RuntimeError(f"{tool} failed: {result}")
+    return out
+
+
+async def containers(owner: str) -> list[tuple[str, str, str]]:
+    """(full id, name, state) of every container ``owner`` created, running or not."""
+    listed = await anyio.run_process(
+        [
+            *("docker", "ps", "-a", "--no-trunc", "--filter", f"label={OWNER_LABEL}={owner}"),
+            *("--format", "{{.ID}} {{.Names}} {{.State}}"),
+        ],
+        check=True,
+    )
+    rows = [line.split() for line in listed.stdout.decode().splitlines()]
+    return [(r[0], r[1], r[2]) for r in rows if len(r) == 3]
+
+
+async def settle(server: Server, used: str | None) -> None:
+    """Until the pool has dropped ``used`` and every warm sandbox runs, twice in a row."""
+    steady = 0
+    with anyio.fail_after(60):
+        while steady < 2:
+            rows = await containers(server.owner)
+            ok = bool(rows) and all(state == "running" and name != used for _, name, state in rows)
+            steady = steady + 1 if ok else 0
+            await anyio.sleep(0.1)
+
+
+@dataclass
+class Step:
+    """One timed tool call per iteration."""
+
+    server: Server
+    samples: Samples
+    tool: str
+    args: dict[str, Any]
+    stdout: str
+
+    async def run(self, record: bool) -> None:
+        result: dict[str, Any] = {}
+
+        async def once() -> None:
+            result.update(await call(self.server, self.tool, self.args, self.stdout))
+
+        ms = await timed(once)
+        if record:
+            self.samples.ms.append(ms)
+            self.samples.in_sandbox_ms.append(float(result["duration_ms"]))
+            self.samples.warm += bool(result["pooled"])
+        if self.server.pooled:
+            await settle(self.server, result["sandbox"])
+
+
+class RssSampler:
+    """The peak RSS of one process, sampled every 0.2 s on a thread of its own."""
+
+    def __init__(self, proc: psutil.Process) -> None:
+        self.proc = proc
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+async def bench(
+    n: int, warmup: int, mode: Mode, image: str, load_seconds: float, concurrency: int
+) -> str:
+    prefix = f"{PREFIX}{os.getpid()}"
     counter = 0
 
     async def docker_run() -> None:
@@ -81,40 +245,113 @@ async def bench(n: int, warmup: int, mode: Mode, image: str) -> str:
     async def host_python() -> None:
         check_output("host python", await anyio.run_process([sys.executable, "-c", SNIPPET]))
 
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "mcp_sandbox", "serve"],
-        # One INFO line per run would interleave with the table.
-        env={**os.environ, "MCP_SANDBOX_LOG_LEVEL": "WARNING", "MCP_SANDBOX_IMAGE": image},
-    )
-    mcp_path = Samples(f"run_code via Client (stdio, {mode})")
-    server_side = Samples("  server-reported duration_ms")
-    docker = Samples("docker run --rm --network none")
     host = Samples("host python -c (floor)")
+    docker = Samples("docker run --rm --network none")
+    cold = Samples("run_code python, cold (pool off)")
+    pooled = Samples("run_code python, pooled")
+    shell = Samples('shell "true", pooled')
+    node = Samples("run_code javascript, pooled")
+    foot = Footprint()
+    servers: list[Server] = []
     try:
-        async with Client(params, mode=mode, read_timeout_seconds=60) as client:
-
-            async def run_code() -> None:
-                result = await client.call_tool("run_code", {"language": "python", "code": SNIPPET})
-                out = result.structured_content or {}
-                if result.is_error or out.get("exit_code") != 0 or out.get("stdout") != "1\n":
-                    raise RuntimeError(f"run_code failed: {result}")
-                server_side.ms.append(float(out["duration_ms"]))
-
-            for _ in range(warmup):
-                await run_code()
-                await docker_run()
-                await host_python()
-            server_side.ms.clear()
-            for _ in range(n):
-                mcp_path.ms.append(await timed(run_code))
-                docker.ms.append(await timed(docker_run))
-                host.ms.append(await timed(host_python))
+        async with AsyncExitStack() as stack:
+            cold_server = await open_server(stack, image, mode, pooled=False)
+            warm_server = await open_server(stack, image, mode, pooled=True)
+            servers += [cold_server, warm_server]
+            rss = RssSampler(warm_server.proc)
+            py = {"language": "python", "code": SNIPPET}
+            js = {"language": "javascript", "code": "console.log(1)"}
+            steps = [
+                Step(cold_server, cold, "run_code", py, "1\n"),
+                Step(warm_server, pooled, "run_code", py, "1\n"),
+                Step(warm_server, shell, "shell", {"command": "true"}, ""),
+                Step(warm_server, node, "run_code", js, "1\n"),
+            ]
+            await settle(warm_server, None)
+            for i in range(warmup + n):
+                record = i >= warmup
+                for samples, run in ((host, host_python), (docker, docker_run)):
+                    ms = await timed(run)
+                    if record:
+                        samples.ms.append(ms)
+                for step in steps:
+                    await step.run(record)
+            await measure_idle(warm_server, foot)
+            load = await sustain(warm_server, load_seconds, concurrency)
+        foot.server_rss_max = rss.stop()
     finally:
-        # --rm removes each container; this catches one cut short by an interrupt.
         with anyio.CancelScope(shield=True):
+            # --rm removes each container; this catches one cut short by an interrupt.
             await remove_leftovers(prefix)
-    return render([mcp_path, server_side, docker, host], baseline=docker)
+            for server in servers:
+                left = await left_behind(server)
+                if server.pooled:
+                    foot.left_pooled = left
+                else:
+                    foot.left_cold = left
+    rows = [host, docker, cold, pooled, shell, node]
+    return render(rows, docker, load, foot, n=n, concurrency=concurrency)
+
+
+async def measure_idle(server: Server, foot: Footprint) -> None:
+    """Memory of one warm sandbox that has sat idle: its cgroup, and its containerd shim."""
+    await settle(server, None)
+    await anyio.sleep(2)
+    running = [cid for cid, _, state in await containers(server.owner) if state == "running"]
+    if running:
+        await to_thread.run_sync(read_footprint, running[0], foot)
+
+
+def read_footprint(cid: str, foot: Footprint) -> None:
+    v1 = Path("/sys/fs/cgroup/memory/docker", cid)  # cgroup v1, cgroupfs driver
+    v2 = Path("/sys/fs/cgroup/system.slice", f"docker-{cid}.scope")  # v2, systemd driver
+    if (v1 / "memory.usage_in_bytes").exists():
+        foot.idle_cgroup_bytes = int((v1 / "memory.usage_in_bytes").read_text())
+        stat = dict(line.split() for line in (v1 / "memory.stat").read_text().splitlines())
+        foot.idle_cgroup_rss_bytes = int(stat["total_rss"])
+    elif (v2 / "memory.current").exists():
+        foot.idle_cgroup_bytes = int((v2 / "memory.current").read_text())
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if (proc.info["name"] or "").startswith("containerd-shim") and cid in (
+            proc.info["cmdline"] or []
+        ):
+            foot.shim_rss_bytes = proc.memory_info().rss
+
+
+async def sustain(server: Server, seconds: float, concurrency: int) -> Load:
+    load = Load()
+    args = {"language": "python", "code": SNIPPET}
+    start = time.monotonic()
+    deadline = start + seconds
+
+    async def worker() -> None:
+        while time.monotonic() < deadline:
+            try:
+                out = await call(server, "run_code", args, "1\n")
+            except Exception as e:  # an error under load is a measurement, not a crash
+                load.errors += 1
+                load.first_error = load.first_error or str(e)[:200]
+            else:
+                load.calls += 1
+                load.warm += bool(out["pooled"])
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+    load.seconds = time.monotonic() - start
+    return load
+
+
+async def left_behind(server: Server) -> int:
+    """Containers ``server`` left once it exited; removed here, after counting."""
+    try:
+        await to_thread.run_sync(server.proc.wait, 30)
+    except psutil.TimeoutExpired:
+        print(f"latency: server {server.proc.pid} still running after 30 s", file=sys.stderr)
+    ids = [cid for cid, _, _ in await containers(server.owner)]
+    if ids:
+        await anyio.run_process(["docker", "rm", "-f", *ids], check=False)
+    return len(ids)
 
 
 async def remove_leftovers(prefix: str) -> None:
@@ -127,21 +364,92 @@ async def remove_leftovers(prefix: str) -> None:
         await anyio.run_process(["docker", "rm", "-f", *ids], check=False)
 
 
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def render(
+    rows: list[Samples], baseline: Samples, load: Load, foot: Footprint, *, n: int, concurrency: int
+) -> str:
+    base = baseline.p(0.5)
+    targets: dict[str, tuple[str, bool]] = {}
+    cold, pooled = rows[2], rows[3]
+    targets[cold.path] = ("p50 <= 0.6x", cold.p(0.5) / base <= 0.6)
+    pooled_ok = pooled.p(0.5) / base <= 0.06 and pooled.p(0.9) / base <= 0.15
+    targets[pooled.path] = ("p50 <= 0.06x, p90 <= 0.15x", pooled_ok)
+    width = 38
+    head = f"{'latency, n=' + str(n):<{width}}  {'p50 ms':>7}  {'p90 ms':>7}  {'p50 x':>6}  "
+    head += f"{'p90 x':>6}  {'in-box':>6}  {'warm':>5}  {'target (x = docker run p50)':<28}  "
+    lines = [head + "result"]
+    for r in rows:
+        in_box = f"{r.p(0.5, r.in_sandbox_ms):.0f}" if r.in_sandbox_ms else ""
+        warm = f"{r.warm}/{len(r.ms)}" if r.in_sandbox_ms else ""
+        target, ok = targets.get(r.path, ("", True))
+        line = f"{r.path:<{width}}  {r.p(0.5):>7.1f}  {r.p(0.9):>7.1f}  {r.p(0.5) / base:>6.3f}  "
+        line += f"{r.p(0.9) / base:>6.3f}  {in_box:>6}  {warm:>5}  {target:<28}  "
+        lines.append((line + (verdict(ok) if target else "")).rstrip())
+
+    def fmt(value: int | None, unit: int, suffix: str) -> str:
+        return "n/a" if value is None else f"{value / unit:.1f} {suffix}"
+
+    rate = load.calls / load.seconds if load.seconds else 0.0
+    share = load.warm / load.calls if load.calls else 0.0
+    left_ok = foot.left_pooled == 0 and foot.left_cold == 0
+    idle = foot.idle_cgroup_bytes
+    rss_note = fmt(foot.idle_cgroup_rss_bytes, _MIB, "MiB rss")
+    load_rows = [
+        ("calls/s", f"{rate:.1f}", ">= 8 at 0 errors", rate >= 8 and load.errors == 0),
+        ("calls / errors", f"{load.calls} / {load.errors}", "0 errors", load.errors == 0),
+        ("served warm", f"{share:.0%}", "", True),
+        (
+            "containers left after exit, warm/cold",
+            f"{foot.left_pooled} / {foot.left_cold}",
+            "0",
+            left_ok,
+        ),
+        (
+            "server RSS max (pooled server)",
+            f"{foot.server_rss_max / 1e6:.0f} MB",
+            "< 150 MB",
+            foot.server_rss_max < 150e6,
+        ),
+        (
+            "idle warm sandbox, memory cgroup",
+            f"{fmt(idle, _MIB, 'MiB')} ({rss_note})",
+            "<= 8 MiB",
+            idle is not None and idle <= 8 * _MIB,
+        ),
+        ("  its containerd shim RSS", fmt(foot.shim_rss_bytes, _MIB, "MiB"), "", True),
+    ]
+    lines.append(f"load, {concurrency} concurrent run_code python, {load.seconds:.0f} s")
+    for name, value, target, ok in load_rows:
+        line = f"  {name:<{width - 2}}  {value:<47}  {target:<28}  "
+        lines.append((line + (verdict(ok) if target else "")).rstrip())
+    if load.first_error:
+        lines.append(f"  first error: {load.first_error}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="timed iterations per path")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per path")
     parser.add_argument("--mode", choices=["auto", "legacy"], default="auto", help="Client mode")
-    parser.add_argument("--image", default=DEFAULT_IMAGE, help="sandbox image for both paths")
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help="sandbox image for every path")
+    parser.add_argument("--load-seconds", type=float, default=60, help="sustained-load phase")
+    parser.add_argument("--concurrency", type=int, default=4, help="clients in the load phase")
     args = parser.parse_args()
-    if args.n < 1 or args.warmup < 0:
-        parser.error("--n must be >= 1 and --warmup >= 0")
+    if args.n < 1 or args.warmup < 0 or args.load_seconds <= 0 or args.concurrency < 1:
+        parser.error("--n, --load-seconds and --concurrency must be positive, --warmup >= 0")
     try:
-        table = anyio.run(bench, args.n, args.warmup, args.mode, args.image)
+        table = anyio.run(
+            bench, args.n, args.warmup, args.mode, args.image, args.load_seconds, args.concurrency
+        )
     except subprocess.CalledProcessError as e:
         print(f"latency: {e}\n{e.stderr.decode(errors='replace')}", file=sys.stderr)
         return 1
-    print(f"n={args.n} warmup={args.warmup} image={args.image} host python={sys.executable}")
+    print(f"n={args.n} warmup={args.warmup} image={args.image} cpus={os.cpu_count()}")
+    print(f"host python={sys.executable}")
     print(table)
     return 0
 

@@ -32,8 +32,13 @@ while [ "$i" -lt "$n" ]; do
   set -- "$@" "${arg%.}"
   i=$((i + 1))
 done
-cd -- "$cwd" || exit 96
-unset OLDPWD
+if [ "$cwd" != "$PWD" ]; then
+  cd -- "$cwd" 2>/dev/null || {
+    echo "mcp-sandbox: the sandbox user (uid 65534) cannot enter $cwd; make the workspace readable to others (chmod o+rx)" >&2
+    exit 96
+  }
+  unset OLDPWD
+fi
 if [ "$has_stdin" = 1 ]; then base64 -d | "$@"; else "$@" </dev/null; fi
 code=$?
 printf '\000mcp-sandbox-end:%s:%s\000' "$nonce" "$code"
