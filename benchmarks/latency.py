@@ -125,6 +125,8 @@ async def open_server(stack: AsyncExitStack, image: str, mode: Mode, *, pooled: 
             "MCP_SANDBOX_LOG_LEVEL": "WARNING",
             "MCP_SANDBOX_IMAGE": image,
             "MCP_SANDBOX_POOL__ENABLED": "true" if pooled else "false",
+            # The audit trail goes with the temporary workspace, not the user's state dir.
+            "MCP_SANDBOX_AUDIT__PATH": str(Path(workspace).parent / "audit.jsonl"),
         },
     )
     client = await stack.enter_async_context(Client(params, mode=mode, read_timeout_seconds=60))

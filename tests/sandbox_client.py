@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -21,6 +24,9 @@ MODES = ("legacy", "auto")
 # Every container a test server makes carries this, so checks ignore anything else on the daemon.
 TEST_RUN_LABEL = "test.mcp-sandbox.run"
 TEST_RUN_ID = uuid.uuid4().hex[:12]
+# Test servers write their audit records here, never to the user's state directory.
+AUDIT_DIR = tempfile.mkdtemp(prefix="mcp-sandbox-test-audit-")
+atexit.register(shutil.rmtree, AUDIT_DIR, True)
 
 
 def server_params(env: Mapping[str, str] | None = None, *args: str) -> StdioServerParameters:
@@ -31,6 +37,7 @@ def server_params(env: Mapping[str, str] | None = None, *args: str) -> StdioServ
         PLANTED_NAME: PLANTED_VALUE,
         "MCP_SANDBOX_LOG_LEVEL": "WARNING",
         "MCP_SANDBOX_LABELS": json.dumps({TEST_RUN_LABEL: TEST_RUN_ID}),
+        "MCP_SANDBOX_AUDIT__PATH": os.path.join(AUDIT_DIR, "audit.jsonl"),
     }
     for key in ("DOCKER_HOST", "DOCKER_CONFIG"):
         if key in os.environ:

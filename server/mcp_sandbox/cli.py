@@ -63,14 +63,43 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("name", help="the name logs show for this token")
     token.add_argument("--file", type=Path, help="append its hashed entry to this tokens file")
     sub.add_parser("doctor", help="check what a first run needs")
+    audit = sub.add_parser("audit", help="show the audit log's records (setting audit.path)")
+    audit.add_argument("-n", "--last", type=int, default=20, help="how many, newest last")
+    audit.add_argument("--session", help="only this session's records")
+    audit.add_argument("--tool", choices=["run_code", "shell"], help="only this tool's")
+    audit.add_argument("--flag", help="only records with this flag (or its prefix: new_escalation)")
+    audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     return p
+
+
+def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+    from collections import deque
+
+    from mcp_sandbox.audit import AuditLog, matches, render_table
+
+    log_file = AuditLog(settings.audit)
+    found = (
+        r
+        for r in log_file.records()
+        if matches(r, session=args.session, tool=args.tool, flag=args.flag)
+    )
+    last = list(deque(found, maxlen=max(args.last, 0)))
+    if args.json:
+        for r in last:
+            print(json.dumps(r, ensure_ascii=False))
+    elif last:
+        print(render_table(last))
+    else:
+        print(f"no matching records in {log_file.path}", file=sys.stderr)
+    return 0
 
 
 async def _serve_stdio(settings: Settings) -> None:
     from mcp_sandbox.tools import build_server
 
     service = _sandboxes(settings)
-    server = build_server(service)
+    server = build_server(service, settings)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
@@ -80,7 +109,11 @@ async def _serve_stdio(settings: Settings) -> None:
                     # remove every sandbox of ours here, then leave.
                     log.info("%s: removing this server's sandboxes and exiting", sig.name)
                     with anyio.CancelScope(shield=True):
-                        await service.reap(own_too=True)
+                        shutdown = getattr(service, "shutdown", None)  # stops the warm pool
+                        if shutdown is not None:
+                            await shutdown()
+                        else:
+                            await service.reap(own_too=True)
                     logging.shutdown()
                     os._exit(0)
 
@@ -179,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             return _launcher(settings, args.action, args.socket)
         if args.command == "token":
             return _new_token(args.name, args.file)
+        if args.command == "audit":
+            return _audit(settings, args)
         if args.command == "images":
             from mcp_sandbox.images import build_images
 

@@ -9,6 +9,10 @@ class RequestRejected(SandboxError):
     """The caller can fix it: unknown language, code too big, timeout above the maximum."""
 
 
+class ApprovalRefused(SandboxError):
+    """An escalation was not granted: config denies it, or no human accepted it."""
+
+
 class HostBusy(SandboxError):
     """Retry later: every sandbox slot stayed busy past the call's deadline."""
 

@@ -249,7 +249,7 @@ def build_app(settings: Settings, sandboxes: SandboxService | LauncherClient) ->
     check_exposure(http, tokens, settings.launcher_socket)
     if tokens is not None and tokens.any_plain_at_rest:
         log.warning("some tokens are stored in plain text; prefer NAME:sha256:HEX entries")
-    app = build_server(sandboxes).streamable_http_app(
+    app = build_server(sandboxes, settings).streamable_http_app(
         streamable_http_path=http.path,
         transport_security=transport_security(http),
         host=http.host,

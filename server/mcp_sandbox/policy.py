@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +50,23 @@ class CallBounds(BaseModel):
         description="largest code or command: it travels as one argv string, 128 KiB at most",
     )
     max_stdin_bytes: int = Field(1_000_000, ge=0, le=16_000_000, description="largest stdin")
+    max_memory_mib: int = Field(
+        2048, ge=32, le=65536, description="largest memory_mib a call may ask"
+    )
+    max_cpus: float = Field(2.0, gt=0, le=64, description="largest cpus a call may ask")
+    max_output_bytes: int = Field(
+        32_000, ge=1_024, le=1_000_000, description="largest output_bytes a call may ask"
+    )
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The limits a call asks for; None keeps the configured default."""
+
+    timeout_s: float | None = None
+    memory_mib: int | None = None
+    cpus: float | None = None
+    output_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,27 @@ class RunPlan:
     stdin: bytes | None
 
 
+def asked_limits(limits: Limits, bounds: CallBounds, sizes: Sizes) -> Limits:
+    """``limits`` with what the call asks, each within its configured maximum.
+
+    Raises RequestRejected naming the maximum.
+    """
+    checks = (
+        ("timeout_s", sizes.timeout_s, bounds.max_timeout_s),
+        ("memory_mib", sizes.memory_mib, bounds.max_memory_mib),
+        ("cpus", sizes.cpus, bounds.max_cpus),
+        ("output_bytes", sizes.output_bytes, bounds.max_output_bytes),
+    )
+    update: dict[str, float] = {}
+    for name, value, most in checks:
+        if value is None:
+            continue
+        if value > most:
+            raise RequestRejected(f"{name} {value:g} is above the configured maximum of {most:g}")
+        update[name] = value
+    return limits.model_copy(update=update) if update else limits
+
+
 def decide(
     limits: Limits,
     bounds: CallBounds,
@@ -68,8 +106,12 @@ def decide(
     source: str,
     timeout_s: float | None,
     stdin: str | None,
+    sizes: Sizes | None = None,
 ) -> RunPlan:
-    """Check one call against the configured bounds. Raises RequestRejected."""
+    """Check one call against the configured bounds. Raises RequestRejected.
+
+    ``sizes`` carries the limits a call asks beyond ``timeout_s`` (which wins over its own).
+    """
     size = len(source.encode("utf-8", "surrogatepass"))
     if not source.strip():
         raise RequestRejected("the code or command is empty")
@@ -79,10 +121,6 @@ def decide(
         )
     if "\x00" in source:
         raise RequestRejected("the code or command holds a NUL byte, which no argv can carry")
-    if timeout_s is not None and timeout_s > bounds.max_timeout_s:
-        raise RequestRejected(
-            f"timeout_s {timeout_s:g} is above the configured maximum of {bounds.max_timeout_s:g}"
-        )
     stdin_bytes = None
     if stdin is not None:
         stdin_bytes = stdin.encode("utf-8", "surrogatepass")
@@ -90,6 +128,8 @@ def decide(
             raise RequestRejected(
                 f"stdin is {len(stdin_bytes)} bytes; the limit is {bounds.max_stdin_bytes}"
             )
+    sizes = sizes or Sizes()
     if timeout_s is not None:
-        limits = limits.model_copy(update={"timeout_s": timeout_s})
+        sizes = replace(sizes, timeout_s=timeout_s)
+    limits = asked_limits(limits, bounds, sizes)
     return RunPlan(argv=argv, limits=limits, stdin=stdin_bytes)

@@ -26,6 +26,34 @@ NetworkArg = Annotated[
     ),
 ]
 
+MemoryArg = Annotated[
+    int | None,
+    Field(
+        ge=32,
+        description="memory limit in MiB; the configured default when omitted, never above the "
+        "configured maximum",
+    ),
+]
+CpusArg = Annotated[
+    float | None,
+    Field(gt=0, description="CPU quota in cores; the configured default when omitted"),
+]
+OutputArg = Annotated[
+    int | None,
+    Field(
+        ge=1_024,
+        description="stdout+stderr bytes kept in the result; the configured default when omitted",
+    ),
+]
+ProfileArg = Annotated[
+    str | None,
+    Field(
+        max_length=64,
+        description="a named shape of work the server's config defines (limits, workspace mode, "
+        "network), which its operator may have pre-approved",
+    ),
+]
+
 WorkdirArg = Annotated[
     str,
     Field(
@@ -54,6 +82,10 @@ class RunCodeArgs(BaseModel):
     network: NetworkArg = "none"
     workdir: WorkdirArg = "."
     workspace: WorkspaceArg = None
+    profile: ProfileArg = None
+    memory_mib: MemoryArg = None
+    cpus: CpusArg = None
+    output_bytes: OutputArg = None
 
 
 class ShellArgs(BaseModel):
@@ -65,6 +97,10 @@ class ShellArgs(BaseModel):
     network: NetworkArg = "none"
     workdir: WorkdirArg = "."
     workspace: WorkspaceArg = None
+    profile: ProfileArg = None
+    memory_mib: MemoryArg = None
+    cpus: CpusArg = None
+    output_bytes: OutputArg = None
 
 
 def describe_bad_arguments(exc: ValidationError, *, supported_languages: tuple[str, ...]) -> str:

@@ -19,7 +19,7 @@ from mcp_sandbox.egress import EgressProxy, EgressTally, reap_networks
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.host import owner_is_alive
 from mcp_sandbox.output import shape
-from mcp_sandbox.policy import RunPlan, decide
+from mcp_sandbox.policy import RunPlan, Sizes, decide
 from mcp_sandbox.pool import WarmPool, run_warm
 from mcp_sandbox.requests import RunCodeArgs, ShellArgs
 from mcp_sandbox.results import RunResult
@@ -111,12 +111,16 @@ class SandboxService:
     async def run_code(self, args: RunCodeArgs) -> RunResult:
         argv = languages.argv_for(args.language, args.code)
         where = WorkspaceAsk(args.workdir, args.workspace)
-        return await self._run(argv, args.code, args.timeout_s, args.stdin, args.network, where)
+        return await self._run(
+            argv, args.code, args.timeout_s, args.stdin, args.network, where, _sizes(args)
+        )
 
     async def shell(self, args: ShellArgs) -> RunResult:
         argv = (*languages.SHELL_PREFIX, args.command)
         where = WorkspaceAsk(args.workdir, args.workspace)
-        return await self._run(argv, args.command, args.timeout_s, args.stdin, args.network, where)
+        return await self._run(
+            argv, args.command, args.timeout_s, args.stdin, args.network, where, _sizes(args)
+        )
 
     async def _run(
         self,
@@ -126,9 +130,10 @@ class SandboxService:
         stdin: str | None,
         network: str = "none",
         where: WorkspaceAsk | None = None,
+        sizes: Sizes | None = None,
     ) -> RunResult:
         s = self.settings
-        plan = decide(s.limits, s.bounds, argv, source, timeout_s, stdin)
+        plan = decide(s.limits, s.bounds, argv, source, timeout_s, stdin, sizes)
         if network != "none" and not s.egress.enabled:
             raise RequestRejected(
                 'network "egress" is not enabled on this server; its operator can turn it on '
@@ -256,6 +261,12 @@ class SandboxService:
         floor = self.settings.pool.min_available_mib * 1024 * 1024
         return floor == 0 or psutil.virtual_memory().available >= floor
 
+    async def shutdown(self) -> None:
+        """Stop the pool, then remove every container, network and volume of this server."""
+        if self.pool is not None:
+            await self.pool.close()
+        await self.reap(own_too=True)
+
     async def run_background(self) -> None:
         """What runs beside the calls for the server's life: the warm pool."""
         if self.pool is not None:
@@ -348,3 +359,8 @@ class SandboxService:
         await reap_networks(self.api, self.owner, self._threads, own_too=own_too)
         await reap_volumes(self.api, self._threads, owner=self.owner, own_too=own_too)
         return len(doomed)
+
+
+def _sizes(args: RunCodeArgs | ShellArgs) -> Sizes:
+    """The limits a call asks besides its timeout (approvals were decided before: oversight)."""
+    return Sizes(memory_mib=args.memory_mib, cpus=args.cpus, output_bytes=args.output_bytes)

@@ -10,9 +10,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mcp_sandbox.approval import EscalationRules, Profile, profile_problems
+from mcp_sandbox.audit import AuditSettings
 from mcp_sandbox.egress_settings import EgressSettings
 from mcp_sandbox.errors import ConfigError
 from mcp_sandbox.http_settings import HttpSettings
+from mcp_sandbox.languages import Language
 from mcp_sandbox.policy import CallBounds, Limits
 from mcp_sandbox.secrets import looks_secret_name
 from mcp_sandbox.workspace import WorkspacePolicy, check_root
@@ -34,6 +37,30 @@ class PoolSettings(BaseModel):
         ge=0,
         description="no new sandbox, warm or cold, while the host has less memory available",
     )
+
+
+class RunCodeTool(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="whether the run_code tool exists")
+    languages: tuple[Language, ...] = Field(
+        ("python", "javascript", "bash"), description="languages run_code accepts"
+    )
+
+
+class ShellTool(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="whether the shell tool exists")
+
+
+class ToolsSettings(BaseModel):
+    """Which tools the server offers, and what each accepts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_code: RunCodeTool = RunCodeTool()
+    shell: ShellTool = ShellTool()
 
 
 class Settings(BaseSettings):
@@ -89,6 +116,12 @@ class Settings(BaseSettings):
         None, description="send runs to `mcp-sandbox launcher` here instead of using Docker"
     )
     http: HttpSettings = HttpSettings()
+    tools: ToolsSettings = ToolsSettings()
+    approval: EscalationRules = EscalationRules()
+    profiles: dict[str, Profile] = Field(
+        default_factory=dict, description="named shapes of work a call selects with `profile`"
+    )
+    audit: AuditSettings = AuditSettings()
 
     @model_validator(mode="after")
     def _no_secret_into_sandboxes(self) -> Settings:
@@ -113,11 +146,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _default_within_max(self) -> Settings:
-        if self.limits.timeout_s > self.bounds.max_timeout_s:
-            raise ValueError(
-                f"limits.timeout_s ({self.limits.timeout_s}) is above "
-                f"bounds.max_timeout_s ({self.bounds.max_timeout_s})"
-            )
+        for name in ("timeout_s", "memory_mib", "cpus", "output_bytes"):
+            value, most = getattr(self.limits, name), getattr(self.bounds, f"max_{name}")
+            if value > most:
+                raise ValueError(f"limits.{name} ({value}) is above bounds.max_{name} ({most})")
+        return self
+
+    @model_validator(mode="after")
+    def _profiles_can_work(self) -> Settings:
+        problems = profile_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @classmethod

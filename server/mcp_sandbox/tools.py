@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resolve import Resolve
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
 from mcp_sandbox import __version__, languages
+from mcp_sandbox.app import make_scrubber
+from mcp_sandbox.approval import can_allow
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.languages import Language
 from mcp_sandbox.launcher import LauncherClient
+from mcp_sandbox.oversight import Outcome, Oversight, ask_run_code, ask_shell
 from mcp_sandbox.requests import (
+    CpusArg,
+    MemoryArg,
     NetworkArg,
+    OutputArg,
+    ProfileArg,
     RunCodeArgs,
     ShellArgs,
     StdinArg,
@@ -30,7 +39,8 @@ from mcp_sandbox.requests import (
 )
 from mcp_sandbox.results import RunResult
 from mcp_sandbox.service import SandboxService
-from mcp_sandbox.workspace import WorkspacePolicy
+from mcp_sandbox.settings import Settings
+from mcp_sandbox.workspace import default_root
 
 log = logging.getLogger("mcp_sandbox")
 
@@ -95,8 +105,13 @@ async def _guarded(scrub: Callable[[str], str], action: str, call: Any) -> CallT
         raise ToolError("internal error; details are in the server log") from None
 
 
-def build_server(service: SandboxService | LauncherClient) -> MCPServer[None]:
-    """The MCP server over ``service``; the lifespan reaps what dead servers left behind."""
+def build_server(
+    service: SandboxService | LauncherClient, settings: Settings | None = None
+) -> MCPServer[None]:
+    """The MCP server over ``service``; the lifespan reaps what dead servers left behind.
+
+    ``settings`` decide approvals and the audit (default: a local service's own).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer[None]) -> AsyncIterator[None]:
@@ -109,9 +124,13 @@ def build_server(service: SandboxService | LauncherClient) -> MCPServer[None]:
             try:
                 yield
             finally:
-                tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
-                    await service.reap(own_too=True)
+                    shutdown = getattr(service, "shutdown", None)  # the pool first, if local
+                    if shutdown is not None:
+                        await shutdown()
+                    else:
+                        await service.reap(own_too=True)
+                tg.cancel_scope.cancel()
 
     mcp: MCPServer[None] = MCPServer(
         "mcp-sandbox",
@@ -122,14 +141,24 @@ def build_server(service: SandboxService | LauncherClient) -> MCPServer[None]:
     )
     # A launcher client's errors were scrubbed where they were made.
     scrub: Callable[[str], str] = getattr(service, "scrub", lambda text: text)
-    # With `rw` enabled a call may write the user's files; otherwise nothing outside the
-    # throw-away container changes, and repeating a call adds no effect.
-    writes = "rw" in _workspace_modes(service)
+    if isinstance(service, SandboxService):
+        settings = settings or service.settings
+        oversight = Oversight(settings, service.scrub, service.workspace.root)
+    else:
+        settings = settings or Settings()
+        root = default_root(settings.workspace)
+        # A launcher checks its own workspace and what it enables.
+        local = not isinstance(service, LauncherClient)
+        oversight = Oversight(settings, make_scrubber(settings).scrub, root, local=local)
+    oversight.attach(mcp)
+    # When a call may be granted `rw`, it may write the user's files; otherwise nothing
+    # outside the throw-away container changes, and repeating a call adds no effect.
+    writes = can_allow(settings, "rw")
     annotations = ToolAnnotations(
         read_only_hint=not writes,
         destructive_hint=writes,
         idempotent_hint=not writes,
-        open_world_hint=False,  # no network
+        open_world_hint=can_allow(settings, "egress"),
     )
 
     @mcp.tool(title="Run code in a sandbox", annotations=annotations, description=RUN_CODE_DOC)
@@ -141,6 +170,13 @@ def build_server(service: SandboxService | LauncherClient) -> MCPServer[None]:
         network: NetworkArg = "none",
         workdir: WorkdirArg = ".",
         workspace: WorkspaceArg = None,
+        profile: ProfileArg = None,
+        memory_mib: MemoryArg = None,
+        cpus: CpusArg = None,
+        output_bytes: OutputArg = None,
+        *,
+        ctx: Context[Any, Any],
+        approval: Annotated[Outcome, Resolve(ask_run_code)],
     ) -> Annotated[CallToolResult, RunResult]:
         """Run a snippet of python, javascript (Node.js) or bash in a fresh container."""
         args = RunCodeArgs(
@@ -151,8 +187,13 @@ def build_server(service: SandboxService | LauncherClient) -> MCPServer[None]:
             network=network,
             workdir=workdir,
             workspace=workspace,
+            profile=profile,
+            memory_mib=memory_mib,
+            cpus=cpus,
+            output_bytes=output_bytes,
         )
-        return await _guarded(scrub, "run_code", service.run_code(args))
+        call = oversight.run("run_code", args, approval, ctx, service.run_code)
+        return await _guarded(scrub, "run_code", call)
 
     @mcp.tool(
         title="Run a shell command in a sandbox", annotations=annotations, description=SHELL_DOC
@@ -164,6 +205,13 @@ def build_server(service: SandboxService | LauncherClient) -> MCPServer[None]:
         network: NetworkArg = "none",
         workdir: WorkdirArg = ".",
         workspace: WorkspaceArg = None,
+        profile: ProfileArg = None,
+        memory_mib: MemoryArg = None,
+        cpus: CpusArg = None,
+        output_bytes: OutputArg = None,
+        *,
+        ctx: Context[Any, Any],
+        approval: Annotated[Outcome, Resolve(ask_shell)],
     ) -> Annotated[CallToolResult, RunResult]:
         """Run `/bin/sh -c command` in a fresh container."""
         args = ShellArgs(
@@ -173,17 +221,29 @@ def build_server(service: SandboxService | LauncherClient) -> MCPServer[None]:
             network=network,
             workdir=workdir,
             workspace=workspace,
+            profile=profile,
+            memory_mib=memory_mib,
+            cpus=cpus,
+            output_bytes=output_bytes,
         )
-        return await _guarded(scrub, "shell", service.shell(args))
+        call = oversight.run("shell", args, approval, ctx, service.shell)
+        return await _guarded(scrub, "shell", call)
 
+    @mcp.resource(
+        "sandbox://audit/session",
+        name="audit-session",
+        title="This session's recent sandbox calls",
+        description="The audit records of this session's recent calls (newest last), scrubbed",
+        mime_type="application/json",
+    )
+    def audit_session() -> str:
+        return json.dumps(oversight.recent(), ensure_ascii=False)
+
+    if not settings.tools.run_code.enabled:
+        mcp.remove_tool("run_code")
+    if not settings.tools.shell.enabled:
+        mcp.remove_tool("shell")
     return mcp
-
-
-def _workspace_modes(service: SandboxService | LauncherClient) -> tuple[str, ...]:
-    """The workspace modes calls may ask for (a launcher's are its own: assume the default)."""
-    if isinstance(service, SandboxService):
-        return service.settings.workspace_policy.modes
-    return WorkspacePolicy().modes
 
 
 async def _reap_at_start(service: SandboxService | LauncherClient) -> None:

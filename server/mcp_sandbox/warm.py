@@ -34,7 +34,7 @@ while [ "$i" -lt "$n" ]; do
 done
 if [ "$cwd" != "$PWD" ]; then
   cd -- "$cwd" 2>/dev/null || {
-    echo "mcp-sandbox: the sandbox user (uid 65534) cannot enter $cwd; make the workspace readable to others (chmod o+rx)" >&2
+    echo "mcp-sandbox: uid 65534 cannot enter $cwd; chmod o+rx the workspace" >&2
     exit 96
   }
   unset OLDPWD

@@ -70,6 +70,7 @@ class Outside:
         }
         return {
             "MCP_SANDBOX_EGRESS__ENABLED": "true",
+            "MCP_SANDBOX_APPROVAL__EGRESS": "allow",  # asking a human is test_approval's
             "MCP_SANDBOX_EGRESS__ALLOW": json.dumps(ALLOWED),
             "MCP_SANDBOX_EGRESS__HOSTS": json.dumps(hosts),
             "MCP_SANDBOX_EGRESS__OPENED_CIDRS": json.dumps(

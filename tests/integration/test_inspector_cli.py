@@ -49,7 +49,13 @@ def run_inspector(
     inspector: Path, tmp_path: Path, *method_args: str
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     """Run one Inspector CLI call against a fresh server; return the process and its JSON."""
-    argv = [str(inspector), "--cli", "--format", "json", *method_args, "--", *SERVER_ARGV]
+    # The server's audit records stay out of the user's state directory (the Inspector hands
+    # the server only the variables -e names).
+    audit = f"MCP_SANDBOX_AUDIT__PATH={tmp_path / 'audit.jsonl'}"
+    argv = [
+        str(inspector), "--cli", "--format", "json", "-e", audit, *method_args,
+        "--", *SERVER_ARGV,
+    ]  # fmt: skip
     # Keep the Inspector's own state files out of the developer's home.
     env = {
         **os.environ,

@@ -73,7 +73,9 @@ FORBIDDEN: list[tuple[str, object]] = [
     ("root user", {"op": "run_code", "args": {**OK_ARGS, "user": "0:0"}}),
     ("environment", {"op": "run_code", "args": {**OK_ARGS, "env": {"LD_PRELOAD": "/x"}}}),
     ("labels", {"op": "run_code", "args": {**OK_ARGS, "labels": {"mcp-sandbox": "x"}}}),
-    ("limits", {"op": "run_code", "args": {**OK_ARGS, "memory_mib": 65536}}),
+    # memory_mib, cpus and output_bytes are arguments now, bounded by the launcher's own
+    # settings when the run is decided (policy.decide); no other limit is.
+    ("limits", {"op": "run_code", "args": {**OK_ARGS, "pids": 65536}}),
     ("language as a path", {"op": "run_code", "args": {**OK_ARGS, "language": "../../bin/sh"}}),
     ("args missing", {"op": "run_code"}),
     ("args not an object", {"op": "shell", "args": "id"}),

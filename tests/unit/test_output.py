@@ -42,7 +42,10 @@ def test_shaped_output_fits_its_budget(out: bytes, err: bytes, budget: int) -> N
         capture(out, budget + 64), capture(err, budget + 64), budget=budget, scrub=scrub, margin=64
     )
     assert cost(o.text) + cost(e.text) <= budget
-    assert len(json.dumps(o.text, ensure_ascii=False)) + len(json.dumps(e.text, ensure_ascii=False)) <= budget + 4
+    assert (
+        len(json.dumps(o.text, ensure_ascii=False)) + len(json.dumps(e.text, ensure_ascii=False))
+        <= budget + 4
+    )
     assert (o.original_bytes, e.original_bytes) == (len(out), len(err))
     if not o.truncated:
         assert o.text == neutralise(out.decode("utf-8", "replace"))

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from mcp_sandbox.errors import RequestRejected
 from mcp_sandbox.languages import SUPPORTED
-from mcp_sandbox.policy import CallBounds, Limits, decide
+from mcp_sandbox.policy import CallBounds, Limits, Sizes, decide
 from mcp_sandbox.requests import RunCodeArgs, describe_bad_arguments
 
 ARGV = ("python3", "-c", "print(1)")
@@ -40,6 +40,15 @@ def test_rejections_say_what_is_allowed(
     bounds = CallBounds(max_code_bytes=100, max_timeout_s=60, max_stdin_bytes=10)
     with pytest.raises(RequestRejected, match=needle):
         decide(Limits(timeout_s=10), bounds, ARGV, source, timeout, stdin)
+
+
+def test_a_call_may_ask_other_limits_up_to_their_maxima() -> None:
+    sizes = Sizes(memory_mib=2048, cpus=2, output_bytes=32_000)
+    plan = decide(Limits(), CallBounds(), ARGV, "x", 90, None, sizes)
+    assert (plan.limits.timeout_s, plan.limits.memory_mib) == (90, 2048)
+    assert (plan.limits.cpus, plan.limits.output_bytes) == (2, 32_000)
+    with pytest.raises(RequestRejected, match="memory_mib 2049 is above the configured maximum"):
+        decide(Limits(), CallBounds(), ARGV, "x", None, None, Sizes(memory_mib=2049))
 
 
 def _bad(args: dict[str, object]) -> str:

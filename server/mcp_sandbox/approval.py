@@ -1,0 +1,352 @@
+"""PURE: which escalations a call asks for, and who decides each (config or a human).
+
+An escalation widens what a sandbox can do: ``network="egress"``, ``workspace="rw"``, limits
+above the configured defaults. Each kind has a rule in config: ``deny``, ``allow`` or ``ask``.
+``ask`` means a human answers through the client; nothing in the tool's arguments or the
+sandbox's output can answer for them. A profile (config too) pre-approves a shape of work.
+
+What is enabled stays necessary: a rule decides only what ``egress.enabled``,
+``workspace_policy.modes`` and the ``bounds`` already let a call ask for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcp_sandbox.errors import RequestRejected
+from mcp_sandbox.policy import Limits, Sizes, asked_limits
+from mcp_sandbox.workspace import Mode
+
+if TYPE_CHECKING:
+    from mcp_sandbox.settings import Settings
+
+Rule = Literal["deny", "allow", "ask"]
+Kind = Literal["egress", "rw", "limits"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+Network = Literal["none", "egress"]
+# What came back from the human: the client's answer, or why there was none.
+Answer = Literal["accept", "accept_session", "decline", "cancel", "timeout", "unsupported"]
+DecidedBy = Literal["config", "profile", "session", "human"]
+
+PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_SHOWN_HOSTS = 6
+_WHAT: dict[Kind, str] = {
+    "egress": "network egress",
+    "rw": "workspace writes (rw)",
+    "limits": "limits above the defaults",
+}
+_SIZE_NAMES = (
+    ("timeout_s", "s timeout"),
+    ("memory_mib", "MiB memory"),
+    ("cpus", "CPUs"),
+    ("output_bytes", "bytes of output"),
+)
+
+
+class EscalationRules(BaseModel):
+    """Who decides each escalation. The defaults ask a human before widening anything."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    egress: Rule = Field("ask", description='network="egress" for a call')
+    rw: Rule = Field("ask", description='workspace="rw": writes land in the user\'s files')
+    limits: Rule = Field("allow", description="limits above the defaults, up to the maximum")
+    timeout_s: float = Field(
+        120, gt=0, le=3600, description="how long a question waits for the human's answer"
+    )
+
+    def rule(self, kind: Kind) -> Rule:
+        rule: Rule = getattr(self, kind)
+        return rule
+
+
+class Profile(BaseModel):
+    """A named shape of work a call selects with ``profile``: its values are the call's
+    defaults, and what they widen is pre-approved (a rule that denies it still wins)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    description: str = Field("", max_length=200, description="shown to nobody; for the operator")
+    timeout_s: float | None = Field(None, gt=0, description="wall-clock limit")
+    memory_mib: int | None = Field(None, ge=32, description="memory limit")
+    cpus: float | None = Field(None, gt=0, description="CPU quota")
+    output_bytes: int | None = Field(None, ge=1_024, description="output kept")
+    workspace: Mode | None = Field(None, description="workspace mode")
+    network: Network | None = Field(None, description='"egress" pre-approves the network')
+
+    def sizes(self) -> Sizes:
+        return Sizes(self.timeout_s, self.memory_mib, self.cpus, self.output_bytes)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a call asks for, as the tool received it (every field attacker-written)."""
+
+    tool: str
+    language: str | None = None
+    profile: str | None = None
+    network: Network = "none"
+    workspace: Mode | None = None
+    sizes: Sizes = field(default_factory=Sizes)
+    workdir: str = "."
+
+
+@dataclass(frozen=True)
+class Escalation:
+    kind: Kind
+    question: str  # one plain sentence, shown to the human as is; built from config only
+    preapproved: bool = False  # within the profile the call selected
+
+
+@dataclass(frozen=True)
+class Screening:
+    """A call after its profile is applied: what it will run with, and what that widens."""
+
+    profile: str | None
+    network: Network
+    workspace: Mode | None  # the mode it runs in; None: there is no workspace
+    asked_workspace: Mode | None  # what the call or its profile asked, to pass on
+    limits: Limits
+    sizes: Sizes  # what the call and its profile ask, to pass on (None: the default)
+    escalations: tuple[Escalation, ...]
+
+    @property
+    def kinds(self) -> tuple[Kind, ...]:
+        return tuple(e.kind for e in self.escalations)
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: Kind
+    allowed: bool
+    by: DecidedBy
+    answer: Answer | None = None
+
+    def refusal(self) -> str:
+        """The one-line error for a refused escalation: what happened and how to pre-approve."""
+        key = f"approval.{self.kind}"
+        what = _WHAT[self.kind]
+        if self.by == "config":
+            return (
+                f'{what} refused: the server\'s config denies it ({key} = "deny"); '
+                f'its operator may set {key} = "ask" or "allow"'
+            )
+        why = {
+            "decline": "the user declined",
+            "cancel": "the user cancelled the question",
+            "timeout": "no answer came in time",
+            "unsupported": "this client cannot ask the user (no elicitation support)",
+        }.get(self.answer or "", "it was not approved")
+        return (
+            f'{what} refused: {why}; to pre-approve it, set {key} = "allow" in the server\'s '
+            "config, or define a profile that includes it and select it with `profile`"
+        )
+
+    def as_record(self) -> dict[str, object]:
+        return {"kind": self.kind, "allowed": self.allowed, "by": self.by, "answer": self.answer}
+
+
+def screen(
+    settings: Settings, asked: Asked, workspace_root: Path | None, *, local: bool = True
+) -> Screening:
+    """Apply the profile, check what is enabled and bounded, and list the escalations.
+
+    ``local=False``: a launcher runs the call under its own settings, so what it enables
+    (egress, the workspace and its modes) is its to check; the escalations are still ours.
+    Raises RequestRejected (the caller can fix it) naming what is allowed.
+    """
+    tools = settings.tools
+    if asked.tool == "run_code":
+        if not tools.run_code.enabled:
+            raise RequestRejected("run_code is disabled on this server (tools.run_code.enabled)")
+        if asked.language is not None and asked.language not in tools.run_code.languages:
+            raise RequestRejected(
+                f"language {asked.language!r} is not enabled on this server; enabled: "
+                f"{', '.join(tools.run_code.languages) or 'none'}"
+            )
+    elif asked.tool == "shell" and not tools.shell.enabled:
+        raise RequestRejected("shell is disabled on this server (tools.shell.enabled)")
+
+    profile = Profile()
+    if asked.profile is not None:
+        found = settings.profiles.get(asked.profile)
+        if found is None:
+            names = ", ".join(sorted(settings.profiles)) or "none are configured"
+            raise RequestRejected(f"unknown profile; the server's profiles: {names}")
+        profile = found
+
+    network: Network = asked.network if asked.network != "none" else (profile.network or "none")
+    if network == "egress" and local and not settings.egress.enabled:
+        raise RequestRejected(
+            'network "egress" is not enabled on this server; its operator can turn it on '
+            "with egress.enabled = true (then calls reach only egress.allow)"
+        )
+
+    wp = settings.workspace_policy
+    mode = asked.workspace or profile.workspace
+    effective: Mode | None
+    if not local:
+        effective = mode
+    elif workspace_root is None:
+        if mode is not None:
+            raise RequestRejected(
+                "there is no workspace: the server started in / or a home directory; "
+                "start it with --workspace PATH"
+            )
+        effective = None
+    else:
+        effective = mode or wp.mode
+        if effective not in wp.modes:
+            raise RequestRejected(
+                f"workspace mode {effective!r} is not enabled; allowed: {', '.join(wp.modes)}"
+            )
+
+    sizes = _merged(asked.sizes, profile.sizes())
+    limits = asked_limits(settings.limits, settings.bounds, sizes)
+
+    escalations = []
+    if network == "egress":
+        escalations.append(
+            Escalation(
+                "egress",
+                f"Allow network access to {_hosts(settings.egress.allow)} for this call?",
+                profile.network == "egress",
+            )
+        )
+    if effective == "rw":
+        escalations.append(
+            Escalation(
+                "rw",
+                f"Allow writes to {workspace_root or 'the workspace'} for this call?",
+                profile.workspace == "rw",
+            )
+        )
+    raised = _raised(settings.limits, limits)
+    if raised:
+        shown = ", ".join(f"{_num(getattr(limits, n))} {unit}" for n, unit in raised)
+        defaults = ", ".join(f"{_num(getattr(settings.limits, n))}" for n, _ in raised)
+        within = all(
+            getattr(profile, n) is not None and getattr(limits, n) <= getattr(profile, n)
+            for n, _ in raised
+        )
+        escalations.append(
+            Escalation(
+                "limits",
+                f"Allow more resources for this call: {shown} (defaults: {defaults})?",
+                within,
+            )
+        )
+    return Screening(asked.profile, network, effective, mode, limits, sizes, tuple(escalations))
+
+
+def _merged(call: Sizes, profile: Sizes) -> Sizes:
+    return Sizes(
+        call.timeout_s if call.timeout_s is not None else profile.timeout_s,
+        call.memory_mib if call.memory_mib is not None else profile.memory_mib,
+        call.cpus if call.cpus is not None else profile.cpus,
+        call.output_bytes if call.output_bytes is not None else profile.output_bytes,
+    )
+
+
+def _raised(defaults: Limits, limits: Limits) -> list[tuple[str, str]]:
+    return [(n, unit) for n, unit in _SIZE_NAMES if getattr(limits, n) > getattr(defaults, n)]
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def _hosts(allow: tuple[str, ...]) -> str:
+    shown = ", ".join(allow[:_SHOWN_HOSTS])
+    more = len(allow) - _SHOWN_HOSTS
+    return f"{shown} and {more} more" if more > 0 else shown or "no host"
+
+
+def question(escalations: Iterable[Escalation]) -> str:
+    """One short statement for the human: each escalation's own sentence."""
+    return " ".join(e.question for e in escalations)
+
+
+def needs_human(
+    rules: EscalationRules, escalations: Iterable[Escalation], session_grants: frozenset[Kind]
+) -> list[Escalation]:
+    """The escalations a human must answer, in order (none when config denies any: the call
+    is refused without a question)."""
+    escalations = list(escalations)
+    if any(rules.rule(e.kind) == "deny" for e in escalations):
+        return []
+    return [
+        e
+        for e in escalations
+        if rules.rule(e.kind) == "ask" and not e.preapproved and e.kind not in session_grants
+    ]
+
+
+def decide(
+    rules: EscalationRules,
+    escalations: Iterable[Escalation],
+    answers: Mapping[Kind, Answer],
+    session_grants: frozenset[Kind],
+) -> list[Decision]:
+    """One decision per escalation. Only an explicit accept grants what ``ask`` guards;
+    ``deny`` wins over everything, a profile included."""
+    decisions = []
+    for e in escalations:
+        rule = rules.rule(e.kind)
+        if rule == "deny":
+            decisions.append(Decision(e.kind, False, "config"))
+        elif rule == "allow":
+            decisions.append(Decision(e.kind, True, "config"))
+        elif e.preapproved:
+            decisions.append(Decision(e.kind, True, "profile"))
+        elif e.kind in session_grants:
+            decisions.append(Decision(e.kind, True, "session", "accept_session"))
+        else:
+            answer = answers.get(e.kind)
+            ok = answer in ("accept", "accept_session")
+            decisions.append(Decision(e.kind, ok, "human", answer))
+    return decisions
+
+
+def profile_problems(settings: Settings) -> list[str]:
+    """Why each profile cannot work under ``settings`` (start-up refuses such a config)."""
+    problems = []
+    rules = settings.approval
+    for name, p in sorted(settings.profiles.items()):
+        where = f"profiles.{name}"
+        if not PROFILE_NAME.fullmatch(name):
+            problems.append(f"{where}: a name is 1-32 of a-z, 0-9, _ and -, starting alnum")
+        try:
+            limits = asked_limits(settings.limits, settings.bounds, p.sizes())
+        except RequestRejected as e:
+            problems.append(f"{where}: {e}")
+            continue
+        if p.network == "egress":
+            if not settings.egress.enabled:
+                problems.append(f'{where}: network "egress" needs egress.enabled = true')
+            if rules.egress == "deny":
+                problems.append(f'{where}: network "egress" but approval.egress = "deny"')
+        if p.workspace is not None and p.workspace not in settings.workspace_policy.modes:
+            problems.append(f"{where}: workspace {p.workspace!r} is not in workspace_policy.modes")
+        if p.workspace == "rw" and rules.rw == "deny":
+            problems.append(f'{where}: workspace "rw" but approval.rw = "deny"')
+        if _raised(settings.limits, limits) and rules.limits == "deny":
+            problems.append(f'{where}: limits above the defaults but approval.limits = "deny"')
+    return problems
+
+
+def can_allow(settings: Settings, kind: Kind) -> bool:
+    """Whether any call could ever be granted ``kind`` (what the tool annotations declare)."""
+    if settings.approval.rule(kind) == "deny":
+        return False
+    if kind == "egress":
+        return settings.egress.enabled
+    if kind == "rw":
+        return "rw" in settings.workspace_policy.modes
+    return True

@@ -1,0 +1,257 @@
+"""The audit trail: one JSON line per call, rotated by size; and the anomaly flags.
+
+Writing fails closed: a call whose record cannot be written is refused, because a
+sandbox that runs unrecorded is not the sandbox the operator configured.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcp_sandbox.errors import SandboxUnavailable
+
+SHOWN_CODE_CHARS = 400
+RECENT_PER_SESSION = 50
+# Calls of a session the "repeated timeouts or OOMs" flag looks back over, and how many.
+_OUTCOME_WINDOW = 10
+_REPEATED = 3
+# Signs in stderr that seccomp refused a syscall: EPERM from the profile, SIGSYS for the
+# closed 32-bit ABIs, ENOSYS for clone3 (libc falls back quietly, so that one rarely shows).
+_SECCOMP_SIGNS = ("Operation not permitted", "Bad system call")
+
+
+class AuditSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path | None = Field(
+        None, description="JSON-lines file; None is $XDG_STATE_HOME/mcp-sandbox/audit.jsonl"
+    )
+    max_bytes: int = Field(10_000_000, ge=10_000, description="rotate past this size")
+    backups: int = Field(5, ge=1, le=100, description="rotated files kept (audit.jsonl.1 ...)")
+
+
+def default_audit_path() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "mcp-sandbox" / "audit.jsonl"
+
+
+class AuditUnavailable(SandboxUnavailable):
+    """The audit log cannot be written: calls fail closed."""
+
+
+class AuditLog:
+    """Appends records; rotates ``path`` -> ``path.1`` -> ... past ``max_bytes``.
+
+    Each record is one ``write`` of one line under an exclusive ``flock``, so records of
+    concurrent calls (threads, or other servers on the same file) never interleave.
+    """
+
+    def __init__(self, settings: AuditSettings) -> None:
+        self.path = settings.path or default_audit_path()
+        self._max = settings.max_bytes
+        self._backups = settings.backups
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raise AuditUnavailable unless a record could be appended now."""
+        try:
+            os.close(self._open())
+        except OSError as e:
+            raise AuditUnavailable(self._unwritable(e)) from None
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append ``record`` as one line. Raises AuditUnavailable. Blocking."""
+        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        try:
+            with self._lock:
+                fd = self._locked()
+                try:
+                    size = os.fstat(fd).st_size
+                    if size and size + len(line) > self._max:
+                        self._rotate()
+                        os.close(fd)
+                        fd = self._locked()
+                    written = os.write(fd, line)
+                    if written != len(line):
+                        raise OSError(0, "short write")
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            raise AuditUnavailable(self._unwritable(e)) from None
+
+    def _locked(self) -> int:
+        """The current file, opened and exclusively locked (another server may have rotated
+        it while we waited: then the new one)."""
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The records hold (scrubbed) code and paths: the user's eyes only.
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def _rotate(self) -> None:
+        for i in range(self._backups - 1, 0, -1):
+            older = self._backup(i)
+            if older.exists():
+                older.replace(self._backup(i + 1))
+        self.path.replace(self._backup(1))
+
+    def _backup(self, i: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{i}")
+
+    def _unwritable(self, e: OSError) -> str:
+        return (
+            f"audit log {self.path} cannot be written ({e.strerror or e}); calls are refused "
+            "until it can (set audit.path to a writable file)"
+        )
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every record, oldest first, rotated files included; bad lines skipped."""
+        for path in [*(self._backup(i) for i in range(self._backups, 0, -1)), self.path]:
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    yield rec
+
+
+def code_digest(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def shown_code(source: str, scrub: Callable[[str], str]) -> str:
+    """A scrubbed, shortened copy of the code for the record (scrubbed whole, then cut)."""
+    text = scrub(source)
+    return text if len(text) <= SHOWN_CODE_CHARS else text[:SHOWN_CODE_CHARS] + "…"
+
+
+def scrubbed(value: Any, scrub: Callable[[str], str]) -> Any:
+    """``value`` with every string in it, keys included, passed through ``scrub``."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, Mapping):
+        return {scrub(str(k)): scrubbed(v, scrub) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrubbed(v, scrub) for v in value]
+    return value
+
+
+@dataclass
+class SessionHistory:
+    """What each session has done so far: the memory behind the anomaly flags, and the
+    recent records the session's MCP resource shows."""
+
+    escalations: dict[str, set[str]] = field(default_factory=dict)
+    outcomes: dict[str, deque[str]] = field(default_factory=dict)
+    recent: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
+
+    def flags(
+        self,
+        session: str,
+        asked: Iterable[str],
+        outcome: str,
+        egress_denied: Iterable[str],
+        stderr: str,
+    ) -> list[str]:
+        """Anomaly flags for one call; updates the session's history.
+
+        ``asked``: the escalations the call asked for; ``outcome``: "exited",
+        "timed_out", "oom_killed" or "refused".
+        """
+        flags = []
+        if any(egress_denied):
+            flags.append("egress_outside_allowlist")
+        seen = self.escalations.setdefault(session, set())
+        asked = list(asked)
+        flags.extend(f"new_escalation:{k}" for k in asked if k not in seen)
+        seen.update(asked)
+        window = self.outcomes.setdefault(session, deque(maxlen=_OUTCOME_WINDOW))
+        window.append(outcome)
+        bad = ("timed_out", "oom_killed")
+        if outcome in bad and sum(o in bad for o in window) >= _REPEATED:
+            flags.append("repeated_timeouts_or_ooms")
+        if any(sign in stderr for sign in _SECCOMP_SIGNS):
+            flags.append("seccomp_refusal")
+        return flags
+
+    def remember(self, session: str, record: dict[str, Any]) -> None:
+        self.recent.setdefault(session, deque(maxlen=RECENT_PER_SESSION)).append(record)
+
+    def recent_records(self, session: str) -> list[dict[str, Any]]:
+        return list(self.recent.get(session, ()))
+
+
+def matches(
+    record: Mapping[str, Any],
+    *,
+    session: str | None = None,
+    tool: str | None = None,
+    flag: str | None = None,
+) -> bool:
+    """Whether ``record`` passes the CLI's filters (``flag`` matches a flag or its prefix)."""
+    if session is not None and record.get("session") != session:
+        return False
+    if tool is not None and record.get("tool") != tool:
+        return False
+    if flag is not None:
+        flags = record.get("flags") or []
+        return any(f == flag or str(f).startswith(flag + ":") for f in flags)
+    return True
+
+
+def render_table(records: Iterable[Mapping[str, Any]]) -> str:
+    """One line per record: the columns an operator scans first."""
+    header = ("time", "session", "tool", "outcome", "exit", "ms", "decisions", "flags", "code")
+    rows = [header]
+    for r in records:
+        decisions = " ".join(
+            f"{d.get('kind')}:{'ok' if d.get('allowed') else 'no'}({d.get('by')})"
+            for d in r.get("decisions") or []
+        )
+        code = " ".join(str(r.get("code") or "").split())
+        rows.append(
+            (
+                str(r.get("ts", ""))[:19],
+                str(r.get("session", "")),
+                str(r.get("tool", "")),
+                str(r.get("outcome", "")),
+                "" if r.get("exit_code") is None else str(r.get("exit_code")),
+                "" if r.get("duration_ms") is None else str(r.get("duration_ms")),
+                decisions or "-",
+                ",".join(r.get("flags") or []) or "-",
+                code[:40],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    )

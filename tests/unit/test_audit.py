@@ -1,0 +1,146 @@
+"""The audit log: whole lines, rotation, fail-closed errors; the anomaly flags; the CLI."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from mcp_sandbox import cli
+from mcp_sandbox.audit import (
+    AuditLog,
+    AuditSettings,
+    AuditUnavailable,
+    SessionHistory,
+    matches,
+    render_table,
+    scrubbed,
+    shown_code,
+)
+from mcp_sandbox.cli import main
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_records_are_whole_json_lines_readable_only_by_the_user(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "audit.jsonl"
+    log = AuditLog(AuditSettings(path=path))
+    log.check()
+    log.write({"tool": "shell", "code": "echo é\nnext"})
+    assert _lines(path) == [{"tool": "shell", "code": "echo é\nnext"}]
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_log_rotates_by_size_and_keeps_its_backups(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(AuditSettings(path=path, max_bytes=10_000, backups=2))
+    for i in range(100):
+        log.write({"i": i, "pad": "x" * 300})
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    assert all(p.stat().st_size <= 10_000 for p in tmp_path.iterdir())
+    kept = [r["i"] for r in log.records()]
+    assert kept == sorted(kept) and kept[-1] == 99  # oldest first, the newest kept
+    assert len(kept) < 100  # the oldest file was dropped
+
+
+def test_concurrent_writers_leave_one_whole_line_each(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    # Two logs on one file stand for two servers; rotation happens under the writes.
+    logs = [AuditLog(AuditSettings(path=path, max_bytes=200_000, backups=50)) for _ in range(2)]
+
+    def writer(n: int) -> None:
+        for i in range(50):
+            logs[n % 2].write({"writer": n, "i": i, "pad": "y" * 500})
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    records = list(logs[0].records())
+    assert len(records) == 400
+    assert {(r["writer"], r["i"]) for r in records} == {(n, i) for n in range(8) for i in range(50)}
+
+
+def test_an_unwritable_log_fails_closed_with_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    log = AuditLog(AuditSettings(path=blocker / "audit.jsonl"))  # under a regular file
+    with pytest.raises(AuditUnavailable, match=r"cannot be written .*set audit.path"):
+        log.check()
+    with pytest.raises(AuditUnavailable):
+        log.write({"x": 1})
+
+
+def test_the_default_path_is_under_the_users_state_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert AuditLog(AuditSettings()).path == tmp_path / "mcp-sandbox" / "audit.jsonl"
+
+
+def test_every_string_is_scrubbed_and_the_code_shortened() -> None:
+    def scrub(s: str) -> str:
+        return s.replace("hunter2", "[redacted]")
+
+    record = {"code": "x = 'hunter2'", "nested": [{"hunter2": ("hunter2", 3)}], "n": None}
+    assert scrubbed(record, scrub) == {
+        "code": "x = '[redacted]'",
+        "nested": [{"[redacted]": ["[redacted]", 3]}],
+        "n": None,
+    }
+    long = "a" * 1000 + "hunter2"
+    assert "hunter2" not in shown_code(long, scrub) and len(shown_code(long, scrub)) == 401
+
+
+def test_flags_name_each_anomaly() -> None:
+    h = SessionHistory()
+    assert h.flags("s", ["egress"], "exited", [], "") == ["new_escalation:egress"]
+    assert h.flags("s", ["egress"], "exited", [], "") == []  # needed before
+    assert h.flags("t", ["egress"], "exited", [], "") == ["new_escalation:egress"]  # per session
+    assert h.flags("s", [], "exited", ["evil.test:443 (not in allowlist)"], "") == [
+        "egress_outside_allowlist"
+    ]
+    assert h.flags("s", [], "exited", [], "ptrace: Operation not permitted") == ["seccomp_refusal"]
+    assert h.flags("s", [], "timed_out", [], "") == []
+    assert h.flags("s", [], "oom_killed", [], "") == []
+    assert h.flags("s", [], "timed_out", [], "") == ["repeated_timeouts_or_ooms"]
+
+
+def test_cli_filters_and_renders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(AuditSettings(path=path))
+    log.write({"ts": "t1", "session": "a", "tool": "shell", "flags": [], "code": "ls"})
+    log.write(
+        {
+            "ts": "t2",
+            "session": "b",
+            "tool": "run_code",
+            "flags": ["new_escalation:rw"],
+            "code": "1",
+        }
+    )
+    monkeypatch.setenv("MCP_SANDBOX_AUDIT__PATH", str(path))
+    monkeypatch.setattr(cli, "configure_logging", lambda *a: None)  # keep pytest's handlers
+    assert main(["audit", "--json", "--flag", "new_escalation"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["session"] for line in out] == ["b"]
+    assert main(["audit", "--session", "a"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["time", "session", "tool"]
+    assert "shell" in table and "run_code" not in table
+    assert main(["audit", "--tool", "shell", "--flag", "nope"]) == 0
+    assert "no matching records" in capsys.readouterr().err
+
+
+def test_matches_and_table_handle_sparse_records() -> None:
+    assert matches({"flags": ["seccomp_refusal"]}, flag="seccomp_refusal")
+    assert not matches({}, flag="x") and not matches({}, session="s")
+    assert "refused" in render_table([{"outcome": "refused", "decisions": [{"kind": "rw"}]}])
