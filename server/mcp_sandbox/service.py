@@ -42,6 +42,7 @@ from mcp_sandbox.workspace_session import (
     Workspace,
     WorkspaceAsk,
     WorkspacePlan,
+    discard_blanks,
     open_session,
     reap_volumes,
     ro_mounts,
@@ -266,6 +267,7 @@ class SandboxService:
         if self.pool is not None:
             await self.pool.close()
         await self.reap(own_too=True)
+        discard_blanks()  # no container mounts them any more
 
     async def run_background(self) -> None:
         """What runs beside the calls for the server's life: the warm pool."""

@@ -169,6 +169,13 @@ def _blanks() -> tuple[str, str]:
     return empty_file, empty_dir
 
 
+def discard_blanks() -> None:
+    """Remove the mask blanks now (a server leaving by os._exit runs no atexit hook)."""
+    if _blanks.cache_info().currsize:
+        shutil.rmtree(os.path.dirname(_blanks()[0]), ignore_errors=True)
+        _blanks.cache_clear()
+
+
 def ro_mounts(plan: WorkspacePlan) -> tuple[Mount, ...]:
     """The read-only bind of the root, and an empty read-only stand-in over each mask."""
     assert plan.masks is not None
