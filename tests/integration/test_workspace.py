@@ -28,7 +28,6 @@ from sandbox_client import (
     call_error,
     connect,
     eventually,
-    labelled_containers,
     server_params,
 )
 
@@ -525,7 +524,38 @@ async def test_rw_many_small_files_in_a_bind_mount_style_flood_are_bounded(
 # --- what a dead server leaves ------------------------------------------------------------
 
 
-def _kill_mid_copy(root: Path) -> None:
+def _owned_by(pid: int) -> list[str]:
+    """Containers and volumes whose owner label names server process ``pid``."""
+    found = []
+    for kind in ("container", "volume"):
+        cmd = ["docker", kind, "ls", "-q"] + (["-a"] if kind == "container" else [])
+        names = subprocess.run(
+            [*cmd, "--filter", f"label={TEST_RUN_LABEL}={TEST_RUN_ID}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for name in names:
+            owner = subprocess.run(
+                [
+                    "docker",
+                    kind,
+                    "inspect",
+                    "-f",
+                    '{{index .Config.Labels "mcp-sandbox.owner"}}'
+                    if kind == "container"
+                    else '{{index .Labels "mcp-sandbox.owner"}}',
+                    name,
+                ],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            if f":{pid}:" in owner:
+                found.append(name)
+    return found
+
+
+def _kill_mid_copy(root: Path) -> int:
     """A server killed (SIGKILL: no clean-up) while a `copy` run holds its keeper and volume."""
     params = server_params({"MCP_SANDBOX_WORKSPACE": str(root)})
     init = {
@@ -563,12 +593,13 @@ def _kill_mid_copy(root: Path) -> None:
             assert labelled_volumes(), "the copy run never made its volume"
         finally:
             proc.kill()
+    return proc.pid
 
 
 async def test_a_dead_servers_volume_and_keeper_are_reaped_at_start(project: Path) -> None:
-    await anyio.to_thread.run_sync(_kill_mid_copy, project)
-    assert labelled_volumes()
-    # No warm pool: its sandboxes would be the only containers left, and are not the point.
+    pid = await anyio.to_thread.run_sync(_kill_mid_copy, project)
+    assert await anyio.to_thread.run_sync(_owned_by, pid)
+    # Other servers of the suite keep warm sandboxes: only the dead server's things count.
     env = {"MCP_SANDBOX_WORKSPACE": str(project), "MCP_SANDBOX_POOL__ENABLED": "false"}
     async with connect("auto", env=env):
-        await eventually(lambda: not labelled_volumes() and not labelled_containers())
+        await eventually(lambda: not _owned_by(pid), timeout_s=40)
