@@ -145,16 +145,7 @@ class SandboxService:
             self.workspace.plan, where or WorkspaceAsk(), limiter=self._threads
         )
         run_id = pysecrets.token_hex(6)
-        spec = build_spec(
-            plan,
-            image=s.image,
-            run_id=run_id,
-            owner=self.owner,
-            seccomp_json=self._seccomp_json(),
-            extra_env=self._env,
-            runtime=s.runtime,
-            extra_labels=s.labels,
-        )
+        spec = self._spec(plan, run_id)
         async with self._slot(plan.limits.timeout_s):
             async with self._workspace_session(ws_plan, run_id, plan) as ws:
                 if ws is not None:
@@ -209,16 +200,8 @@ class SandboxService:
             yield None
             return
         s = self.settings
-        keeper = build_spec(
-            RunPlan(argv=KEEPER_ARGV, limits=KEEPER_LIMITS, stdin=None),
-            image=s.image,
-            run_id=f"{run_id}-keeper",
-            owner=self.owner,
-            seccomp_json=self._seccomp_json(),
-            extra_env={},
-            runtime=s.runtime,
-            extra_labels=s.labels,
-        )
+        keeper_plan = RunPlan(argv=KEEPER_ARGV, limits=KEEPER_LIMITS, stdin=None)
+        keeper = self._spec(keeper_plan, f"{run_id}-keeper", env={})
         async with open_session(
             ws_plan,
             api=self.api,
@@ -230,6 +213,22 @@ class SandboxService:
         ) as ws:
             yield ws
 
+    def _spec(
+        self, plan: RunPlan, run_id: str, env: Mapping[str, str] | None = None
+    ) -> ContainerSpec:
+        """The one way this server turns a plan into a container: cold, warm or keeper."""
+        s = self.settings
+        return build_spec(
+            plan,
+            image=s.image,
+            run_id=run_id,
+            owner=self.owner,
+            seccomp_json=self._seccomp_json(),
+            extra_env=self._env if env is None else env,
+            runtime=s.runtime,
+            extra_labels=s.labels,
+        )
+
     def _warm_spec(self, run_id: str) -> ContainerSpec | None:
         """A warm sandbox of the default call's shape (None: that shape cannot be warm).
 
@@ -237,16 +236,7 @@ class SandboxService:
         """
         s = self.settings
         stub = RunPlan(argv=STUB_ARGV, limits=s.limits, stdin=None)
-        spec = build_spec(
-            stub,
-            image=s.image,
-            run_id=run_id,
-            owner=self.owner,
-            seccomp_json=self._seccomp_json(),
-            extra_env=self._env,
-            runtime=s.runtime,
-            extra_labels=s.labels,
-        )
+        spec = self._spec(stub, run_id)
         try:
             ws_plan = self.workspace.plan(WorkspaceAsk())
         except SandboxError:
