@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import psutil
 from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox.docker_api import DockerApi
@@ -149,6 +150,17 @@ class Session:
         return await self._finish()
 
 
+_BLANKS_PREFIX = "mcp-sandbox-mask-"
+
+
+def _sweep_dead_blanks() -> None:
+    """Remove the blanks of servers that died without cleaning up (SIGKILL)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_BLANKS_PREFIX}*-*"):
+        pid = path.name[len(_BLANKS_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @functools.cache
 def _blanks() -> tuple[str, str]:
     """An empty read-only file and directory that masks are mounted from.
@@ -156,7 +168,8 @@ def _blanks() -> tuple[str, str]:
     One pair per server process, so the same masks always give the same mounts (a warm
     sandbox is used only when its spec equals the call's). Removed at exit.
     """
-    tmp = tempfile.mkdtemp(prefix="mcp-sandbox-mask-")
+    _sweep_dead_blanks()
+    tmp = tempfile.mkdtemp(prefix=f"{_BLANKS_PREFIX}{os.getpid()}-")
     atexit.register(shutil.rmtree, tmp, True)
     empty_file = os.path.join(tmp, "file")
     empty_dir = os.path.join(tmp, "dir")

@@ -447,3 +447,19 @@ def test_a_directory_we_cannot_list_is_masked_whole(
     monkeypatch.setattr(os, "scandir", scandir)
     masks = find_masked(tmp_path, PathRules(DEFAULT_MASK), max_entries=100)
     assert masks.dirs == ("locked",) and masks.files == ()
+
+
+def test_blanks_of_dead_servers_are_swept_and_live_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from mcp_sandbox import workspace_session
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / "mcp-sandbox-mask-999999999-abc"
+    live = tmp_path / f"mcp-sandbox-mask-{os.getpid()}-abc"
+    dead.mkdir()
+    live.mkdir()
+    workspace_session._sweep_dead_blanks()
+    assert not dead.exists() and live.exists()
