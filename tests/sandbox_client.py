@@ -21,6 +21,18 @@ from mcp import Client, StdioServerParameters
 PLANTED_NAME = "PLANTED_CANARY_API_TOKEN"
 PLANTED_VALUE = "canary-7d1f0c55e2b84a43"
 MODES = ("legacy", "auto")
+# A raw client's handshake, for tests that speak JSON-RPC on the server's pipes themselves.
+INITIALIZE: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "raw-test", "version": "0"},
+    },
+}
+INITIALIZED: dict[str, Any] = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 # Every container a test server makes carries this, so checks ignore anything else on the daemon.
 TEST_RUN_LABEL = "test.mcp-sandbox.run"
 TEST_RUN_ID = uuid.uuid4().hex[:12]

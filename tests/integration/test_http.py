@@ -14,21 +14,11 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from mcp_sandbox.auth import hash_entry
-from sandbox_client import MODES, call, server_params
+from sandbox_client import INITIALIZE, MODES, call, server_params
 from sandbox_http import HttpServer, http_client, http_server
 
 ALICE = "alice-" + "A1b2C3d4" * 6
 BOB = "bob-" + "Z9y8X7w6" * 6
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "0"},
-    },
-}
 SERVE_HTTP = (sys.executable, "-m", "mcp_sandbox", "serve", "--transport", "http")
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 

@@ -10,7 +10,15 @@ import urllib.parse
 import pytest
 from mcp import Client
 
-from sandbox_client import PLANTED_VALUE, call, call_error, connect, server_params
+from sandbox_client import (
+    INITIALIZE,
+    INITIALIZED,
+    PLANTED_VALUE,
+    call,
+    call_error,
+    connect,
+    server_params,
+)
 
 GITHUB_TOKEN = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 
@@ -116,17 +124,7 @@ def test_log_lines_hold_no_planted_value() -> None:
         "method": "tools/call",
         "params": {"name": "shell", "arguments": {"command": f"echo {PLANTED_VALUE}; exit 3"}},
     }
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
-        },
-    }
-    lines = [init, {"jsonrpc": "2.0", "method": "notifications/initialized"}, request]
+    lines = [INITIALIZE, INITIALIZED, request]
     with subprocess.Popen(
         [params.command, *params.args],
         env=params.env,

@@ -12,6 +12,8 @@ import pytest
 from mcp import Client
 
 from sandbox_client import (
+    INITIALIZE,
+    INITIALIZED,
     MODES,
     PLANTED_NAME,
     PLANTED_VALUE,
@@ -372,18 +374,6 @@ async def test_a_call_waiting_past_its_timeout_for_a_slot_fails_clearly() -> Non
         assert "busy" in message
 
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw-test", "version": "0"},
-    },
-}
-
-
 def _raw_server_ready() -> subprocess.Popen[bytes]:
     """A server on raw pipes, past its handshake (so its signal handlers are installed)."""
     proc = subprocess.Popen(
@@ -394,7 +384,7 @@ def _raw_server_ready() -> subprocess.Popen[bytes]:
         env=dict(server_params().env or {}),
     )
     assert proc.stdin is not None and proc.stdout is not None
-    _send(proc, INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    _send(proc, INITIALIZE, INITIALIZED)
     assert b'"id":1' in proc.stdout.readline()
     return proc
 

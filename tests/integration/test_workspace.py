@@ -21,6 +21,8 @@ import pytest
 from mcp import Client
 
 from sandbox_client import (
+    INITIALIZE,
+    INITIALIZED,
     MODES,
     TEST_RUN_ID,
     TEST_RUN_LABEL,
@@ -558,15 +560,10 @@ def _owned_by(pid: int) -> list[str]:
 def _kill_mid_copy(root: Path) -> int:
     """A server killed (SIGKILL: no clean-up) while a `copy` run holds its keeper and volume."""
     params = server_params({"MCP_SANDBOX_WORKSPACE": str(root)})
-    init = {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw-test", "version": "0"},
-    }
     args = {"command": "sleep 60", "workspace": "copy", "timeout_s": 60}
     messages = [
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init},
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        INITIALIZE,
+        INITIALIZED,
         {
             "jsonrpc": "2.0",
             "id": 2,
