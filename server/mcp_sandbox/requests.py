@@ -72,35 +72,29 @@ WorkspaceArg = Annotated[
 ]
 
 
-class RunCodeArgs(BaseModel):
+class _SandboxArgs(BaseModel):
+    """What both tools take besides the program itself."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    timeout_s: TimeoutArg = None
+    stdin: StdinArg = None
+    network: NetworkArg = "none"
+    workdir: WorkdirArg = "."
+    workspace: WorkspaceArg = None
+    profile: ProfileArg = None
+    memory_mib: MemoryArg = None
+    cpus: CpusArg = None
+    output_bytes: OutputArg = None
+
+
+class RunCodeArgs(_SandboxArgs):
     language: Language = Field(description="which interpreter runs the code")
     code: str = Field(description="the program text")
-    timeout_s: TimeoutArg = None
-    stdin: StdinArg = None
-    network: NetworkArg = "none"
-    workdir: WorkdirArg = "."
-    workspace: WorkspaceArg = None
-    profile: ProfileArg = None
-    memory_mib: MemoryArg = None
-    cpus: CpusArg = None
-    output_bytes: OutputArg = None
 
 
-class ShellArgs(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class ShellArgs(_SandboxArgs):
     command: str = Field(description="a /bin/sh command line")
-    timeout_s: TimeoutArg = None
-    stdin: StdinArg = None
-    network: NetworkArg = "none"
-    workdir: WorkdirArg = "."
-    workspace: WorkspaceArg = None
-    profile: ProfileArg = None
-    memory_mib: MemoryArg = None
-    cpus: CpusArg = None
-    output_bytes: OutputArg = None
 
 
 def describe_bad_arguments(exc: ValidationError, *, supported_languages: tuple[str, ...]) -> str:
