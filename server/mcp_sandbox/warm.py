@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from mcp_sandbox.output import StreamCapture
 from mcp_sandbox.spec import ContainerSpec
 
-# dash, no extra processes for small requests: each argument arrives as one line with
-# backslashes doubled and control bytes as \0ooo, which printf %b turns back; the "." keeps
-# trailing newlines through the command substitution.
-STUB = r"""
-IFS= read -r nonce || exit 97
+# The sh stub, for an image without python3: no extra processes for small requests. Each
+# argument arrives as one line with backslashes doubled and control bytes as \0ooo, which
+# printf %b turns back; the "." keeps trailing newlines through the command substitution.
+# `read` takes one byte at a time from a pipe, so the nonce stays in the pipe until the
+# program's arguments are in; the program gets /dev/null or the decoded rest as stdin.
+SH_STUB = r"""
+IFS= read -r size || exit 97
 IFS= read -r cwd || exit 97
 IFS= read -r has_stdin || exit 97
 IFS= read -r n || exit 97
@@ -32,20 +35,27 @@ while [ "$i" -lt "$n" ]; do
   set -- "$@" "${arg%.}"
   i=$((i + 1))
 done
+IFS= read -r nonce || exit 97
 if [ "$cwd" != "$PWD" ]; then
   cd -- "$cwd" 2>/dev/null || {
     echo "mcp-sandbox: uid 65534 cannot enter $cwd; chmod o+rx the workspace" >&2
     exit 96
   }
-  unset OLDPWD
 fi
+unset PWD OLDPWD
 if [ "$has_stdin" = 1 ]; then base64 -d | "$@"; else "$@" </dev/null; fi
 code=$?
 printf '\000mcp-sandbox-end:%s:%s\000' "$nonce" "$code"
 printf '\000mcp-sandbox-end:%s:%s\000' "$nonce" "$code" >&2
 exit "$code"
 """
-STUB_ARGV: tuple[str, ...] = ("/bin/sh", "-c", STUB, "mcp-sandbox-stub")
+# The Python stub (``warm_stub``) when the image has python3: its interpreter has started
+# before the call, so a `python3 -c` call skips the start-up. Both speak the same protocol.
+PY_STUB = (Path(__file__).parent / "warm_stub.py").read_text(encoding="utf-8")
+# sh exports PWD, which a program started by the daemon does not get: it is unset.
+_LAUNCH = 'command -v python3 >/dev/null 2>&1 && { unset PWD; exec python3 -c "$1"; }\n' + SH_STUB
+STUB_ARGV: tuple[str, ...] = ("/bin/sh", "-c", _LAUNCH, "mcp-sandbox-stub", PY_STUB)
+SH_STUB_ARGV: tuple[str, ...] = ("/bin/sh", "-c", SH_STUB, "mcp-sandbox-stub")
 
 _MARKER = b"\x00mcp-sandbox-end:"
 _MARKER_RE = re.compile(rb"\x00mcp-sandbox-end:([0-9a-f]{32}):(\d{1,3})\x00")
@@ -59,10 +69,16 @@ def _line(arg: str) -> str:
 
 
 def encode_request(nonce: str, argv: tuple[str, ...], cwd: str, stdin_b64: bytes | None) -> bytes:
-    """The bytes written to the stub's stdin. ``argv`` holds no NUL (policy refuses it)."""
-    head = [nonce, _line(cwd), "1" if stdin_b64 is not None else "0", str(len(argv))]
-    text = "\n".join([*head, *(_line(a) for a in argv)]) + "\n"
-    return text.encode("utf-8", "surrogateescape") + (stdin_b64 or b"")
+    """The bytes written to the stub's stdin. ``argv`` holds no NUL (policy refuses it).
+
+    Its byte length, the program block (working directory, whether stdin follows, argv),
+    then the nonce, then stdin as base64: a stub starts the program before it reads the nonce.
+    """
+    head = [_line(cwd), "1" if stdin_b64 is not None else "0", str(len(argv))]
+    block = ("\n".join([*head, *(_line(a) for a in argv)]) + "\n").encode(
+        "utf-8", "surrogateescape"
+    )
+    return b"%d\n%s%s\n%s" % (len(block), block, nonce.encode("ascii"), stdin_b64 or b"")
 
 
 def shape_of(spec: ContainerSpec) -> ContainerSpec:

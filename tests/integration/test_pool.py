@@ -112,3 +112,63 @@ async def test_the_pool_refills_after_use() -> None:
         for _ in range(3):
             await _warm_call(c, tool="shell", command="true")
         await eventually(lambda: len(labelled_containers()) >= 2, timeout_s=30)
+
+
+# What a program sees of how it was started, warm or cold: the same, byte for byte (but the
+# order of the environment). The Python stub runs a `python3 -c` call in its own, already
+# started, interpreter.
+PARITY = [
+    pytest.param(
+        "run_code",
+        {
+            "language": "python",
+            "code": "import sys, os, json, signal\n"
+            "print(json.dumps([sys.argv, sys.orig_argv[:2], sys.path, sorted(sys.modules),"
+            " dict(os.environ), os.getcwd(), sorted(globals()), __doc__, sys.flags.optimize,"
+            " [str(signal.getsignal(s)) for s in (signal.SIGPIPE, signal.SIGINT)],"
+            " os.getuid(), os.getgid(), os.getgroups(), os.umask(0)], sort_keys=True))",
+        },
+        id="python-startup",
+    ),
+    pytest.param(
+        "run_code",
+        {"language": "python", "code": "import sys; print(sys.stdin.read()[::-1])", "stdin": "abc"},
+        id="python-stdin",
+    ),
+    pytest.param(
+        "run_code",
+        {"language": "python", "code": "def f():\n  raise ValueError('x')\nf()"},
+        id="python-traceback",
+    ),
+    pytest.param("run_code", {"language": "python", "code": "print(("}, id="python-syntax"),
+    pytest.param(
+        "run_code", {"language": "python", "code": "raise SystemExit('bye')"}, id="python-exit"
+    ),
+    pytest.param(
+        "shell",
+        {"command": "env | sort; echo $PWD; trap; ulimit -a; umask; id; ls /proc/self/fd"},
+        id="shell",
+    ),
+    pytest.param(
+        "run_code",
+        {
+            "language": "javascript",
+            "code": "const e = process.env; console.log(JSON.stringify([process.argv.slice(1),"
+            " Object.keys(e).sort().map((k) => [k, e[k]]), process.cwd()]))",
+        },
+        id="javascript",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tool", "args"), PARITY)
+async def test_a_warm_call_is_indistinguishable_from_a_cold_one(
+    tool: str, args: dict[str, Any]
+) -> None:
+    async with connect("auto", env=COLD) as cold_client:
+        cold = await call(cold_client, tool, **args)
+    async with connect("auto") as warm_client:
+        warm = await _warm_call(warm_client, tool=tool, **args)
+    assert cold["pooled"] is False
+    keys = ("exit_code", "stdout", "stderr", "timed_out", "oom_killed")
+    assert {k: warm[k] for k in keys} == {k: cold[k] for k in keys}

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mcp_sandbox.output import StreamCapture
 from mcp_sandbox.spec import ContainerSpec
-from mcp_sandbox.warm import STUB_ARGV, EndWatch, encode_request, shape_of
+from mcp_sandbox.warm import SH_STUB_ARGV, STUB_ARGV, EndWatch, encode_request, shape_of
 
 NONCE = "0123456789abcdef0123456789abcdef"
 MARK = f"\x00mcp-sandbox-end:{NONCE}:7\x00".encode()
@@ -23,35 +25,109 @@ arg_text = st.text(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@pytest.fixture(scope="module")
+def stub_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """PATH with a `python3` that is this interpreter's base python (no venv): for the
+    stub and for the `python3 -c` it is compared with alike."""
+    bin_dir = tmp_path_factory.mktemp("bin")
+    (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
+
+
+STUBS = pytest.mark.parametrize("stub", [STUB_ARGV, SH_STUB_ARGV], ids=["python", "sh"])
+
+
+def _via_stub(
+    stub: tuple[str, ...], env: dict[str, str], argv: tuple[str, ...], stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    request = encode_request(NONCE, argv, "/tmp", base64.b64encode(stdin) if stdin else None)
+    return subprocess.run(
+        list(stub), input=request, capture_output=True, env=env, cwd="/", timeout=30
+    )
+
+
+@STUBS
+@settings(max_examples=25, deadline=None)
 @example(["\x1e\x1f ctrl-^ ctrl-_", "a\\nb\n", "\\0101 %b \\c", "\x7f\x01\r\t"], b"\x1e\x1f")
 @given(st.lists(arg_text, min_size=0, max_size=4), st.one_of(st.none(), st.binary(max_size=300)))
 def test_the_stub_runs_exactly_the_argv_and_stdin_it_was_sent(
-    args: list[str], stdin: bytes | None
+    stub: tuple[str, ...], stub_env: dict[str, str], args: list[str], stdin: bytes | None
 ) -> None:
-    """Runs the real stub with the host's /bin/sh (no Docker): argv and stdin round-trip."""
+    """Runs the real stub with the host's /bin/sh and python3 (no Docker): argv and stdin
+    round-trip, on the exec path and on the in-process `python3 -c` path alike."""
     probe = (
         "import sys, json; "
         "sys.stdout.write(json.dumps([sys.argv[1:], sys.stdin.buffer.read().hex()]))"
     )
-    argv = (sys.executable, "-c", probe, *args)
-    request = encode_request(
-        NONCE, argv, "/", base64.b64encode(stdin) if stdin is not None else None
-    )
-    done = subprocess.run(list(STUB_ARGV), input=request, capture_output=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
-    marker = f"\x00mcp-sandbox-end:{NONCE}:0\x00".encode()
-    assert out.endswith(marker) and done.stderr.endswith(marker)
-    got_args, got_stdin = json.loads(out[: -len(marker)])
-    assert got_args == args
-    assert bytes.fromhex(got_stdin) == (stdin or b"")
+    for argv in (("python3", "-c", probe, *args), ("python3", "-c", probe + f"; {args!r}")):
+        done = _via_stub(stub, stub_env, argv, stdin)
+        assert done.returncode == 0, done.stderr
+        out = done.stdout
+        marker = f"\x00mcp-sandbox-end:{NONCE}:0\x00".encode()
+        assert out.endswith(marker) and done.stderr.endswith(marker)
+        got_args, got_stdin = json.loads(out[: -len(marker)])
+        assert got_args == (args if len(argv) > 3 else [])
+        assert bytes.fromhex(got_stdin) == (stdin or b"")
 
 
-def test_the_stub_passes_the_exit_code_on() -> None:
-    request = encode_request(NONCE, ("sh", "-c", "exit 7"), "/", None)
-    done = subprocess.run(list(STUB_ARGV), input=request, capture_output=True, timeout=30)
+@STUBS
+def test_the_stub_passes_the_exit_code_on(stub: tuple[str, ...], stub_env: dict[str, str]) -> None:
+    done = _via_stub(stub, stub_env, ("sh", "-c", "exit 7"))
     assert done.returncode == 7 and done.stdout == MARK
+
+
+# What a program can see of how it was started: a warm `python3 -c` must not differ from a
+# fresh one, on the fast path (the Python stub) or the exec path (both stubs).
+SNIPPETS = {
+    "names": "import sys; print(sys.argv, sys.path[0], __name__, sorted(globals()), __doc__,"
+    " __spec__, __loader__, __package__, sys.flags, sys.orig_argv[1:])",
+    "modules": "import sys; print(sorted(sys.modules))",
+    "env": "import os, json; print(json.dumps(dict(os.environ), sort_keys=True))",
+    "signals": "import signal as s; "
+    "print([s.getsignal(n) for n in (s.SIGPIPE, s.SIGINT, s.SIGXFSZ)])",
+    "cwd": "import os; print(os.getcwd())",
+    "stdin": "import sys; print(repr(sys.stdin.read()))",
+    "error": "raise ValueError('boom')",
+    "chained": "def f(): raise RuntimeError('x')\ntry:\n  f()\nexcept RuntimeError as e:\n"
+    "  raise KeyError('y') from e",
+    "syntax": "print((",
+    "exit-text": "import sys; sys.exit('bye')",
+    "exit-code": "exit(3)",
+    "interrupt": "raise KeyboardInterrupt",
+    "killed": "import os; os.kill(os.getpid(), 9)",
+    "shutdown": "import atexit, threading, time; atexit.register(print, 'bye'); "
+    "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))).start(); print('main')",
+    "main-module": "import __main__; print(__main__.__dict__ is globals(), __main__.__name__)",
+    "warning": "import warnings; warnings.warn('w')",
+    "sh": "import subprocess; print(subprocess.run(['sh', '-c', 'env; echo $PWD; trap'],"
+    " capture_output=True, text=True).stdout)",
+}
+
+
+@STUBS
+@pytest.mark.parametrize("name", sorted(SNIPPETS))
+def test_a_warm_python_c_is_indistinguishable_from_a_fresh_one(
+    stub: tuple[str, ...], stub_env: dict[str, str], name: str
+) -> None:
+    if name == "killed" and stub == SH_STUB_ARGV:
+        pytest.skip("dash says 'Killed' on stderr when its program dies of SIGKILL")
+    code = SNIPPETS[name]
+    fresh = subprocess.run(
+        ["python3", "-c", code],
+        capture_output=True,
+        env=stub_env,
+        cwd="/tmp",
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
+    warm = _via_stub(stub, stub_env, ("python3", "-c", code))
+    status = fresh.returncode if fresh.returncode >= 0 else 128 - fresh.returncode
+    mark = f"\x00mcp-sandbox-end:{NONCE}:{status}\x00".encode()
+    assert (warm.returncode, warm.stdout, warm.stderr) == (
+        status,
+        fresh.stdout + mark,
+        fresh.stderr + mark,
+    )
 
 
 @given(st.binary(max_size=3000), st.binary(max_size=200), st.integers(1, 97))

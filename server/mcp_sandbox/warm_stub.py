@@ -1,0 +1,142 @@
+"""SANDBOX SIDE: the Python stub of a warm sandbox, sent as ``python3 -c`` source; never imported.
+
+It runs in the sandbox image's own python3 (written for 3.6 and later, importing nothing that
+a fresh ``python3 -c`` has not already loaded), so the interpreter has started before a call
+arrives. For a call it reads the program block of the request (``warm.encode_request``) and
+forks: the child takes /dev/null or a pipe as stdin, enters the working directory, and either
+runs a ``python3 -c CODE`` request in its own, already started, interpreter, as ``python3 -c``
+would (argv, a fresh ``__main__``, the traceback without our frame, exit codes), or execs the
+argv with the signal dispositions a fresh process has. Only then does the parent read the
+call's nonce, so the program never holds it; it feeds stdin, waits, and writes the end marker
+with the exit code on both streams, exactly as the sh stub in ``warm`` does.
+"""
+
+if __name__ == "__main__":
+    _FRESH = dict(globals(), __doc__=None)  # what `python3 -c` gives a program
+    import os
+    import sys
+
+    def _fail(message: str, code: int) -> None:
+        os.write(2, ("mcp-sandbox: " + message + "\n").encode("utf-8", "surrogateescape"))
+        os._exit(code)
+
+    def _read_exact(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = os.read(0, size - len(data))
+            if not chunk:
+                _fail("the request ended early", 97)
+            data += chunk
+        return data
+
+    def _read_line(limit: int) -> bytes:
+        """One short line, a byte at a time: nothing after it is taken from stdin."""
+        data = b""
+        while not data.endswith(b"\n"):
+            byte = os.read(0, 1)
+            if not byte or len(data) > limit:
+                _fail("the request is malformed", 97)
+            data += byte
+        return data[:-1]
+
+    def _unescape(line: str) -> str:
+        """The inverse of ``warm._line``: ``\\\\`` is a backslash, ``\\0ooo`` an octal byte."""
+        out = []
+        i = 0
+        while i < len(line):
+            c = line[i]
+            if c == "\\" and line[i + 1 : i + 2] == "\\":
+                out.append("\\")
+                i += 2
+            elif c == "\\" and line[i + 1 : i + 2] == "0":
+                out.append(chr(int(line[i + 2 : i + 5], 8)))
+                i += 5
+            else:
+                out.append(c)
+                i += 1
+        return "".join(out)
+
+    def _write_all(fd: int, data: bytes) -> None:
+        while data:
+            data = data[os.write(fd, data) :]
+
+    def _feed_stdin(pipe: int) -> None:
+        """The rest of our stdin, base64, decoded into the program's stdin pipe."""
+        import binascii  # built in; imported after the fork, so the program never sees it
+
+        held = b""
+        try:
+            while True:
+                chunk = os.read(0, 65536)
+                if not chunk:
+                    break
+                data = held + chunk
+                cut = len(data) - len(data) % 4
+                held = data[cut:]
+                _write_all(pipe, binascii.a2b_base64(data[:cut]))
+        except OSError:
+            pass  # the program closed its stdin or ended: the rest is not wanted
+        os.close(pipe)
+
+    def _serve() -> str:
+        """Parent: run the call and exit with its code. Child: exec, or return the code
+        of a ``python3 -c`` request for the module level below to run."""
+        block = _read_exact(int(_read_line(20))).decode("utf-8", "surrogateescape")
+        lines = block.split("\n")
+        cwd, has_stdin, count = _unescape(lines[0]), lines[1] == "1", int(lines[2])
+        argv = [_unescape(arg) for arg in lines[3 : 3 + count]]
+        if has_stdin:
+            stdin, feed = os.pipe()
+        else:
+            stdin, feed = os.open(os.devnull, os.O_RDONLY), -1
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(stdin, 0)
+            os.close(stdin)
+            if feed >= 0:
+                os.close(feed)
+            if cwd != os.getcwd():
+                try:
+                    os.chdir(cwd)
+                except OSError:
+                    _fail("uid 65534 cannot enter " + cwd + "; chmod o+rx the workspace", 96)
+            if len(argv) == 3 and argv[0] == "python3" and argv[1] == "-c":
+                return argv[2]
+            # Python ignores SIGPIPE and SIGXFSZ; a program started by the daemon does not.
+            import _signal  # type: ignore[import-not-found]  # loaded at start-up, unlike signal
+
+            _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+            _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
+            try:
+                os.execvp(argv[0], argv)
+            except OSError as e:
+                _fail(argv[0] + ": " + (e.strerror or "cannot run"), 127 if e.errno == 2 else 126)
+        os.close(stdin)
+        nonce = _read_line(64).decode("ascii")
+        if feed >= 0:
+            _feed_stdin(feed)
+        status = os.waitpid(pid, 0)[1]
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        marker = f"\0mcp-sandbox-end:{nonce}:{code}\0".encode("ascii")
+        _write_all(1, marker)
+        _write_all(2, marker)
+        os._exit(code)
+
+    _source = _serve()
+    # The child, on the fast path: from here on, this process is `python3 -c _source`.
+    _main = type(sys)("__main__")
+    _main.__dict__.update(_FRESH)
+    sys.modules["__main__"] = _main
+    sys.argv[:] = ["-c"]
+    if hasattr(sys, "orig_argv"):
+        sys.orig_argv[2:] = [_source]
+    try:
+        exec(compile(_source, "<string>", "exec", dont_inherit=True), _main.__dict__)
+    except SystemExit:
+        raise
+    except BaseException as _error:
+        # As `python3 -c` reports it: our frame (the top of the traceback) left out.
+        _tb = _error.__traceback__
+        _error.__traceback__ = _tb.tb_next if _tb is not None else None
+        sys.excepthook(type(_error), _error, _error.__traceback__)
+        raise SystemExit(130 if isinstance(_error, KeyboardInterrupt) else 1) from None
