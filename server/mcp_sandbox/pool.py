@@ -1,7 +1,7 @@
 """A pool of pre-started sandboxes of one shape: each is used for one call, then removed.
 
-Refills run in the background, off the reply path; the pool grows while calls find it
-empty and shrinks while it sits idle.
+Removals and refills run in the background once calls settle (``AfterReply``), off the
+reply path; the pool grows while calls find it empty and shrinks while it sits idle.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import anyio
 from anyio import CapacityLimiter, to_thread
-from anyio.abc import TaskGroup
 
+from mcp_sandbox.after_reply import AfterReply
 from mcp_sandbox.docker_api import AttachedStreams, DockerApi
 from mcp_sandbox.errors import SandboxUnavailable
 from mcp_sandbox.output import StreamCapture
@@ -47,6 +47,7 @@ class WarmPool:
         api: DockerApi,
         threads: CapacityLimiter,
         make_spec: Callable[[str], ContainerSpec | None],
+        after: AfterReply,
         *,
         min_size: int,
         max_size: int,
@@ -55,6 +56,7 @@ class WarmPool:
         self._api = api
         self._threads = threads
         self._make_spec = make_spec
+        self._after = after
         self.min_size, self.max_size = min_size, max(min_size, max_size)
         self.target = min_size
         self._may_start = may_start
@@ -62,7 +64,6 @@ class WarmPool:
         self._starting = 0
         self._wake = anyio.Event()
         self._last_take = time.monotonic()
-        self._tg: TaskGroup | None = None
         self.served = 0
         self.misses = 0
         self.closed = False
@@ -98,7 +99,6 @@ class WarmPool:
         """Keep ``target`` sandboxes warm until cancelled; then remove every one left."""
         try:
             async with anyio.create_task_group() as tg:
-                self._tg = tg
                 while True:
                     self._shrink_when_idle()
                     while (
@@ -112,7 +112,6 @@ class WarmPool:
                     with anyio.move_on_after(REFILL_RETRY_S):
                         await self._wake.wait()
         finally:
-            self._tg = None
             with anyio.CancelScope(shield=True):
                 await self.drain()
 
@@ -128,6 +127,7 @@ class WarmPool:
         spec: ContainerSpec | None = None
         joined = False
         try:
+            await self._after.settled()  # a refill is no call's business: after the replies
             spec = await to_thread.run_sync(
                 self._make_spec, secrets.token_hex(6), limiter=self._threads
             )
@@ -165,18 +165,9 @@ class WarmPool:
             self._wake.set()
 
     def discard(self, warm: Warm) -> None:
-        """Kill and remove ``warm`` in the background (or now, if the pool has stopped)."""
+        """Kill and remove ``warm`` once calls settle."""
         warm.streams.close()
-        if self._tg is not None:
-            self._tg.start_soon(remove_quietly, self._api, warm.spec.name, self._threads)
-        else:
-            threading.Thread(target=self._remove_blocking, args=(warm.spec.name,)).start()
-
-    def _remove_blocking(self, name: str) -> None:
-        try:
-            self._api.remove(name)
-        except SandboxUnavailable:
-            pass  # the start-up reaper removes what is left
+        self._after.remove(warm.spec.name)
 
     async def close(self) -> None:
         """Start no more sandboxes, let those being started finish (bounded), remove all."""

@@ -67,8 +67,10 @@ async def run_once(
     stdin: bytes | None,
     keep_bytes: int,
     threads: CapacityLimiter,
+    dispose: Callable[[str], None] | None = None,
 ) -> RawRun:
-    """Run ``spec`` to exit or deadline. The container is gone when this returns or raises."""
+    """Run ``spec`` to exit or deadline. When this raises, the container is gone; when it
+    returns, the container has stopped and is gone, or handed to ``dispose`` to remove."""
     out, err = StreamCapture(keep_bytes), StreamCapture(keep_bytes)
     captures = {1: out, 2: err}
     streams: AttachedStreams | None = None
@@ -115,8 +117,16 @@ async def run_once(
             if pumping.is_set():  # a deadline that passed before the pump began has no stream
                 await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
             oom = await step(threads, "inspect the sandbox", api.oom_killed, spec.name)
-        return RawRun(out, err, exit_code, timed_out, oom, duration_ms, spec.name)
-    finally:
+        run = RawRun(out, err, exit_code, timed_out, oom, duration_ms, spec.name)
+    except BaseException:
         if streams is not None:
             streams.close()
         await remove_quietly(api, spec.name, threads)
+        raise
+    if streams is not None:
+        streams.close()
+    if dispose is not None:
+        dispose(spec.name)
+    else:
+        await remove_quietly(api, spec.name, threads)
+    return run

@@ -14,6 +14,7 @@ import psutil
 from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox import languages
+from mcp_sandbox.after_reply import AfterReply
 from mcp_sandbox.docker_api import DockerApi
 from mcp_sandbox.egress import EgressProxy, EgressTally, reap_networks
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
@@ -81,6 +82,7 @@ class SandboxService:
         self._slots = CapacityLimiter(max_concurrent)
         # Each run holds a stream-pump thread and makes short calls besides.
         self._threads = CapacityLimiter(max_concurrent * 3 + 8)
+        self._after = AfterReply(api, self._threads)
         self._egress = EgressProxy(
             settings.egress,
             api,
@@ -97,6 +99,7 @@ class SandboxService:
                 api,
                 self._threads,
                 self._warm_spec,
+                self._after,
                 min_size=ps.min_size,
                 max_size=min(ps.max_size, max_concurrent),
                 may_start=self._may_start,
@@ -146,12 +149,13 @@ class SandboxService:
         )
         run_id = pysecrets.token_hex(6)
         spec = self._spec(plan, run_id)
-        async with self._slot(plan.limits.timeout_s):
-            async with self._workspace_session(ws_plan, run_id, plan) as ws:
-                if ws is not None:
-                    spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
-                raw, tally = await self._launch(spec, plan, run_id, network)
-                report = await ws.finish() if ws is not None else None
+        with self._after.call():  # removals and refills wait for the reply
+            async with self._slot(plan.limits.timeout_s):
+                async with self._workspace_session(ws_plan, run_id, plan) as ws:
+                    if ws is not None:
+                        spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
+                    raw, tally = await self._launch(spec, plan, run_id, network, ws)
+                    report = await ws.finish() if ws is not None else None
         result = self._result(raw, run_id, plan.limits.output_bytes, tally, report)
         log.info(
             "run %s %s exit=%s timed_out=%s oom=%s %dms out=%dB err=%dB",
@@ -167,11 +171,13 @@ class SandboxService:
         return result
 
     async def _launch(
-        self, spec: ContainerSpec, plan: RunPlan, run_id: str, network: str
+        self, spec: ContainerSpec, plan: RunPlan, run_id: str, network: str, ws: Session | None
     ) -> tuple[RawRun, EgressTally | None]:
         """Run ``spec``; with ``network="egress"``, on a network of its own behind the proxy.
 
-        A warm sandbox stands in only when its spec equals ``spec`` but for identity.
+        A warm sandbox stands in only when its spec equals ``spec`` but for identity. A used
+        container is removed after the reply, unless a volume or network of the call's own
+        must outlive it (those are removed, after it, before the reply).
         """
         keep = plan.limits.output_bytes + self._margin
         if network == "none":
@@ -185,7 +191,9 @@ class SandboxService:
                 finally:
                     self.pool.discard(warm)  # killed and removed off the reply path
                 return raw, None
-            return await run_once(self.api, spec, plan.stdin, keep, self._threads), None
+            own_volume = ws is not None and ws.plan.mode != "ro"
+            dispose = None if own_volume else self._after.remove
+            return await run_once(self.api, spec, plan.stdin, keep, self._threads, dispose), None
         async with self._egress.attached(run_id, plan.limits.timeout_s, self._threads) as call:
             spec = with_egress(spec, call.link)
             raw = await run_once(self.api, spec, plan.stdin, keep, self._threads)
@@ -260,9 +268,11 @@ class SandboxService:
         discard_blanks()  # no container mounts them any more
 
     async def run_background(self) -> None:
-        """What runs beside the calls for the server's life: the warm pool."""
-        if self.pool is not None:
-            await self.pool.run()
+        """What runs beside the calls for the server's life: the warm pool, and removals."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._after.run)
+            if self.pool is not None:
+                tg.start_soon(self.pool.run)
 
     @contextlib.asynccontextmanager
     async def _slot(self, wait_s: float) -> AsyncIterator[None]:
