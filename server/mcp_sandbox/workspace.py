@@ -318,24 +318,43 @@ def default_root(configured: Path | None) -> Path | None:
 _MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
-def mount_points_under(root: Path) -> frozenset[str]:
-    """Real paths of the mounts strictly inside ``root``: a read-only bind of the root does not
-    reach into them, so neither do masks, copies nor write-backs."""
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of each mount this process sees, in mount order."""
     try:
         with open("/proc/self/mountinfo", "rb") as f:
             lines = f.read().splitlines()
     except OSError:
-        return frozenset()
-    prefix = os.fsencode(root).rstrip(b"/") + b"/"
-    found = set()
+        return []
+    found = []
     for line in lines:
         fields = line.split(b" ")
-        if len(fields) < 5:
+        try:
+            dash = fields.index(b"-", 6)  # after the optional fields: type, source, options
+        except ValueError:
             continue
         point = _MOUNTINFO_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4])
-        if point.startswith(prefix):
-            found.add(os.fsdecode(point))
-    return frozenset(found)
+        fstype = fields[dash + 1] if dash + 1 < len(fields) else b""
+        found.append((os.fsdecode(point), os.fsdecode(fstype)))
+    return found
+
+
+def mount_points_under(root: Path) -> frozenset[str]:
+    """Real paths of the mounts strictly inside ``root``: a read-only bind of the root does not
+    reach into them, so neither do masks, copies nor write-backs."""
+    prefix = str(root).rstrip("/") + "/"
+    return frozenset(point for point, _ in _mounts() if point.startswith(prefix))
+
+
+def filesystem_of(root: Path) -> str:
+    """The type of the filesystem ``root`` is on ("" if unknown): of the deepest mount at or
+    above it, the last mounted."""
+    path = str(root).rstrip("/") or "/"
+    best, fstype = -1, ""
+    for point, kind in _mounts():
+        covers = path == point or path.startswith(point.rstrip("/") + "/")
+        if covers and len(point) >= best:
+            best, fstype = len(point), kind
+    return fstype
 
 
 # --- a call's working directory -------------------------------------------------------------
@@ -373,76 +392,3 @@ def resolve_workdir(root: Path, workdir: str) -> tuple[str, ...]:
         if real == mount or real.startswith(mount + "/"):
             raise RequestRejected("workdir is on another filesystem mounted inside the workspace")
     return rel
-
-
-# --- masks for a read-only bind ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MaskSet:
-    """Paths (relative, POSIX) to overmount: files with an empty file, dirs with an empty tmpfs."""
-
-    files: tuple[str, ...]
-    dirs: tuple[str, ...]
-
-
-def find_masked(root: Path, mask: PathRules, *, max_entries: int) -> MaskSet:
-    """Every masked path of the tree, not following symbolic links nor entering other mounts.
-
-    A masked name that is a symbolic link is left alone: inside the sandbox it resolves in
-    the container, where what it points at is masked (or not) under its own name. A
-    directory this process cannot list is masked whole.
-    Raises RequestRejected when the tree is too large or holds too many masked paths.
-    """
-    skip = mount_points_under(root)
-    files: list[str] = []
-    dirs: list[str] = []
-    seen = 0
-    stack: list[tuple[tuple[str, ...], str]] = [((), str(root))]
-    while stack:
-        parts, path = stack.pop()
-        try:
-            with os.scandir(path) as it:
-                entries = list(it)
-        except OSError:
-            # What we cannot list, we cannot check: the sandbox may still open a name in it.
-            if parts:
-                dirs.append("/".join(parts))
-            continue
-        seen += len(entries)
-        if seen > max_entries:
-            raise RequestRejected(
-                f"the workspace has more than {max_entries} entries to check for masked files; "
-                "raise workspace_policy.scan_max_entries or use a smaller workspace"
-            )
-        for entry in entries:
-            if entry.is_symlink():
-                continue
-            child = (*parts, entry.name)
-            is_dir = entry.is_dir(follow_symlinks=False)
-            if is_dir and entry.path in skip:
-                continue
-            if mask.matches(child, is_dir):
-                (dirs if is_dir else files).append("/".join(child))
-            elif is_dir:
-                stack.append((child, entry.path))
-    if len(files) + len(dirs) > MAX_MASKS:
-        raise RequestRejected(
-            f"the workspace has {len(files) + len(dirs)} masked paths; a read-only mount can "
-            f"hide at most {MAX_MASKS}: use workspace='copy'"
-        )
-    for rel in (*files, *dirs):
-        if not _mountable(rel):
-            raise RequestRejected(
-                "a masked path has a name the container backend cannot carry (not UTF-8); "
-                "use workspace='copy'"
-            )
-    return MaskSet(tuple(sorted(files)), tuple(sorted(dirs)))
-
-
-def _mountable(rel: str) -> bool:
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -28,16 +28,15 @@ from anyio import CapacityLimiter, to_thread
 from mcp_sandbox.docker_api import DockerApi
 from mcp_sandbox.errors import RequestRejected, SandboxUnavailable
 from mcp_sandbox.host import owner_is_alive
+from mcp_sandbox.mask_scan import MaskScanner, MaskSet
 from mcp_sandbox.policy import Limits
 from mcp_sandbox.runner import remove_quietly, step
 from mcp_sandbox.spec import LABEL, OWNER_LABEL, WORKDIR, ContainerSpec, Mount, with_workspace
 from mcp_sandbox.workspace import (
-    MaskSet,
     Mode,
     PathRules,
     WorkspacePolicy,
     WorkspaceReport,
-    find_masked,
     resolve_workdir,
 )
 from mcp_sandbox.workspace_copy import (
@@ -100,6 +99,7 @@ class Workspace:
         self.policy = policy
         self._mask = PathRules(policy.mask)
         self._exclude = PathRules(policy.exclude)
+        self._masks = MaskScanner(root, self._mask) if root is not None else None
 
     def plan(self, ask: WorkspaceAsk) -> WorkspacePlan | None:
         """Check ``ask`` and read what the mode needs from the tree. Raises RequestRejected.
@@ -123,7 +123,8 @@ class Workspace:
         if self._mask.covers(workdir, True):
             raise RequestRejected("workdir is a masked path: no sandbox may see it")
         if mode == "ro":
-            masks = find_masked(self.root, self._mask, max_entries=p.scan_max_entries)
+            assert self._masks is not None
+            masks = self._masks.scan(max_entries=p.scan_max_entries)
             return WorkspacePlan(mode, self.root, workdir, masks=masks)
         if self._exclude.covers(workdir, True):
             raise RequestRejected("workdir is excluded from copies (workspace_policy.exclude)")

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from mcp_sandbox.errors import RequestRejected
+from mcp_sandbox.mask_scan import find_masked
 from mcp_sandbox.policy import Limits, RunPlan
 from mcp_sandbox.spec import Mount, build_spec, with_workspace
 from mcp_sandbox.workspace import (
@@ -24,7 +25,6 @@ from mcp_sandbox.workspace import (
     WorkspacePolicy,
     check_root,
     default_root,
-    find_masked,
     resolve_workdir,
 )
 from mcp_sandbox.workspace_copy import (
