@@ -64,10 +64,14 @@ class AfterReply:
                     return
                 await anyio.sleep(max(quiet_in, 0.0))
 
-    def remove(self, name: str) -> None:
-        """Remove container ``name`` once calls settle (at once if we are not running)."""
+    def remove(self, name: str, *, at_once: bool = False) -> None:
+        """Remove container ``name`` once calls settle, or ``at_once`` (what may still be
+        running, a cancelled call's program say, is not left to run)."""
         if self._tg is not None:
-            self._tg.start_soon(self._remove_later, name)
+            if at_once:
+                self._tg.start_soon(remove_quietly, self._api, name, self._threads)
+            else:
+                self._tg.start_soon(self._remove_later, name)
         else:
             threading.Thread(target=self._remove_blocking, args=(name,)).start()
 

@@ -164,10 +164,10 @@ class WarmPool:
             self._starting -= 1
             self._wake.set()
 
-    def discard(self, warm: Warm) -> None:
-        """Kill and remove ``warm`` once calls settle."""
+    def discard(self, warm: Warm, *, at_once: bool = False) -> None:
+        """Kill and remove ``warm`` once calls settle, or ``at_once``."""
         warm.streams.close()
-        self._after.remove(warm.spec.name)
+        self._after.remove(warm.spec.name, at_once=at_once)
 
     async def close(self) -> None:
         """Start no more sandboxes, let those being started finish (bounded), remove all."""

@@ -188,8 +188,10 @@ class SandboxService:
                     raw = await run_warm(
                         self.api, warm, plan, spec.working_dir, keep, self._threads
                     )
-                finally:
-                    self.pool.discard(warm)  # killed and removed off the reply path
+                except BaseException:  # cancelled, or failed: the program may still run
+                    self.pool.discard(warm, at_once=True)
+                    raise
+                self.pool.discard(warm)  # it has ended: removed after the reply
                 return raw, None
             own_volume = ws is not None and ws.plan.mode != "ro"
             dispose = None if own_volume else self._after.remove

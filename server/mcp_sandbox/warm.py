@@ -1,11 +1,15 @@
 """PURE: the protocol of a pre-started sandbox: its stub, the request, the end marker.
 
-A warm container runs ``STUB`` under tini with stdin attached. A call writes one request
+A warm container runs ``STUB_ARGV`` under tini with stdin attached. A call writes one request
 (text and base64 only, so no byte of it can be a Docker detach key), the stub runs the
 program, then writes an end marker carrying the call's random nonce and the exit code on
 both streams. Output after the marker is discarded; the container is killed and removed
 after the reply. A program that forges or suppresses the marker only ends its own call
-early or late: the container is still thrown away.
+early or late: the container is still thrown away. Forging needs the nonce, which the program
+is never given; being the same user as its stub, it could still take it through /proc and
+stop the stub. Its sandbox then outlives the reply until the removal (``after_reply``: at
+most half a second, plus the removal itself), under the same limits and memory admission as
+any sandbox.
 """
 
 from __future__ import annotations
