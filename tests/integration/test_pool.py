@@ -152,6 +152,16 @@ PARITY = [
     pytest.param(
         "run_code",
         {
+            "language": "python",
+            "code": "import os, sys; print(os.getcwd(), os.environ.get('PWD'), sys.path[0])",
+            "workdir": "server",
+        },
+        id="python-workdir",
+    ),
+    pytest.param("shell", {"command": "pwd; echo $PWD $OLDPWD", "workdir": "tests"}, id="workdir"),
+    pytest.param(
+        "run_code",
+        {
             "language": "javascript",
             "code": "const e = process.env; console.log(JSON.stringify([process.argv.slice(1),"
             " Object.keys(e).sort().map((k) => [k, e[k]]), process.cwd()]))",
