@@ -31,6 +31,7 @@ log = logging.getLogger("mcp_sandbox")
 
 IDLE_SHRINK_S = 30.0  # an idle minute shrinks the pool by two
 REFILL_RETRY_S = 2.0
+_INLINE_REQUEST_BYTES = 32 * 1024
 
 
 @dataclass
@@ -207,14 +208,21 @@ async def run_warm(
         watches.get(stream, watches[2]).feed(chunk)
         return all(w.ended for w in watches.values())
 
+    # A small request fits the socket's buffer: the pump's thread writes it, then reads. A
+    # large one (stdin) gets a thread of its own, so neither side waits on the other.
+    small = len(request) <= _INLINE_REQUEST_BYTES
+
     def pump() -> None:
         pumping.set()
         try:
+            if small:
+                warm.streams.send_stdin(request)
             warm.streams.pump(sink)
         finally:
             pumped.set()
 
-    threading.Thread(target=warm.streams.send_stdin, args=(request,), daemon=True).start()
+    if not small:
+        threading.Thread(target=warm.streams.send_stdin, args=(request,), daemon=True).start()
     started = time.monotonic()
     with anyio.move_on_after(plan.limits.timeout_s) as deadline:
         await to_thread.run_sync(pump, limiter=threads, abandon_on_cancel=True)
