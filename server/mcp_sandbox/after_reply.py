@@ -40,6 +40,11 @@ class AfterReply:
         self._idle.set()
         self._tg: TaskGroup | None = None
 
+    @property
+    def in_flight(self) -> int:
+        """Calls running now."""
+        return self._busy
+
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
         """Around a call: while one runs, deferred work waits."""

@@ -54,6 +54,8 @@ log = logging.getLogger("mcp_sandbox")
 # A container of another host (a server in compose, say) is only reaped once it is surely
 # past any run's deadline.
 _FOREIGN_GRACE_S = 600.0
+# How long shutdown waits for running calls to end once their sandboxes are gone.
+SHUTDOWN_WAIT_S = 10.0
 
 
 class SandboxService:
@@ -83,6 +85,7 @@ class SandboxService:
         # Each run holds a stream-pump thread and makes short calls besides.
         self._threads = CapacityLimiter(max_concurrent * 3 + 8)
         self._after = AfterReply(api, self._threads)
+        self._closing = False
         self._egress = EgressProxy(
             settings.egress,
             api,
@@ -180,6 +183,8 @@ class SandboxService:
         must outlive it (those are removed, after it, before the reply).
         """
         keep = plan.limits.output_bytes + self._margin
+        if self._closing:
+            raise SandboxUnavailable("the server is shutting down; no new sandbox is started")
         if network == "none":
             warm = self.pool.take(spec) if self.pool is not None else None
             if warm is not None:
@@ -263,9 +268,20 @@ class SandboxService:
         return floor == 0 or psutil.virtual_memory().available >= floor
 
     async def shutdown(self) -> None:
-        """Stop the pool, then remove every container, network and volume of this server."""
+        """Stop the pool, then remove every container, network and volume of this server.
+
+        Calls may still be running (a signal stops the server under them): no call starts a
+        sandbox from now on, the first reap kills theirs so they end, and a second one,
+        once they have (or after ``SHUTDOWN_WAIT_S``), takes what a create already under way
+        made meanwhile.
+        """
+        self._closing = True
         if self.pool is not None:
             await self.pool.close()
+        await self.reap(own_too=True)
+        with anyio.move_on_after(SHUTDOWN_WAIT_S):
+            while self._after.in_flight:  # noqa: ASYNC110  # a counter, not an event
+                await anyio.sleep(0.05)
         await self.reap(own_too=True)
         discard_blanks()  # no container mounts them any more
 
@@ -282,6 +298,8 @@ class SandboxService:
 
         A slot is also withheld while the host is short of memory (``pool.min_available_mib``).
         """
+        if self._closing:
+            raise SandboxUnavailable("the server is shutting down; no new sandbox is started")
         acquired = False
         with anyio.move_on_after(wait_s):
             await self._slots.acquire()

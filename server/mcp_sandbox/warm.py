@@ -112,7 +112,9 @@ class EndWatch:
         data = self._held + chunk
         m = _MARKER_RE.search(data)
         while m is not None and m.group(1).decode() != self.nonce:
-            m = _MARKER_RE.search(data, m.end())  # a marker the program printed: plain output
+            # A marker the program printed: plain output. Look again from just past its
+            # start, so that one without its closing NUL cannot swallow the real one's opening.
+            m = _MARKER_RE.search(data, m.start() + 1)
         if m is not None:
             self.capture.feed(data[: m.start()])
             self.exit_code, self.ended, self._held = int(m.group(2)), True, b""

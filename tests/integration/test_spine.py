@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -415,4 +416,22 @@ def test_sigterm_during_a_run_removes_its_container() -> None:
         assert set(labelled_containers()) - before, "the call never started a container"
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+    assert set(labelled_containers()) <= before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_under_a_queue_of_calls_leaves_nothing_behind(sig: signal.Signals) -> None:
+    """Calls keep arriving, waiting for slots and creating sandboxes while the server stops."""
+    before = set(labelled_containers())
+    with _raw_server_ready() as proc:
+        for i in range(12):
+            call = {"name": "shell", "arguments": {"command": "sleep 600", "timeout_s": 100}}
+            _send(proc, {"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call", "params": call})
+        deadline = time.monotonic() + 30
+        while not set(labelled_containers()) - before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(labelled_containers()) - before, "the calls never started a container"
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 0
+    time.sleep(2)  # a create the daemon was still working on would show up by now
     assert set(labelled_containers()) <= before

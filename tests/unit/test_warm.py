@@ -153,6 +153,14 @@ def test_a_marker_with_another_nonce_is_plain_output() -> None:
     assert cap.whole() == b"x" + fake + b"y" and not watch.ended
 
 
+def test_a_fake_marker_cannot_swallow_the_real_one() -> None:
+    unclosed = b"\x00mcp-sandbox-end:" + b"0" * 32 + b":9"
+    cap = StreamCapture(1000)
+    watch = EndWatch(NONCE, cap)
+    assert watch.feed(b"x" + unclosed + MARK + b"after")
+    assert watch.exit_code == 7 and cap.whole() == b"x" + unclosed
+
+
 def _spec(**kw: object) -> ContainerSpec:
     from mcp_sandbox.policy import Limits, RunPlan
     from mcp_sandbox.spec import build_spec
