@@ -106,6 +106,19 @@ class AttachedStreams:
             data += chunk
         return data
 
+    def is_open(self) -> bool:
+        """Whether the container is still there with nothing said yet: no end of stream, no
+        byte waiting (a stub writes nothing before its request)."""
+        try:
+            self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except ValueError:  # TLS: no peeking; the call finds out
+            return True
+        except OSError:
+            return False
+        return False
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()

@@ -68,9 +68,9 @@ class MaskScanner:
 
     def scan(self, *, max_entries: int) -> MaskSet:
         """Every masked path of the tree, not following symbolic links nor entering other
-        mounts. A masked name that is a symbolic link is left alone: inside the sandbox it
-        resolves in the container, where what it points at is masked (or not) under its own
-        name. A directory this process cannot list is masked whole.
+        mounts (each is masked whole). A masked name that is a symbolic link is left alone:
+        inside the sandbox it resolves in the container, where what it points at is masked
+        (or not) under its own name. A directory this process cannot list is masked whole.
 
         Raises RequestRejected when the tree is too large or holds too many masked paths.
         """
@@ -113,14 +113,14 @@ class MaskScanner:
                 )
             if listing.masked_files:
                 files += ("/".join((*parts, name)) for name in listing.masked_files)
-            dirs.extend(
-                "/".join((*parts, name))
-                for name in listing.masked_dirs
-                if f"{path}/{name}" not in skip  # another mount: the bind does not reach it
-            )
+            dirs.extend("/".join((*parts, name)) for name in listing.masked_dirs)
             for name in listing.subdirs:
                 child = f"{path}/{name}"
-                if child not in skip:
+                if child in skip:
+                    # Another mount: the bind shows what lies under it on the host, files
+                    # nobody checks (a secret hidden by the mount, say). Masked whole.
+                    dirs.append("/".join((*parts, name)))
+                else:
                     stack.append(((*parts, name), child))
         return MaskSet(tuple(sorted(files)), tuple(sorted(dirs))), listed
 

@@ -25,13 +25,18 @@ from mcp_sandbox.output import StreamCapture
 from mcp_sandbox.policy import RunPlan
 from mcp_sandbox.runner import RawRun, remove_quietly
 from mcp_sandbox.spec import WORKDIR, ContainerSpec
-from mcp_sandbox.warm import EndWatch, encode_request, shape_of
+from mcp_sandbox.warm import STALE_CODE, EndWatch, encode_request, shape_of
 
 log = logging.getLogger("mcp_sandbox")
 
 IDLE_SHRINK_S = 30.0  # an idle minute shrinks the pool by two
 REFILL_RETRY_S = 2.0
 _INLINE_REQUEST_BYTES = 32 * 1024
+
+
+class StaleSandbox(Exception):
+    """The warm sandbox refused the call before running anything: one of its mounts went
+    away while it waited. The call goes to a cold sandbox."""
 
 
 @dataclass
@@ -80,7 +85,8 @@ class WarmPool:
         warm = None
         while self._ready and warm is None:
             candidate = self._ready.popleft()
-            if shape_of(candidate.spec) == shape:
+            # One that died while it waited (killed, out of memory, a daemon restart) is gone.
+            if shape_of(candidate.spec) == shape and candidate.streams.is_open():
                 warm = candidate
             else:
                 self.discard(candidate)
@@ -195,7 +201,10 @@ async def run_warm(
     keep_bytes: int,
     threads: CapacityLimiter,
 ) -> RawRun:
-    """One call in a warm sandbox. The caller discards the sandbox afterwards."""
+    """One call in a warm sandbox. The caller discards the sandbox afterwards.
+
+    Raises StaleSandbox when the stub refused the call before running it.
+    """
     nonce = secrets.token_hex(16)
     out, err = StreamCapture(keep_bytes), StreamCapture(keep_bytes)
     watches = {1: EndWatch(nonce, out), 2: EndWatch(nonce, err)}
@@ -229,6 +238,8 @@ async def run_warm(
     duration_ms = int((time.monotonic() - started) * 1000)
     timed_out = deadline.cancelled_caught
     exit_code = watches[1].exit_code if watches[1].ended else None
+    if exit_code == STALE_CODE and not timed_out:
+        raise StaleSandbox(warm.spec.name)
     oom = False
     if timed_out:
         await to_thread.run_sync(api.kill, warm.spec.name, limiter=threads)

@@ -21,7 +21,7 @@ from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxU
 from mcp_sandbox.host import owner_is_alive
 from mcp_sandbox.output import shape
 from mcp_sandbox.policy import RunPlan, Sizes, decide
-from mcp_sandbox.pool import WarmPool, run_warm
+from mcp_sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.requests import RunCodeArgs, ShellArgs
 from mcp_sandbox.results import RunResult
 from mcp_sandbox.runner import RawRun, remove_quietly, run_once
@@ -193,11 +193,15 @@ class SandboxService:
                     raw = await run_warm(
                         self.api, warm, plan, spec.working_dir, keep, self._threads
                     )
+                except StaleSandbox:
+                    self.pool.discard(warm, at_once=True)
+                    log.info("warm sandbox %s lost a mount while it waited; cold", warm.spec.name)
                 except BaseException:  # cancelled, or failed: the program may still run
                     self.pool.discard(warm, at_once=True)
                     raise
-                self.pool.discard(warm)  # it has ended: removed after the reply
-                return raw, None
+                else:
+                    self.pool.discard(warm)  # it has ended: removed after the reply
+                    return raw, None
             own_volume = ws is not None and ws.plan.mode != "ro"
             dispose = None if own_volume else self._after.remove
             return await run_once(self.api, spec, plan.stdin, keep, self._threads, dispose), None

@@ -27,6 +27,12 @@ from mcp_sandbox.spec import ContainerSpec
 # `read` takes one byte at a time from a pipe, so the nonce stays in the pipe until the
 # program's arguments are in; the program gets /dev/null or the decoded rest as stdin.
 SH_STUB = r"""
+mounts() {
+  m=
+  while IFS=' ' read -r _ _ _ _ point _; do m="$m $point"; done </proc/self/mountinfo
+  printf %s "$m"
+}
+mounts0=$(mounts)
 IFS= read -r size || exit 97
 IFS= read -r cwd || exit 97
 IFS= read -r has_stdin || exit 97
@@ -40,6 +46,11 @@ while [ "$i" -lt "$n" ]; do
   i=$((i + 1))
 done
 IFS= read -r nonce || exit 97
+if [ "$(mounts)" != "$mounts0" ]; then
+  printf '\000mcp-sandbox-end:%s:999\000' "$nonce"
+  printf '\000mcp-sandbox-end:%s:999\000' "$nonce" >&2
+  exit 95
+fi
 if [ "$cwd" != "$PWD" ]; then
   cd -- "$cwd" 2>/dev/null || {
     echo "mcp-sandbox: uid 65534 cannot enter $cwd; chmod o+rx the workspace" >&2
@@ -61,6 +72,9 @@ _LAUNCH = 'command -v python3 >/dev/null 2>&1 && { unset PWD; exec python3 -c "$
 STUB_ARGV: tuple[str, ...] = ("/bin/sh", "-c", _LAUNCH, "mcp-sandbox-stub", PY_STUB)
 SH_STUB_ARGV: tuple[str, ...] = ("/bin/sh", "-c", SH_STUB, "mcp-sandbox-stub")
 
+# The code in a marker that says the program never ran: a mount of the sandbox went away
+# while it waited (the host replaced a masked file: its overmount goes with the old file).
+STALE_CODE = 999
 _MARKER = b"\x00mcp-sandbox-end:"
 _MARKER_RE = re.compile(rb"\x00mcp-sandbox-end:([0-9a-f]{32}):(\d{1,3})\x00")
 

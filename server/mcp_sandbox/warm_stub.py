@@ -56,6 +56,15 @@ if __name__ == "__main__":
                 i += 1
         return "".join(out)
 
+    def _mount_points() -> "list[bytes]":
+        try:
+            with open("/proc/self/mountinfo", "rb") as f:
+                return [line.split(b" ")[4] for line in f.read().splitlines()]
+        except (OSError, IndexError):
+            return []
+
+    _MOUNTS = _mount_points()  # as the daemon made them: a mask that goes away is stale
+
     def _write_all(fd: int, data: bytes) -> None:
         while data:
             data = data[os.write(fd, data) :]
@@ -85,6 +94,10 @@ if __name__ == "__main__":
         lines = block.split("\n")
         cwd, has_stdin, count = _unescape(lines[0]), lines[1] == "1", int(lines[2])
         argv = [_unescape(arg) for arg in lines[3 : 3 + count]]
+        if _mount_points() != _MOUNTS:
+            # A mount went away while we waited: the host replaced a masked file, and its
+            # overmount went with the old one. Nothing runs: the server goes cold.
+            _end(_read_line(64).decode("ascii"), 999)
         if has_stdin:
             stdin, feed = os.pipe()
         else:
@@ -116,11 +129,14 @@ if __name__ == "__main__":
         if feed >= 0:
             _feed_stdin(feed)
         status = os.waitpid(pid, 0)[1]
-        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        _end(nonce, os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+        return ""  # not reached: _end exits
+
+    def _end(nonce: str, code: int) -> None:
         marker = f"\0mcp-sandbox-end:{nonce}:{code}\0".encode("ascii")
         _write_all(1, marker)
         _write_all(2, marker)
-        os._exit(code)
+        os._exit(95 if code == 999 else code)
 
     _source = _serve()
     # The child, on the fast path: from here on, this process is `python3 -c _source`.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
 
-from sandbox_client import call, connect, eventually, labelled_containers
+from sandbox_client import call, connect, eventually, labelled_containers, server_params
 
 from .test_spine import INSIDE
 
@@ -182,3 +183,34 @@ async def test_a_warm_call_is_indistinguishable_from_a_cold_one(
     assert cold["pooled"] is False
     keys = ("exit_code", "stdout", "stderr", "timed_out", "oom_killed")
     assert {k: warm[k] for k in keys} == {k: cold[k] for k in keys}
+
+
+def _secrets(root: Path, which: str) -> None:
+    """`.env` and `.ssh/id_rsa` holding ``which``, replaced as editors and git do it."""
+    (root / ".env.new").write_text(f"TOKEN={which}\n")
+    (root / ".env.new").rename(root / ".env")
+    if (root / ".ssh").exists():
+        (root / ".ssh" / "id_rsa").unlink()
+        (root / ".ssh").rmdir()
+    (root / ".ssh").mkdir(mode=0o755)
+    (root / ".ssh" / "id_rsa").write_text(f"KEY-{which}\n")
+    root.chmod(0o755)
+
+
+async def test_a_masked_file_replaced_while_a_sandbox_waits_is_never_shown(
+    tmp_path: Path,
+) -> None:
+    """Editors save by renaming over; git checks out by unlinking: the old file's overmount
+    goes with it, in a sandbox already started. The stub sees its mount gone and refuses."""
+    _secrets(tmp_path, "first")
+    params = server_params()
+    params.args += ["--workspace", str(tmp_path)]
+    look = "cat /workspace/.env /workspace/.ssh/id_rsa 2>&1; echo done"
+    async with Client(params, mode="auto") as c:
+        first = await _warm_call(c, tool="shell", command=look)
+        assert "first" not in first["stdout"] and "done" in first["stdout"]
+        await anyio.sleep(1.5)  # the next warm sandbox is up, its masks mounted
+        _secrets(tmp_path, "second")
+        for _ in range(3):
+            r = await call(c, "shell", command=look)
+            assert "second" not in r["stdout"] and "done" in r["stdout"], r

@@ -187,3 +187,13 @@ def test_reusing_listings_gives_what_a_full_scan_gives(
             assert scanner.scan(max_entries=1000) == find_masked(root, RULES, max_entries=1000)
     finally:
         mask_scan.RACY_S = mask_scan_racy
+
+
+def test_a_mount_inside_the_workspace_is_masked_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-only bind shows what lies under another mount on the host: nobody checked it."""
+    _tree(tmp_path)
+    monkeypatch.setattr(mask_scan, "mount_points_under", lambda root: {str(tmp_path / "docs")})
+    masks = MaskScanner(tmp_path, RULES, reuse=True).scan(max_entries=100)
+    assert masks.dirs == ("docs",)

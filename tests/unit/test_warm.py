@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -74,6 +76,30 @@ def test_the_stub_runs_exactly_the_argv_and_stdin_it_was_sent(
 def test_the_stub_passes_the_exit_code_on(stub: tuple[str, ...], stub_env: dict[str, str]) -> None:
     done = _via_stub(stub, stub_env, ("sh", "-c", "exit 7"))
     assert done.returncode == 7 and done.stdout == MARK
+
+
+@STUBS
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a mount namespace of its own (root)")
+def test_a_stub_whose_mounts_changed_while_it_waited_runs_nothing(
+    stub: tuple[str, ...], stub_env: dict[str, str], tmp_path: Path
+) -> None:
+    """In a sandbox, a masked file replaced on the host takes its overmount with it: any
+    change of the mount table between start and call makes the stub refuse (code 999)."""
+    target = tmp_path / "m"
+    target.mkdir()
+    # A mount namespace of our own: the stub starts, a tmpfs appears, then the request comes.
+    script = f'exec 3<&0; "$@" <&3 3<&- & sleep 0.5; mount -t tmpfs none {target}; wait $!'
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *stub],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=stub_env,
+    )
+    time.sleep(1.5)
+    out, err = proc.communicate(encode_request(NONCE, ("sh", "-c", "echo RAN"), "/", None), 30)
+    stale = f"\x00mcp-sandbox-end:{NONCE}:999\x00".encode()
+    assert (proc.returncode, out, err) == (95, stale, stale)
 
 
 # What a program can see of how it was started: a warm `python3 -c` must not differ from a
