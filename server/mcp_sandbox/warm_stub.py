@@ -8,7 +8,9 @@ runs a ``python3 -c CODE`` request in its own, already started, interpreter, as 
 would (argv, a fresh ``__main__``, the traceback without our frame, exit codes), or execs the
 argv with the signal dispositions a fresh process has. Only then does the parent read the
 call's nonce, so the program never holds it; it feeds stdin, waits, and writes the end marker
-with the exit code on both streams, exactly as the sh stub in ``warm`` does.
+with the exit code on both streams, exactly as the sh stub in ``warm`` does. Before it runs
+anything it compares the mount table with the one it started with: a mask whose host file
+was replaced has gone with it, and the stub answers ``STALE_CODE`` instead.
 """
 
 if __name__ == "__main__":
