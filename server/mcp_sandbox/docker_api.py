@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
+import anyio
 import docker
 import docker.errors
 import requests
@@ -96,6 +97,42 @@ class AttachedStreams:
                         return
         except OSError:
             return
+
+    @property
+    def on_loop(self) -> bool:
+        """Whether ``pump_on_loop`` can read it: a plain socket (not TLS)."""
+        return type(self._sock) is socket.socket
+
+    async def pump_on_loop(self, sink: Callable[[int, bytes], bool | None]) -> None:
+        """``pump`` without a thread: the socket turns non-blocking and the event loop waits
+        on it. Cancellable; write stdin first (``send_stdin``), while it still blocks."""
+        sock = self._sock
+        sock.setblocking(False)
+        header, stream, left = b"", 0, 0
+        while True:
+            await anyio.wait_readable(sock)
+            try:
+                data = sock.recv(_READ_CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            i = 0
+            while i < len(data):
+                if left == 0:  # a frame's 8-byte header, perhaps split across reads
+                    need = 8 - len(header)
+                    header, i = header + data[i : i + need], i + need
+                    if len(header) == 8:
+                        stream, left = struct.unpack(">BxxxL", header)
+                        header = b""
+                    continue
+                take = min(left, len(data) - i)
+                left -= take
+                if sink(stream, data[i : i + take]):
+                    return
+                i += take
 
     def _read_exactly(self, n: int) -> bytes | None:
         data = b""

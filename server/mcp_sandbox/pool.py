@@ -217,9 +217,11 @@ async def run_warm(
         watches.get(stream, watches[2]).feed(chunk)
         return all(w.ended for w in watches.values())
 
-    # A small request fits the socket's buffer: the pump's thread writes it, then reads. A
-    # large one (stdin) gets a thread of its own, so neither side waits on the other.
+    # A small request fits the socket's buffer: written at once, then the event loop reads
+    # the answer (a TLS socket: the pump's thread). A large one (stdin) gets a writer thread
+    # of its own and a reader thread, so neither side waits on the other.
     small = len(request) <= _INLINE_REQUEST_BYTES
+    on_loop = small and warm.streams.on_loop
 
     def pump() -> None:
         pumping.set()
@@ -234,7 +236,11 @@ async def run_warm(
         threading.Thread(target=warm.streams.send_stdin, args=(request,), daemon=True).start()
     started = time.monotonic()
     with anyio.move_on_after(plan.limits.timeout_s) as deadline:
-        await to_thread.run_sync(pump, limiter=threads, abandon_on_cancel=True)
+        if on_loop:
+            warm.streams.send_stdin(request)
+            await warm.streams.pump_on_loop(sink)
+        else:
+            await to_thread.run_sync(pump, limiter=threads, abandon_on_cancel=True)
     duration_ms = int((time.monotonic() - started) * 1000)
     timed_out = deadline.cancelled_caught
     exit_code = watches[1].exit_code if watches[1].ended else None
