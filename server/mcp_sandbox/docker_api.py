@@ -63,6 +63,35 @@ def _translated(action: str) -> Iterator[None]:
         ) from e
 
 
+class _Frames:
+    """Docker's multiplexed attach stream, parsed from chunks however they are cut: frames
+    of an 8-byte header (stream, size) and a body, whose pieces go to ``sink`` as they come."""
+
+    def __init__(self, sink: Callable[[int, bytes], bool | None]) -> None:
+        self._sink = sink
+        self._header = b""
+        self._stream = 0
+        self._left = 0
+
+    def feed(self, data: bytes) -> bool:
+        """True once ``sink`` has said stop."""
+        i = 0
+        while i < len(data):
+            if self._left == 0:  # a header, perhaps split across reads
+                need = 8 - len(self._header)
+                self._header, i = self._header + data[i : i + need], i + need
+                if len(self._header) == 8:
+                    self._stream, self._left = struct.unpack(">BxxxL", self._header)
+                    self._header = b""
+                continue
+            take = min(self._left, len(data) - i)
+            self._left -= take
+            if self._sink(self._stream, data[i : i + take]):
+                return True
+            i += take
+        return False
+
+
 class AttachedStreams:
     """The hijacked attach connection of one container: stdin out, stdout/stderr in."""
 
@@ -82,19 +111,10 @@ class AttachedStreams:
         Stream 1 is stdout, 2 is stderr. Reads in bounded chunks, so a huge frame never
         sits in memory whole.
         """
+        frames = _Frames(sink)
         try:
-            while True:
-                header = self._read_exactly(8)
-                if header is None:
-                    return
-                stream, size = struct.unpack(">BxxxL", header)
-                while size > 0:
-                    chunk = self._sock.recv(min(size, _READ_CHUNK))
-                    if not chunk:
-                        return
-                    size -= len(chunk)
-                    if sink(stream, chunk):
-                        return
+            while (data := self._sock.recv(_READ_CHUNK)) and not frames.feed(data):
+                pass
         except OSError:
             return
 
@@ -108,7 +128,7 @@ class AttachedStreams:
         on it. Cancellable; write stdin first (``send_stdin``), while it still blocks."""
         sock = self._sock
         sock.setblocking(False)
-        header, stream, left = b"", 0, 0
+        frames = _Frames(sink)
         while True:
             await anyio.wait_readable(sock)
             try:
@@ -117,31 +137,8 @@ class AttachedStreams:
                 continue
             except OSError:
                 return
-            if not data:
+            if not data or frames.feed(data):
                 return
-            i = 0
-            while i < len(data):
-                if left == 0:  # a frame's 8-byte header, perhaps split across reads
-                    need = 8 - len(header)
-                    header, i = header + data[i : i + need], i + need
-                    if len(header) == 8:
-                        stream, left = struct.unpack(">BxxxL", header)
-                        header = b""
-                    continue
-                take = min(left, len(data) - i)
-                left -= take
-                if sink(stream, data[i : i + take]):
-                    return
-                i += take
-
-    def _read_exactly(self, n: int) -> bytes | None:
-        data = b""
-        while len(data) < n:
-            chunk = self._sock.recv(n - len(data))
-            if not chunk:
-                return None
-            data += chunk
-        return data
 
     def is_open(self) -> bool:
         """Whether the container is still there with nothing said yet: no end of stream, no

@@ -217,22 +217,19 @@ async def run_warm(
         watches.get(stream, watches[2]).feed(chunk)
         return all(w.ended for w in watches.values())
 
-    # A small request fits the socket's buffer: written at once, then the event loop reads
-    # the answer (a TLS socket: the pump's thread). A large one (stdin) gets a writer thread
-    # of its own and a reader thread, so neither side waits on the other.
-    small = len(request) <= _INLINE_REQUEST_BYTES
-    on_loop = small and warm.streams.on_loop
+    # A small request on a plain socket is written at once, and the event loop reads the
+    # answer. Otherwise (stdin, TLS) a writer thread and a reader thread, so that neither
+    # side waits on the other.
+    on_loop = len(request) <= _INLINE_REQUEST_BYTES and warm.streams.on_loop
 
     def pump() -> None:
         pumping.set()
         try:
-            if small:
-                warm.streams.send_stdin(request)
             warm.streams.pump(sink)
         finally:
             pumped.set()
 
-    if not small:
+    if not on_loop:
         threading.Thread(target=warm.streams.send_stdin, args=(request,), daemon=True).start()
     started = time.monotonic()
     with anyio.move_on_after(plan.limits.timeout_s) as deadline:

@@ -183,8 +183,7 @@ class SandboxService:
         must outlive it (those are removed, after it, before the reply).
         """
         keep = plan.limits.output_bytes + self._margin
-        if self._closing:
-            raise SandboxUnavailable("the server is shutting down; no new sandbox is started")
+        self._refuse_if_closing()
         if network == "none":
             warm = self.pool.take(spec) if self.pool is not None else None
             if warm is not None:
@@ -289,6 +288,10 @@ class SandboxService:
         await self.reap(own_too=True)
         discard_blanks()  # no container mounts them any more
 
+    def _refuse_if_closing(self) -> None:
+        if self._closing:
+            raise SandboxUnavailable("the server is shutting down; no new sandbox is started")
+
     async def run_background(self) -> None:
         """What runs beside the calls for the server's life: the warm pool, and removals."""
         async with anyio.create_task_group() as tg:
@@ -302,8 +305,7 @@ class SandboxService:
 
         A slot is also withheld while the host is short of memory (``pool.min_available_mib``).
         """
-        if self._closing:
-            raise SandboxUnavailable("the server is shutting down; no new sandbox is started")
+        self._refuse_if_closing()
         acquired = False
         with anyio.move_on_after(wait_s):
             await self._slots.acquire()
