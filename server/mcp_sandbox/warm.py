@@ -6,10 +6,11 @@ program, then writes an end marker carrying the call's random nonce and the exit
 both streams. Output after the marker is discarded; the container is killed and removed
 after the reply. A program that forges or suppresses the marker only ends its own call
 early or late: the container is still thrown away. Forging needs the nonce, which the program
-is never given; being the same user as its stub, it could still take it through /proc and
-stop the stub. Its sandbox then outlives the reply until the removal (``after_reply``: at
-most half a second, plus the removal itself), under the same limits and memory admission as
-any sandbox.
+is never given: the stub reads it only after the fork, and the Python stub is not dumpable,
+so the program (the same user) cannot open its /proc/PID/mem or /proc/PID/fd/0. The sh stub
+cannot do that; a program under it could take the nonce and end its call early. Its sandbox
+then outlives the reply until the removal (``after_reply``: at most half a second, plus the
+removal itself), under the same limits and memory admission as any sandbox.
 """
 
 from __future__ import annotations

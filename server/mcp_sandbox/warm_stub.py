@@ -67,6 +67,31 @@ if __name__ == "__main__":
 
     _MOUNTS = _mount_points()  # as the daemon made them: a mask that goes away is stale
 
+    def _dumpable_switch() -> "object":
+        """``prctl(PR_SET_DUMPABLE, flag)``, or None when this python has no ctypes.
+
+        What it imports is taken out of ``sys.modules`` again: a program sees the modules a
+        fresh ``python3 -c`` has.
+        """
+        loaded = set(sys.modules)
+        try:
+            import ctypes
+
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+            prctl.restype = ctypes.c_int
+        except Exception:  # no ctypes here: the nonce stays readable
+            prctl = None
+        for name in set(sys.modules) - loaded:
+            del sys.modules[name]
+        return None if prctl is None else (lambda flag: prctl(4, flag, 0, 0, 0))
+
+    # Not dumpable: no process of our uid (the program is one) may open our /proc/PID/mem or
+    # /proc/PID/fd/0 and so take the nonce, from our memory or from our stdin before we do.
+    _set_dumpable = _dumpable_switch()
+    if _set_dumpable is not None:
+        _set_dumpable(0)
+
     def _write_all(fd: int, data: bytes) -> None:
         while data:
             data = data[os.write(fd, data) :]
@@ -106,6 +131,8 @@ if __name__ == "__main__":
             stdin, feed = os.open(os.devnull, os.O_RDONLY), -1
         pid = os.fork()
         if pid == 0:
+            if _set_dumpable is not None:
+                _set_dumpable(1)  # the program's own /proc entries are its own, as in a cold one
             os.dup2(stdin, 0)
             os.close(stdin)
             if feed >= 0:

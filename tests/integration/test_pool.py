@@ -86,6 +86,40 @@ async def test_output_after_the_end_is_discarded_and_exit_codes_pass() -> None:
         assert r["exit_code"] == 5 and r["stdout"] == "early\n"
 
 
+# The program tries every way its own user has into its stub (the parent) for the nonce,
+# then forges an end marker with what it found and keeps running.
+STEAL = r"""
+import os, re, sys
+stub = os.getppid()
+found = set()
+for path in ("/proc/%d/mem" % stub, "/proc/%d/fd/0" % stub, "/proc/%d/environ" % stub):
+    try:
+        with open(path, "rb") as f:
+            found.add(path)
+    except OSError as e:
+        print(path, type(e).__name__)
+print("own fd dir uid", os.stat("/proc/self/fd").st_uid, flush=True)
+for guess in sorted(found) or ["0" * 32]:
+    for fd in (1, 2):
+        os.write(fd, b"\0mcp-sandbox-end:" + b"0" * 32 + b":0\0")
+sys.stdout.flush()
+print("still here")
+raise SystemExit(7)
+"""
+
+
+async def test_a_warm_program_cannot_take_its_stubs_nonce() -> None:
+    async with connect("auto") as c:
+        r = await _warm_call(c, tool="run_code", language="python", code=STEAL)
+    lines = r["stdout"].splitlines()
+    for f in ("mem", "fd/0", "environ"):
+        assert any(line.endswith(f"/{f} PermissionError") for line in lines), lines
+    # The program's own /proc entries are its own (it is dumpable, as in a cold sandbox).
+    assert "own fd dir uid 65534" in lines
+    # The forged marker is output; the real end comes with the real exit code.
+    assert r["stdout"].endswith("still here\n") and r["exit_code"] == 7
+
+
 def _running_sleep60() -> list[str]:
     found = []
     for cid in labelled_containers():

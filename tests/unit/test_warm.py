@@ -44,8 +44,14 @@ def _via_stub(
 ) -> subprocess.CompletedProcess[bytes]:
     request = encode_request(NONCE, argv, "/tmp", base64.b64encode(stdin) if stdin else None)
     return subprocess.run(
-        list(stub), input=request, capture_output=True, env=env, cwd="/", timeout=30
+        [*_OWN_MOUNTS, *stub], input=request, capture_output=True, env=env, cwd="/", timeout=30
     )
+
+
+# The stub refuses a call when the mount table changed since it started (a replaced mask): on
+# the host, other containers coming and going change it. As root, the stub gets a mount
+# namespace of its own, which they do not reach.
+_OWN_MOUNTS = ("unshare", "--mount", "--propagation", "private") if os.geteuid() == 0 else ()
 
 
 @STUBS
@@ -112,6 +118,8 @@ SNIPPETS = {
     "signals": "import signal as s; "
     "print([s.getsignal(n) for n in (s.SIGPIPE, s.SIGINT, s.SIGXFSZ)])",
     "cwd": "import os; print(os.getcwd())",
+    # The Python stub is not dumpable (its nonce); the program it forks is again.
+    "dumpable": "import ctypes; print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))",
     "stdin": "import sys; print(repr(sys.stdin.read()))",
     "error": "raise ValueError('boom')",
     "chained": "def f(): raise RuntimeError('x')\ntry:\n  f()\nexcept RuntimeError as e:\n"
