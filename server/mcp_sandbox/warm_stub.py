@@ -90,7 +90,7 @@ if __name__ == "__main__":
     # /proc/PID/fd/0 and so take the nonce, from our memory or from our stdin before we do.
     _set_dumpable = _dumpable_switch()
     if _set_dumpable is not None:
-        _set_dumpable(0)
+        _set_dumpable(0)  # type: ignore[operator]  # a ctypes function; the stub imports no typing
 
     def _write_all(fd: int, data: bytes) -> None:
         while data:
@@ -132,7 +132,8 @@ if __name__ == "__main__":
         pid = os.fork()
         if pid == 0:
             if _set_dumpable is not None:
-                _set_dumpable(1)  # the program's own /proc entries are its own, as in a cold one
+                # The program's own /proc entries are its own, as in a cold sandbox.
+                _set_dumpable(1)  # type: ignore[operator]
             os.dup2(stdin, 0)
             os.close(stdin)
             if feed >= 0:
