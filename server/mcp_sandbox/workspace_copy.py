@@ -77,6 +77,7 @@ class Manifest:
     entries: list[Entry] = field(default_factory=list)
     file_bytes: int = 0
     tmpfs_bytes: int = 0
+    unreadable: int = 0  # left out: the sandbox's user could not read them in `ro` either
 
     def sent(self) -> dict[str, Entry]:
         return {e.rel: e for e in self.entries if e.sent}
@@ -94,6 +95,19 @@ def _open_dir(root_fd: int, parts: tuple[str, ...]) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def sandbox_may_read(st: os.stat_result) -> bool:
+    """Whether uid/gid 65534 may read this file (or list and enter this directory) by its
+    host permissions, as in `ro`: a copy must not hand the sandbox a 0600 file."""
+    if st.st_uid == SANDBOX_UID:
+        bits = st.st_mode >> 6
+    elif st.st_gid == SANDBOX_UID:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    need = 0o5 if stat.S_ISDIR(st.st_mode) else 0o4
+    return bits & need == need
 
 
 def scan_copy(root: Path, policy: WorkspacePolicy, *, lock_protected: bool) -> Manifest:
@@ -130,6 +144,9 @@ def scan_copy(root: Path, policy: WorkspacePolicy, *, lock_protected: bool) -> M
                         continue
                     is_dir = stat.S_ISDIR(st.st_mode)
                     if mask.matches(child, is_dir) or exclude.matches(child, is_dir):
+                        continue
+                    if not stat.S_ISLNK(st.st_mode) and not sandbox_may_read(st):
+                        manifest.unreadable += 1
                         continue
                     child_locked = lock_protected and (locked or protect.matches(child, is_dir))
                     if is_dir:
@@ -554,7 +571,8 @@ _HOSTILE_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u
 
 
 def _refusal(c: Change, rules: _Rules) -> str | None:
-    is_dir = c.kind == "dir"
+    # A link is a directory to whoever follows it: `.claude -> cfg` is `.claude/` on the host.
+    is_dir = c.kind in ("dir", "symlink")
     if c.change != "deleted" and any(_HOSTILE_NAME.search(p) for p in c.parts):
         return "name holds control or bidirectional characters: not applied"
     if rules.protect.covers(c.parts, is_dir):
@@ -596,8 +614,12 @@ def _link_refusal(parts: tuple[str, ...], target: str, rules: _Rules) -> str | N
     real = os.path.realpath(os.path.join(rules.root, *parts[:-1], target))
     if not _inside(real, rules.root):
         return outside
-    if rules.protect.covers(stack, True) or rules.mask.covers(stack, True):
-        return "symbolic link points at a protected or masked path: removed"
+    # Both as written and as the host resolves it: through a link already there
+    # (`git -> .git`), `git/hooks` is `.git/hooks`.
+    resolved = Path(real).relative_to(rules.root).parts
+    for path in (stack, resolved):
+        if rules.protect.covers(path, True) or rules.mask.covers(path, True):
+            return "symbolic link points at a protected or masked path: removed"
     return None
 
 

@@ -371,6 +371,28 @@ def test_rw_applies_inside_and_refuses_the_rest(project: Path, tmp_path: Path) -
     assert (tmp_path / "outside").read_text() == "host"
 
 
+def test_rw_refuses_links_that_are_protected_or_excluded_directories(project: Path) -> None:
+    """A link named like a directory rule is that directory to whoever follows it: `.claude
+    -> src` would give the host a `.claude/settings.json` the agent runs hooks from."""
+    (project / "git").symlink_to(".git")  # the host's own link, there before the call
+    got = _apply(
+        project,
+        {
+            ".claude": "src",
+            ".vscode": "src",
+            ".venv": "src",
+            "node_modules2": "src",  # no rule: allowed
+            "via_host_link": "git/hooks",
+        },
+    )
+    for name, why in ((".claude", "protected"), (".vscode", "protected"), (".venv", "excluded")):
+        assert not got[name].applied and why in str(got[name].note), name
+        assert not os.path.lexists(project / name)
+    assert "protected or masked" in str(got["via_host_link"].note)
+    assert not os.path.lexists(project / "via_host_link")
+    assert got["node_modules2"].applied
+
+
 def test_rw_never_follows_a_host_link_while_writing(project: Path, tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
