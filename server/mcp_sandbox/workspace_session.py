@@ -272,6 +272,12 @@ async def open_session(
                 owner,
                 bound_s=STEP_TIMEOUT_S,
             )
+        if note is None and manifest.unreadable:
+            note = (
+                f"{manifest.unreadable} paths the sandbox's user cannot read on the host were "
+                "left out of the copy, as ro hides them; chmod o+r (o+rx for directories) "
+                "to include them"
+            )
         listed = [c for c in changes if c.kind != "dir"]
         return WorkspaceReport(
             mode=plan.mode,

@@ -237,6 +237,30 @@ async def test_masked_files_are_unreadable_and_never_in_output(ws: Client, mode:
         assert "No such file" in result["stdout"]  # never copied: not even the names
 
 
+@pytest.mark.parametrize("mode", ["ro", "copy"])
+async def test_what_the_sandbox_user_cannot_read_stays_unread_in_every_mode(
+    tmp_path: Path, mode: str
+) -> None:
+    """A copy is made by the server, which may read a 0600 file; the sandbox gets no more
+    than its own user (65534) could read in ro."""
+    root = tmp_path / "perm"
+    (root / "private").mkdir(parents=True)
+    root.chmod(0o755)
+    (root / "open.txt").write_text("open\n")
+    (root / "creds.txt").write_text(f"{ENV_CANARY}\n")
+    (root / "creds.txt").chmod(0o600)
+    (root / "private" / "db.json").write_text(f"{KEY_CANARY}\n")
+    (root / "private").chmod(0o700)
+    probe = "cat open.txt creds.txt private/db.json 2>&1; grep -r canary . 2>&1; true"
+    async with connect("auto", env={"MCP_SANDBOX_WORKSPACE": str(root)}) as c:
+        result = await call(c, "shell", command=probe, workspace=mode)
+    text = json.dumps(result)
+    assert result["stdout"].startswith("open\n")
+    assert ENV_CANARY not in text and KEY_CANARY not in text
+    if mode == "copy":
+        assert "2 paths the sandbox's user cannot read" in str(result["workspace"]["note"])
+
+
 async def test_masked_paths_are_empty_and_read_only_in_ro(ws: Client) -> None:
     result = await call(
         ws,
@@ -451,6 +475,24 @@ async def test_rw_escaping_links_are_reported_and_removed(rw: Client, rw_root: P
         assert not (rw_root / "links" / name).is_symlink()
     assert changes["links/ok"]["applied"] is True
     assert os.readlink(rw_root / "links" / "ok") == "../made"
+
+
+async def test_rw_links_named_like_protected_directories_are_removed(
+    rw: Client, rw_root: Path
+) -> None:
+    """`.claude -> cfg` would be the agent's own settings directory on the host."""
+    result = await call(
+        rw,
+        "shell",
+        command="mkdir cfg && echo '{}' > cfg/settings.json && ln -s cfg .claude"
+        " && ln -s cfg .venv && ln -s cfg .husky",
+        workspace="rw",
+    )
+    changes = _changes(result)
+    assert changes["cfg/settings.json"]["applied"] is True
+    for name in (".claude", ".venv", ".husky"):
+        assert changes[name]["applied"] is False, changes[name]
+        assert not (rw_root / name).is_symlink()
 
 
 async def test_rw_strips_setuid_and_setgid(rw: Client, rw_root: Path) -> None:
