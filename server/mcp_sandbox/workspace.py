@@ -27,6 +27,8 @@ MODES: tuple[Mode, ...] = get_args(Mode)
 DEFAULT_MASK: tuple[str, ...] = (
     ".env",
     ".env.*",
+    ".env~",  # an editor's backup
+    ".envrc",  # direnv: usually `export SOME_SECRET=...`
     "*.pem",
     "*.key",
     "id_rsa*",
@@ -38,6 +40,9 @@ DEFAULT_MASK: tuple[str, ...] = (
     ".netrc",
     ".npmrc",
     ".pypirc",
+    "pip.conf",  # an index-url may carry a password
+    ".yarnrc",
+    ".yarnrc.yml",  # npmAuthToken
     ".git-credentials",
     ".aws/",
     ".ssh/",
@@ -46,6 +51,8 @@ DEFAULT_MASK: tuple[str, ...] = (
     ".kube/",
     # A remote URL may carry a token (https://user:token@host/...); git works without it.
     ".git/config",
+    ".git/config.worktree",
+    ".git/modules/*/config",  # a submodule's remote URL (one level of submodules)
 )
 
 # Paths where a write turns into code run on the host (hooks, shell start-up files, tool and

@@ -58,6 +58,15 @@ RW = WorkspacePolicy(modes=("ro", "copy", "rw"))
         ("src/environment.py", False, False),
         (".ENV", False, True),  # hosts that ignore case would show it as .env
         ("server.PEM.", False, True),  # Windows drops the trailing dot
+        # Where credentials live besides: direnv, backups, package tools, submodules.
+        (".envrc", False, True),
+        ("app/.env~", False, True),
+        ("pip.conf", False, True),
+        (".yarnrc.yml", False, True),
+        (".git/config.worktree", False, True),
+        (".git/modules/lib/config", False, True),
+        (".git/modules/lib/HEAD", False, False),
+        ("src/modules/auth/config", True, False),
     ],
 )
 def test_mask_rules_match_names_at_any_depth(path: str, is_dir: bool, masked: bool) -> None:
