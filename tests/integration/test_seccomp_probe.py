@@ -158,6 +158,12 @@ checks = {
     "socket(AF_INET)": ((41, 2, 1, 0), "ok"),
     "socket(AF_INET6)": ((41, 10, 2, 0), "ok"),
     "socket(AF_NETLINK)": ((41, 16, 3, 0), "ok"),
+    "socket(AF_NETLINK, KOBJECT_UEVENT)": ((41, 16, 2, 15), "EPERM"),
+    "socket(AF_NETLINK, SOCK_DIAG)": ((41, 16, 3, 4), "EPERM"),
+    # A null pointer for the pair: EFAULT means the filter let the call through.
+    "socketpair(AF_UNIX)": ((53, 1, 1, 0, 0), "EFAULT"),
+    "socketpair(AF_VSOCK)": ((53, 40, 1, 0, 0), "EPERM"),
+    "socketpair(AF_INET)": ((53, 2, 1, 0, 0), "EPERM"),
 }
 for name, (args, want) in checks.items():
     results[name], expected[name] = call(*args), want

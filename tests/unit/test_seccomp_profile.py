@@ -121,13 +121,18 @@ def test_personality_allows_only_harmless_values(profile: dict[str, Any]) -> Non
     assert values == {0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF}
 
 
-def test_socket_allows_only_unix_inet_inet6_netlink(profile: dict[str, Any]) -> None:
-    families = set()
+def test_socket_allows_only_unix_inet_inet6_and_netlink_route(profile: dict[str, Any]) -> None:
+    allowed = set()
     for rule in _rules_for(profile, "socket"):
-        [arg] = rule["args"]
-        assert (arg["index"], arg["op"]) == (0, "SCMP_CMP_EQ")
-        families.add(arg["value"])
-    assert families == {1, 2, 10, 16}
+        assert all(a["op"] == "SCMP_CMP_EQ" for a in rule["args"])
+        allowed.add(tuple((a["index"], a["value"]) for a in rule["args"]))
+    # Netlink only as NETLINK_ROUTE (protocol 0): kobject uevents carry the host's devices.
+    assert allowed == {((0, 1),), ((0, 2),), ((0, 10),), ((0, 16), (2, 0))}
+
+
+def test_socketpair_is_unix_only(profile: dict[str, Any]) -> None:
+    [rule] = _rules_for(profile, "socketpair")
+    assert [(a["index"], a["op"], a["value"]) for a in rule["args"]] == [(0, "SCMP_CMP_EQ", 1)]
 
 
 def test_every_group_has_a_reason(source: dict[str, Any], profile: dict[str, Any]) -> None:
