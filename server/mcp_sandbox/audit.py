@@ -9,7 +9,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -20,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_sandbox.errors import SandboxUnavailable
+from mcp_sandbox.output import neutralise
 
 SHOWN_CODE_CHARS = 400
 RECENT_PER_SESSION = 50
@@ -29,6 +32,10 @@ _REPEATED = 3
 # Signs in stderr that seccomp refused a syscall: EPERM from the profile, SIGSYS for the
 # closed 32-bit ABIs, ENOSYS for clone3 (libc falls back quietly, so that one rarely shows).
 _SECCOMP_SIGNS = ("Operation not permitted", "Bad system call")
+# Lone surrogates (JSON "\ud800" decodes to one) cannot be printed as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+log = logging.getLogger(__name__)
 
 
 class AuditSettings(BaseModel):
@@ -71,8 +78,12 @@ class AuditLog:
             raise AuditUnavailable(self._unwritable(e)) from None
 
     def write(self, record: Mapping[str, Any]) -> None:
-        """Append ``record`` as one line. Raises AuditUnavailable. Blocking."""
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        """Append ``record`` as one line. Raises AuditUnavailable. Blocking.
+
+        ASCII only: JSON escapes every other character, so no line or paragraph separator
+        (U+2028, U+0085, ...) that a reader might split on can land inside a record.
+        """
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         try:
             with self._lock:
                 fd = self._locked()
@@ -128,19 +139,28 @@ class AuditLog:
         )
 
     def records(self) -> Iterator[dict[str, Any]]:
-        """Every record, oldest first, rotated files included; bad lines skipped."""
+        """Every record, oldest first, rotated files included.
+
+        Lines end at ``\\n`` only. A line that is not a JSON object is skipped with a
+        warning that counts them, so that no record vanishes unnoticed.
+        """
         for path in [*(self._backup(i) for i in range(self._backups, 0, -1)), self.path]:
             try:
-                text = path.read_text(encoding="utf-8", errors="replace")
+                data = path.read_bytes()
             except OSError:
                 continue
-            for line in text.splitlines():
+            bad = 0
+            for line in data.split(b"\n"):
                 try:
-                    rec = json.loads(line)
+                    rec = json.loads(line.decode("utf-8", errors="replace"))
                 except ValueError:
-                    continue
+                    rec = None
                 if isinstance(rec, dict):
                     yield rec
+                elif line:  # the empty piece after the last newline is no line
+                    bad += 1
+            if bad:
+                log.warning("%d unreadable audit lines skipped in %s", bad, path)
 
 
 def code_digest(source: str) -> str:
@@ -227,8 +247,15 @@ def matches(
     return True
 
 
+def _cell(value: object) -> str:
+    """``value`` as one line that cannot drive a terminal (the record holds model-written
+    text): controls and bidi characters made visible, whitespace runs and line breaks one
+    space."""
+    return " ".join(_SURROGATE.sub("\ufffd", neutralise(str(value))).split())
+
+
 def render_table(records: Iterable[Mapping[str, Any]]) -> str:
-    """One line per record: the columns an operator scans first."""
+    """One line per record: the columns an operator scans first; every cell made safe."""
     header = ("time", "session", "tool", "outcome", "exit", "ms", "decisions", "flags", "code")
     rows = [header]
     for r in records:
@@ -236,18 +263,17 @@ def render_table(records: Iterable[Mapping[str, Any]]) -> str:
             f"{d.get('kind')}:{'ok' if d.get('allowed') else 'no'}({d.get('by')})"
             for d in r.get("decisions") or []
         )
-        code = " ".join(str(r.get("code") or "").split())
         rows.append(
             (
-                str(r.get("ts", ""))[:19],
-                str(r.get("session", "")),
-                str(r.get("tool", "")),
-                str(r.get("outcome", "")),
-                "" if r.get("exit_code") is None else str(r.get("exit_code")),
-                "" if r.get("duration_ms") is None else str(r.get("duration_ms")),
-                decisions or "-",
-                ",".join(r.get("flags") or []) or "-",
-                code[:40],
+                _cell(r.get("ts", ""))[:19],
+                _cell(r.get("session", "")),
+                _cell(r.get("tool", "")),
+                _cell(r.get("outcome", "")),
+                "" if r.get("exit_code") is None else _cell(r.get("exit_code")),
+                "" if r.get("duration_ms") is None else _cell(r.get("duration_ms")),
+                _cell(decisions) or "-",
+                _cell(",".join(map(str, r.get("flags") or []))) or "-",
+                _cell(r.get("code") or "")[:40],
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]

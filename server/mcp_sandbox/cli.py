@@ -87,7 +87,7 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
     last = list(deque(found, maxlen=max(args.last, 0)))
     if args.json:
         for r in last:
-            print(json.dumps(r, ensure_ascii=False))
+            print(json.dumps(r))  # ASCII: no C1, bidi or line separator reaches a terminal
     elif last:
         print(render_table(last))
     else:

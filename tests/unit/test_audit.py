@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -144,3 +145,65 @@ def test_matches_and_table_handle_sparse_records() -> None:
     assert matches({"flags": ["seccomp_refusal"]}, flag="seccomp_refusal")
     assert not matches({}, flag="x") and not matches({}, session="s")
     assert "refused" in render_table([{"outcome": "refused", "decisions": [{"kind": "rw"}]}])
+
+
+# Every character str.splitlines() splits on but "\n": none may cut a record in two.
+_SEPARATORS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def test_line_separators_in_a_field_cannot_hide_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(AuditSettings(path=path))
+    written = [
+        {"session": f"s{c}", "flags": ["seccomp_refusal"], "code": f"true {c} false"}
+        for c in _SEPARATORS
+    ]
+    for record in written:
+        log.write(record)
+    data = path.read_bytes()
+    assert data.isascii() and data.count(b"\n") == len(written)
+    assert list(log.records()) == written
+    monkeypatch.setenv("MCP_SANDBOX_AUDIT__PATH", str(path))
+    monkeypatch.setattr(cli, "configure_logging", lambda *a: None)
+    assert main(["audit", "--flag", "seccomp_refusal"]) == 0
+    assert len(capsys.readouterr().out.split("\n")) == 2 + len(written)  # header, rows, ""
+
+
+def test_records_written_before_with_raw_separators_are_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    raw = [{"code": f"a{c}b"} for c in _SEPARATORS]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in raw))
+    assert list(AuditLog(AuditSettings(path=path)).records()) == raw
+
+
+def test_unreadable_lines_are_counted_not_silently_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b'{"i":1}\n{"i":2,"co\n[3]\n\xff\n{"i":4}\n{"i":5')
+    with caplog.at_level("WARNING", logger="mcp_sandbox.audit"):
+        assert [r["i"] for r in AuditLog(AuditSettings(path=path)).records()] == [1, 4]
+    assert f"4 unreadable audit lines skipped in {path}" in caplog.messages
+
+
+def test_the_table_cannot_drive_the_operators_terminal() -> None:
+    hostile = {
+        "ts": "2024\r\x1b[2J",
+        "session": "s\x9b2J\x9d0;t\x9c",
+        "tool": "\u202eshell\u2066",
+        "outcome": "exited\x85\u2028",
+        "exit_code": "\x1b[8m",
+        "duration_ms": "\x07",
+        "decisions": [{"kind": "\x1b]8;;https://evil.test\x07", "allowed": True, "by": "\x7f"}],
+        "flags": ["x\x1b[31m", "\ud800"],
+        "code": "#\x1b[1A\x1b[2K\x1b]0;owned\x07\ntrue",
+    }
+    table = render_table([hostile])
+    controls = "\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff"
+    bidi = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+    assert re.search(f"[{controls}{bidi}]", table) is None
+    assert len(table.split("\n")) == 2  # the header and one row
+    assert "\u241b[1A" in table  # the escape shown, inert
+    table.encode("utf-8")  # printable
