@@ -6,8 +6,10 @@ arrives. For a call it reads the program block of the request (``warm.encode_req
 forks: the child takes /dev/null or a pipe as stdin, enters the working directory, and either
 runs a ``python3 -c CODE`` request in its own, already started, interpreter, as ``python3 -c``
 would (argv, a fresh ``__main__``, the traceback without our frame, exit codes), or execs the
-argv with the signal dispositions a fresh process has. Only then does the parent read the
-call's nonce, so the program never holds it; it feeds stdin, waits, and writes the end marker
+argv with the signal dispositions a fresh process has. The call's nonce is read before the
+fork into a page the child gets as zeros (after it, on a kernel without MADV_WIPEONFORK), so
+the program never holds it; the stub is not dumpable, so the program cannot read it from
+the stub either. The parent feeds stdin, waits, and writes the end marker
 with the exit code on both streams, exactly as the sh stub in ``warm`` does. Before it runs
 anything it compares the mount table with the one it started with: a mask whose host file
 was replaced has gone with it, and the stub answers ``STALE_CODE`` instead.
@@ -92,6 +94,39 @@ if __name__ == "__main__":
     if _set_dumpable is not None:
         _set_dumpable(0)  # type: ignore[operator]  # a ctypes function; the stub imports no typing
 
+    def _wiped_on_fork() -> "object":
+        """A page a forked child gets as zeros (MADV_WIPEONFORK, Linux 4.14), or None."""
+        loaded = set(sys.modules)
+        try:
+            import mmap
+
+            page = mmap.mmap(-1, 4096)
+            page.madvise(18)  # MADV_WIPEONFORK: Python 3.11 has no name for it
+        except Exception:  # an older kernel: the nonce is then read after the fork
+            page = None
+        for name in set(sys.modules) - loaded:
+            del sys.modules[name]
+        return page
+
+    # The nonce is read into this page before the fork: the program's copy of it is zeros,
+    # and nothing of the request is left on our stdin (which tini, pid 1, holds too, and
+    # whose /proc/1/fd/0 the program may open) once the program runs.
+    _NONCE_PAGE = _wiped_on_fork()
+
+    def _read_nonce_into_page() -> int:
+        """The nonce line, a byte at a time, into ``_NONCE_PAGE``; its length."""
+        view = memoryview(_NONCE_PAGE)  # type: ignore[arg-type]
+        for n in range(65):
+            if os.readv(0, [view[n : n + 1]]) != 1:
+                _fail("the request ended early", 97)
+            if view[n] == 10:
+                return n
+        _fail("the request is malformed", 97)
+        return 0  # not reached
+
+    def _nonce_from_page(length: int) -> str:
+        return bytes(memoryview(_NONCE_PAGE)[:length]).decode("ascii")  # type: ignore[arg-type]
+
     def _write_all(fd: int, data: bytes) -> None:
         while data:
             data = data[os.write(fd, data) :]
@@ -121,10 +156,11 @@ if __name__ == "__main__":
         lines = block.split("\n")
         cwd, has_stdin, count = _unescape(lines[0]), lines[1] == "1", int(lines[2])
         argv = [_unescape(arg) for arg in lines[3 : 3 + count]]
+        early = -1 if _NONCE_PAGE is None else _read_nonce_into_page()
         if _mount_points() != _MOUNTS:
             # A mount went away while we waited: the host replaced a masked file, and its
             # overmount went with the old one. Nothing runs: the server goes cold.
-            _end(_read_line(64).decode("ascii"), 999)
+            _end(_read_line(64).decode("ascii") if early < 0 else _nonce_from_page(early), 999)
         if has_stdin:
             stdin, feed = os.pipe()
         else:
@@ -155,7 +191,7 @@ if __name__ == "__main__":
             except OSError as e:
                 _fail(argv[0] + ": " + (e.strerror or "cannot run"), 127 if e.errno == 2 else 126)
         os.close(stdin)
-        nonce = _read_line(64).decode("ascii")
+        nonce = _read_line(64).decode("ascii") if early < 0 else _nonce_from_page(early)
         if feed >= 0:
             _feed_stdin(feed)
         status = os.waitpid(pid, 0)[1]

@@ -50,8 +50,17 @@ def _via_stub(
 
 # The stub refuses a call when the mount table changed since it started (a replaced mask): on
 # the host, other containers coming and going change it. As root, the stub gets a mount
-# namespace of its own, which they do not reach.
-_OWN_MOUNTS = ("unshare", "--mount", "--propagation", "private") if os.geteuid() == 0 else ()
+# namespace of its own, which new mounts do not reach, without the daemon's mounts: when the
+# daemon removes a container's directory, its mount goes from every namespace.
+_WITHOUT_DOCKER_MOUNTS = (
+    "for m in $(awk '$5 ~ \"^/(var/lib|run)/docker/\" {print $5}' /proc/self/mountinfo); do"
+    ' umount -l "$m" 2>/dev/null; done; exec "$@"'
+)
+_OWN_MOUNTS = (
+    ("unshare", "--mount", "--propagation", "private", "sh", "-c", _WITHOUT_DOCKER_MOUNTS, "sh")
+    if os.geteuid() == 0
+    else ()
+)
 
 
 @STUBS
