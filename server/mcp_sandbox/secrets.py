@@ -192,7 +192,10 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "jwt",
-        r"eyJ[A-Za-z0-9_-]{8,}={0,2}\.eyJ[A-Za-z0-9_-]{8,}={0,2}\.[A-Za-z0-9_-]*={0,2}",
+        # Only at the start of a run of token characters: from every `eyJ` inside a long run
+        # (`eyJeyJ...`) the scan would cover the rest of the run, quadratic in its length.
+        r"eyJ(?:(?<![A-Za-z0-9_-]eyJ)|(?<=\\[nrt]eyJ))"
+        r"[A-Za-z0-9_-]{8,}={0,2}\.eyJ[A-Za-z0-9_-]{8,}={0,2}\.[A-Za-z0-9_-]*={0,2}",
         "gitleaks: jwt; detect-secrets: JwtTokenDetector",
         ("eyJ",),
     ),

@@ -7,6 +7,7 @@ import json
 import random
 import re
 import string
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -19,6 +20,7 @@ from mcp_sandbox.secrets import (
     MIN_KNOWN_LENGTH,
     PATTERN_SPAN,
     RULES,
+    Rule,
     Scrubber,
     looks_secret_name,
     secret_values_from_env,
@@ -605,3 +607,30 @@ def test_docs_list_every_rule_and_its_source() -> None:
     for rule in RULES:
         assert f"`{rule.kind}`" in docs
         assert rule.source in docs
+
+
+# Inputs made to make a rule re-scan or backtrack: its keyword repeated, glued into a long run
+# of token characters, or followed by one with no valid end. A quadratic rule spends minutes
+# on these (the JWT rule once took 4 s at 32 KB, on the server's event loop); linear ones
+# take milliseconds, so the generous bound below is about hangs, not speed.
+_RUNS = ("a", "A0", "-", "_", "=", " ", "\t", ":", "a:", ".", "ey", "/+")
+_TAILS = ("", "!", ".", "@", " [redacted:x]")
+
+
+def _hostile(keyword: str, size: int) -> list[str]:
+    texts = [keyword * (size // len(keyword))]
+    for run in _RUNS:
+        texts.append((keyword + run) * (size // (len(keyword) + len(run))))
+        texts += [keyword + run * (size // len(run)) + tail for tail in _TAILS]
+    return texts
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.kind)
+def test_no_rule_is_quadratic_on_hostile_text(rule: Rule) -> None:
+    scrubber = Scrubber({})
+    for keyword in rule.keywords:
+        for text in _hostile(keyword, 200_000):
+            started = time.perf_counter()
+            scrubber.scrub(text)
+            took = time.perf_counter() - started
+            assert took < 2.0, f"{rule.kind}: {took:.1f} s on {text[:40]!r}..."
