@@ -396,13 +396,21 @@ def host_header_refusal(req: ProxyRequest, host: str) -> str | None:
 
 
 def upstream_head(req: ProxyRequest, host: str) -> bytes:
-    """The head sent upstream: origin-form, our Host, no hop-by-hop headers, one request."""
-    dropped = set(_HOP_BY_HOP)
+    """The head sent upstream: origin-form, our Host, no hop-by-hop headers, one request.
+
+    Host, Content-Length and Connection are ours, whatever the client's Connection header
+    names: the Content-Length written is the one ``request_body_length`` reads, so the bytes
+    forwarded are exactly one request's body. Raises BadRequest as that function does.
+    """
+    length = request_body_length(req)
+    dropped = {*_HOP_BY_HOP, "content-length"}
     for value in (req.header("connection") or "").split(","):
         dropped.add(value.strip().lower())
     authority = host if req.port == 80 else f"{host}:{req.port}"
     lines = [f"{req.method} {req.path} HTTP/1.1", f"Host: {authority}"]
     lines += [f"{k}: {v}" for k, v in req.headers if k.lower() not in dropped]
+    if req.header("content-length") is not None:
+        lines.append(f"Content-Length: {length}")
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 

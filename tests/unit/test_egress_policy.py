@@ -237,10 +237,44 @@ def test_the_upstream_head_is_ours() -> None:
     )
     head = ep.upstream_head(req, "a.test").decode()
     assert head == (
-        "POST /p HTTP/1.1\r\nHost: a.test:8080\r\nContent-Length: 3\r\nAccept: */*\r\n"
+        "POST /p HTTP/1.1\r\nHost: a.test:8080\r\nAccept: */*\r\nContent-Length: 3\r\n"
         "Connection: close\r\n\r\n"
     )
     assert ep.request_body_length(req) == 3
+
+
+@pytest.mark.parametrize(
+    "connection", ["Content-Length", "close, content-length", "Host, Content-Length, Connection"]
+)
+def test_connection_cannot_drop_the_framing_so_a_body_stays_a_body(connection: str) -> None:
+    """A body that is itself a request must reach upstream as the body of the first one."""
+    smuggled = b"GET /admin HTTP/1.1\r\nHost: internal.test\r\n\r\n"
+    req = ep.parse_request_head(
+        _head(
+            "POST http://a.test/p HTTP/1.1",
+            f"Connection: {connection}",
+            f"Content-Length: {len(smuggled)}",
+        )
+    )
+    head = ep.upstream_head(req, "a.test").decode()
+    lines = head.split("\r\n")
+    assert lines[:2] == ["POST /p HTTP/1.1", "Host: a.test"]
+    assert [ln for ln in lines if ln.lower().startswith("content-length:")] == [
+        f"Content-Length: {len(smuggled)}"
+    ]
+    assert ep.request_body_length(req) == len(smuggled)
+
+
+def test_the_content_length_written_is_the_one_forwarded() -> None:
+    def upstream(*headers: str) -> str:
+        req = ep.parse_request_head(_head("POST http://a.test/ HTTP/1.1", *headers))
+        return ep.upstream_head(req, "a.test").decode()
+
+    assert "Content-Length: 7\r\n" in upstream("Content-Length: 007")
+    assert "Content-Length: 0\r\n" in upstream("Content-Length: 0")
+    assert "content-length" not in upstream("Accept: */*").lower()  # no body, none written
+    with pytest.raises(ep.BadRequest):
+        upstream("Transfer-Encoding: chunked", "Connection: Transfer-Encoding")
 
 
 def test_bodies_are_content_length_only() -> None:
