@@ -2,15 +2,21 @@
 an access log that names each request's token).
 
 The gate runs before the SDK sees a request: ``/healthz`` answers without a token; anything
-else needs a valid bearer token (when tokens are configured), gets 401 without one and 429
-past its token's concurrency limit. Then the SDK checks Host and Origin against explicit
-transport-security settings: the SDK only checks them by itself on loopback.
+else needs a valid bearer token (when tokens are configured), gets 401 without one, 421 for a
+Host header that is not ``name[:port]``, and 429 past its token's limits: requests in flight
+(``max_concurrent_per_token``; every method but GET) and GET streams open (at most
+``MAX_STREAMS_PER_TOKEN``; a session holds one while it waits for server messages). Every
+request a token makes counts against one of the two, so no token can hold uvicorn's
+``limit_concurrency`` slots and lock out the other tokens and ``/healthz``. Then the SDK checks
+Host and Origin against explicit transport-security settings: the SDK only checks them by
+itself on loopback.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +43,14 @@ HEALTH_PATH = "/healthz"
 # The SDK refuses bodies above 4 MiB; the access log reads the JSON-RPC method from at most that.
 _LOGGED_BODY_BYTES = 4 * 1024 * 1024
 _UNAUTHORIZED_MESSAGE = "missing or invalid bearer token"
+# uvicorn answers 503 past this many connections, /healthz included.
+LIMIT_CONCURRENCY = 1024
+# GET streams one token may hold open: the SDK allows one a session. With the largest
+# max_concurrent_per_token (256), one token still holds under a third of LIMIT_CONCURRENCY.
+MAX_STREAMS_PER_TOKEN = 32
+# The SDK matches an allowed ``name:*`` by prefix, so ``127.0.0.1:1@evil.example`` would pass
+# it: the port must be digits.
+_HOST_HEADER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?\Z")
 
 
 def check_exposure(http: HttpSettings, tokens: TokenSet | None, launcher: Path | None) -> None:
@@ -116,13 +130,16 @@ class Gate:
         *,
         tokens: TokenSet | None,
         max_concurrent_per_token: int,
+        max_streams_per_token: int = MAX_STREAMS_PER_TOKEN,
         access_log: AccessLog | None = None,
     ) -> None:
         self.app = app
         self.tokens = tokens
         self.limit = max_concurrent_per_token
+        self.stream_limit = max_streams_per_token
         self.access_log = access_log
-        self.in_flight: dict[str, int] = {}
+        self.in_flight: dict[str, int] = {}  # requests in flight, by token name
+        self.streams: dict[str, int] = {}  # GET streams open, by token name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -154,12 +171,19 @@ class Gate:
             if caller is None:
                 await _unauthorized(watch_status, presented=_has_authorization(scope))
                 return
-            counted = scope["method"] == "POST"
-            if counted and self.in_flight.get(caller, 0) >= self.limit:
-                await _too_many(watch_status, self.limit)
+            if not _host_well_formed(scope):
+                await _respond(watch_status, 421, _jsonrpc_error(-32000, "invalid Host header"))
                 return
-            if counted:
-                self.in_flight[caller] = self.in_flight.get(caller, 0) + 1
+            if scope["method"] == "GET":
+                counts, limit = self.streams, self.stream_limit
+                refusal = f"this token already has {limit} GET streams open; end a session first"
+            else:
+                counts, limit = self.in_flight, self.limit
+                refusal = f"this token already has {limit} requests in flight; retry when one ends"
+            if counts.get(caller, 0) >= limit:
+                await _too_many(watch_status, refusal)
+                return
+            counts[caller] = counts.get(caller, 0) + 1
             try:
                 # The SDK binds a session to the principal that opened it: another token
                 # cannot use it.
@@ -167,10 +191,9 @@ class Gate:
                 inner = {**scope, "user": user, "auth": AuthCredentials([])}
                 await self.app(inner, keep_body, watch_status)
             finally:
-                if counted:
-                    self.in_flight[caller] -= 1
-                    if not self.in_flight[caller]:
-                        del self.in_flight[caller]
+                counts[caller] -= 1
+                if not counts[caller]:
+                    del counts[caller]
         finally:
             if self.access_log is not None:
                 self._log(scope, caller, status, started, bytes(body))
@@ -201,6 +224,13 @@ class Gate:
 
 def _has_authorization(scope: Scope) -> bool:
     return any(k.lower() == b"authorization" for k, _ in scope["headers"])
+
+
+def _host_well_formed(scope: Scope) -> bool:
+    """Whether every Host header is ``name[:port]``; a missing one is left to the SDK."""
+    return all(
+        _HOST_HEADER.match(v.decode("latin-1")) for k, v in scope["headers"] if k.lower() == b"host"
+    )
 
 
 def _jsonrpc_error(code: int, message: str) -> bytes:
@@ -235,8 +265,7 @@ async def _unauthorized(send: Send, *, presented: bool) -> None:
     )
 
 
-async def _too_many(send: Send, limit: int) -> None:
-    message = f"this token already has {limit} requests in flight; retry when one ends"
+async def _too_many(send: Send, message: str) -> None:
     await _respond(send, 429, _jsonrpc_error(-32000, message), [(b"retry-after", b"1")])
 
 
@@ -277,7 +306,7 @@ async def serve_http(settings: Settings, sandboxes: SandboxService | LauncherCli
         server_header=False,
         proxy_headers=False,  # X-Forwarded-* is attacker-written unless a proxy we know sets it
         timeout_graceful_shutdown=5,
-        limit_concurrency=1024,
+        limit_concurrency=LIMIT_CONCURRENCY,
     )
     log.info(
         "serving streamable HTTP on %s:%d%s (%s)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from mcp_sandbox.auth import hash_entry
+from mcp_sandbox.http_transport import MAX_STREAMS_PER_TOKEN
 from sandbox_client import INITIALIZE, MODES, call, server_params
 from sandbox_http import HttpServer, http_client, http_server
 
@@ -86,6 +88,63 @@ async def test_a_rebound_host_name_is_refused(server: HttpServer) -> None:
     async with httpx2.AsyncClient() as http:
         response = await http.post(server.url, json=INITIALIZE, headers=headers)
     assert response.status_code == 421
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}@attacker.example", "localhost:{port}.evil"])
+async def test_a_host_with_more_than_a_port_after_the_name_is_refused(
+    server: HttpServer, host: str
+) -> None:
+    """The SDK matches ``127.0.0.1:*`` by prefix; the port must be digits and end the value."""
+    headers = {
+        **JSON_HEADERS,
+        "Authorization": f"Bearer {ALICE}",
+        "Host": host.format(port=server.port),
+    }
+    async with httpx2.AsyncClient() as http:
+        response = await http.post(server.url, json=INITIALIZE, headers=headers)
+    assert response.status_code == 421
+
+
+async def _open_stream(
+    http: httpx2.AsyncClient, streams: contextlib.AsyncExitStack, url: str, token: str
+) -> int:
+    """A new session's GET stream, held open until ``streams`` closes; its status."""
+    opened = await http.post(
+        url, json=INITIALIZE, headers={**JSON_HEADERS, "Authorization": f"Bearer {token}"}
+    )
+    assert opened.status_code == 200
+    headers = {
+        "Accept": "text/event-stream",
+        "Authorization": f"Bearer {token}",
+        "Mcp-Session-Id": opened.headers["mcp-session-id"],
+        "Mcp-Protocol-Version": "2025-06-18",
+    }
+    response = await streams.enter_async_context(http.stream("GET", url, headers=headers))
+    if response.status_code != 200:
+        await response.aread()
+    return int(response.status_code)
+
+
+async def test_a_token_holds_a_bounded_number_of_streams(server: HttpServer) -> None:
+    """Idle GET streams of one token cannot take the server's connections from the others."""
+    health = f"http://127.0.0.1:{server.port}/healthz"
+    bob = {**JSON_HEADERS, "Authorization": f"Bearer {BOB}"}
+    async with httpx2.AsyncClient(timeout=30) as http:
+        async with contextlib.AsyncExitStack() as streams:
+            for _ in range(MAX_STREAMS_PER_TOKEN):
+                assert await _open_stream(http, streams, server.url, ALICE) == 200
+            one_more = contextlib.AsyncExitStack()
+            async with one_more:
+                assert await _open_stream(http, one_more, server.url, ALICE) == 429
+            assert (await http.post(server.url, json=INITIALIZE, headers=bob)).status_code == 200
+            assert (await http.get(health)).status_code == 200
+        # The server sees the streams close and gives their slots back.
+        with anyio.fail_after(20):
+            while True:
+                async with contextlib.AsyncExitStack() as again:
+                    if await _open_stream(http, again, server.url, ALICE) == 200:
+                        break
+                await anyio.sleep(0.2)
 
 
 async def test_two_clients_at_once_each_get_their_own_results(server: HttpServer) -> None:

@@ -149,20 +149,71 @@ async def test_past_its_limit_a_token_gets_429_and_other_tokens_do_not() -> None
     assert (await request(gate, ALICE))[0] == 200  # the slots came back
 
 
-async def test_get_streams_do_not_count_against_the_limit() -> None:
+async def _wait_entered(app: FakeApp, n: int) -> None:
+    with anyio.fail_after(5):
+        while app.entered < n:  # noqa: ASYNC110  # the fake app counts entries
+            await anyio.sleep(0.01)
+
+
+async def test_get_streams_have_their_own_limit_beside_requests_in_flight() -> None:
     app = FakeApp()
-    gate = _gate(app, limit=1)
     app.block = True
+    gate = Gate(app, tokens=TOKENS, max_concurrent_per_token=1, max_streams_per_token=2)
+    get = functools.partial(request, gate, method="GET", body=b"")
     async with anyio.create_task_group() as tg:
-        tg.start_soon(functools.partial(request, gate, ALICE, method="GET"))
-        with anyio.fail_after(5):
-            while app.entered < 1:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
-        tg.start_soon(request, gate, ALICE)
-        with anyio.fail_after(5):
-            while app.entered < 2:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
+        tg.start_soon(get, ALICE)
+        tg.start_soon(get, ALICE)
+        await _wait_entered(app, 2)
+        with anyio.fail_after(5):  # a third stream let through would wait for release
+            status, headers, body = await get(ALICE)
+        assert status == 429 and headers[b"retry-after"] == b"1"
+        assert "2 GET streams open" in json.loads(body)["error"]["message"]
+        tg.start_soon(request, gate, ALICE)  # a call still fits beside the streams
+        tg.start_soon(get, BOB)  # and another token's stream
+        await _wait_entered(app, 4)
+        assert gate.streams == {"alice": 2, "bob": 1} and gate.in_flight == {"alice": 1}
         app.release.set()
+    assert gate.streams == {} and gate.in_flight == {}
+    assert (await get(ALICE))[0] == 200  # the slots came back
+
+
+@pytest.mark.parametrize("method", ["DELETE", "PUT", "HEAD"])
+async def test_every_other_method_counts_as_a_request_in_flight(method: str) -> None:
+    app = FakeApp()
+    app.block = True
+    gate = _gate(app, limit=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(request, gate, ALICE, method=method, body=b""))
+        await _wait_entered(app, 1)
+        with anyio.fail_after(5):  # a request let through would wait for release
+            assert (await request(gate, ALICE))[0] == 429
+        app.release.set()
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        b"127.0.0.1:18765@evil.example",
+        b"127.0.0.1:1.evil.example",
+        b"localhost:80/x",
+        b"localhost:",
+        b"evil.example:80 127.0.0.1:80",
+        b"[::1]:8000@evil.example",
+    ],
+)
+async def test_a_host_header_with_more_than_a_port_is_421(host: bytes) -> None:
+    app = FakeApp()
+    status, _, body = await request(_gate(app), ALICE, headers=[(b"host", host)])
+    assert status == 421 and app.seen == []
+    assert json.loads(body)["error"]["message"] == "invalid Host header"
+
+
+@pytest.mark.parametrize(
+    "host", [b"127.0.0.1:8000", b"localhost", b"[::1]:8000", b"mcp.example.com", b"a_b.test:1"]
+)
+async def test_a_plain_host_header_reaches_the_app(host: bytes) -> None:
+    app = FakeApp()
+    assert (await request(_gate(app), ALICE, headers=[(b"host", host)]))[0] == 200
 
 
 async def test_the_access_log_names_the_caller_never_the_token(tmp_path: Path) -> None:
