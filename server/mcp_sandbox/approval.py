@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_sandbox.errors import RequestRejected
-from mcp_sandbox.policy import Limits, Sizes, asked_limits
+from mcp_sandbox.policy import (
+    MIN_CPUS,
+    MIN_MEMORY_MIB,
+    MIN_OUTPUT_BYTES,
+    MIN_TIMEOUT_S,
+    Limits,
+    Sizes,
+    asked_limits,
+)
 from mcp_sandbox.workspace import Mode
 
 if TYPE_CHECKING:
@@ -73,10 +81,10 @@ class Profile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     description: str = Field("", max_length=200, description="shown to nobody; for the operator")
-    timeout_s: float | None = Field(None, gt=0, description="wall-clock limit")
-    memory_mib: int | None = Field(None, ge=32, description="memory limit")
-    cpus: float | None = Field(None, gt=0, description="CPU quota")
-    output_bytes: int | None = Field(None, ge=1_024, description="output kept")
+    timeout_s: float | None = Field(None, ge=MIN_TIMEOUT_S, description="wall-clock limit")
+    memory_mib: int | None = Field(None, ge=MIN_MEMORY_MIB, description="memory limit")
+    cpus: float | None = Field(None, ge=MIN_CPUS, description="CPU quota")
+    output_bytes: int | None = Field(None, ge=MIN_OUTPUT_BYTES, description="output kept")
     workspace: Mode | None = Field(None, description="workspace mode")
     network: Network | None = Field(None, description='"egress" pre-approves the network')
 

@@ -8,15 +8,28 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_sandbox.errors import RequestRejected
 
+# The smallest limits a call, a profile or the config may set. Below MIN_CPUS Docker's
+# NanoCPUs round to 0, which means no CPU quota at all (and runc refuses a quota under
+# 1 ms per 100 ms period). A timeout far below MIN_TIMEOUT_S ends before anything runs
+# (at 1e-300 s even an idle host's wait for a slot ran out, reported as "host busy").
+MIN_TIMEOUT_S = 0.1
+MIN_MEMORY_MIB = 32
+MIN_CPUS = 0.01
+MIN_OUTPUT_BYTES = 1_024
+
 
 class Limits(BaseModel):
     """Resource limits of one sandbox. Units are in the names."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    timeout_s: float = Field(30, gt=0, le=3600, description="wall-clock limit of a call")
-    memory_mib: int = Field(512, ge=32, le=65536, description="RAM; swap is the same, so none")
-    cpus: float = Field(1.0, gt=0, le=64, description="CPU quota, in cores")
+    timeout_s: float = Field(
+        30, ge=MIN_TIMEOUT_S, le=3600, description="wall-clock limit of a call"
+    )
+    memory_mib: int = Field(
+        512, ge=MIN_MEMORY_MIB, le=65536, description="RAM; swap is the same, so none"
+    )
+    cpus: float = Field(1.0, ge=MIN_CPUS, le=64, description="CPU quota, in cores")
     pids: int = Field(256, ge=8, le=8192, description="processes and threads in the container")
     nofile: int = Field(1024, ge=64, le=65536, description="open files per process")
     nproc: int = Field(
@@ -31,7 +44,7 @@ class Limits(BaseModel):
     workdir_mib: int = Field(64, ge=1, le=65536, description="size of the working-directory tmpfs")
     output_bytes: int = Field(
         24_000,
-        ge=1_024,
+        ge=MIN_OUTPUT_BYTES,
         le=1_000_000,
         description="stdout+stderr kept in a result, after scrubbing; the rest is cut head+tail",
     )
@@ -42,7 +55,9 @@ class CallBounds(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_timeout_s: float = Field(120, gt=0, le=3600, description="largest timeout_s a call may ask")
+    max_timeout_s: float = Field(
+        120, ge=MIN_TIMEOUT_S, le=3600, description="largest timeout_s a call may ask"
+    )
     max_code_bytes: int = Field(
         100_000,
         ge=1,
@@ -51,11 +66,11 @@ class CallBounds(BaseModel):
     )
     max_stdin_bytes: int = Field(1_000_000, ge=0, le=16_000_000, description="largest stdin")
     max_memory_mib: int = Field(
-        2048, ge=32, le=65536, description="largest memory_mib a call may ask"
+        2048, ge=MIN_MEMORY_MIB, le=65536, description="largest memory_mib a call may ask"
     )
-    max_cpus: float = Field(2.0, gt=0, le=64, description="largest cpus a call may ask")
+    max_cpus: float = Field(2.0, ge=MIN_CPUS, le=64, description="largest cpus a call may ask")
     max_output_bytes: int = Field(
-        32_000, ge=1_024, le=1_000_000, description="largest output_bytes a call may ask"
+        32_000, ge=MIN_OUTPUT_BYTES, le=1_000_000, description="largest output_bytes a call may ask"
     )
 
 
@@ -79,20 +94,23 @@ class RunPlan:
 
 
 def asked_limits(limits: Limits, bounds: CallBounds, sizes: Sizes) -> Limits:
-    """``limits`` with what the call asks, each within its configured maximum.
+    """``limits`` with what the call asks, each between its minimum and configured maximum.
 
-    Raises RequestRejected naming the maximum.
+    Raises RequestRejected naming the bound. (A profile's sizes come here too, and
+    ``model_copy`` validates nothing: the minima are checked here, not only in the models.)
     """
     checks = (
-        ("timeout_s", sizes.timeout_s, bounds.max_timeout_s),
-        ("memory_mib", sizes.memory_mib, bounds.max_memory_mib),
-        ("cpus", sizes.cpus, bounds.max_cpus),
-        ("output_bytes", sizes.output_bytes, bounds.max_output_bytes),
+        ("timeout_s", sizes.timeout_s, MIN_TIMEOUT_S, bounds.max_timeout_s),
+        ("memory_mib", sizes.memory_mib, MIN_MEMORY_MIB, bounds.max_memory_mib),
+        ("cpus", sizes.cpus, MIN_CPUS, bounds.max_cpus),
+        ("output_bytes", sizes.output_bytes, MIN_OUTPUT_BYTES, bounds.max_output_bytes),
     )
     update: dict[str, float] = {}
-    for name, value, most in checks:
+    for name, value, least, most in checks:
         if value is None:
             continue
+        if not value >= least:  # NaN too
+            raise RequestRejected(f"{name} {value:g} is below the minimum of {least:g}")
         if value > most:
             raise RequestRejected(f"{name} {value:g} is above the configured maximum of {most:g}")
         update[name] = value

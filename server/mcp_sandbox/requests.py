@@ -7,14 +7,15 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_sandbox.languages import Language
+from mcp_sandbox.policy import MIN_CPUS, MIN_MEMORY_MIB, MIN_OUTPUT_BYTES, MIN_TIMEOUT_S
 from mcp_sandbox.workspace import MAX_WORKDIR_CHARS, Mode
 
 TimeoutArg = Annotated[
     float | None,
     Field(
-        gt=0,
+        ge=MIN_TIMEOUT_S,
         description="wall-clock limit in seconds; the configured default when omitted, "
-        "never above the configured maximum",
+        f"at least {MIN_TIMEOUT_S:g}, never above the configured maximum",
     ),
 ]
 StdinArg = Annotated[str | None, Field(description="text fed to the program's standard input")]
@@ -29,19 +30,23 @@ NetworkArg = Annotated[
 MemoryArg = Annotated[
     int | None,
     Field(
-        ge=32,
+        ge=MIN_MEMORY_MIB,
         description="memory limit in MiB; the configured default when omitted, never above the "
         "configured maximum",
     ),
 ]
 CpusArg = Annotated[
     float | None,
-    Field(gt=0, description="CPU quota in cores; the configured default when omitted"),
+    Field(
+        ge=MIN_CPUS,
+        description="CPU quota in cores; the configured default when omitted, "
+        f"at least {MIN_CPUS:g}, never above the configured maximum",
+    ),
 ]
 OutputArg = Annotated[
     int | None,
     Field(
-        ge=1_024,
+        ge=MIN_OUTPUT_BYTES,
         description="stdout+stderr bytes kept in the result; the configured default when omitted",
     ),
 ]

@@ -134,6 +134,10 @@ class ContainerSpec:
         """Arguments of docker-py's ``create_host_config``: every wall of the sandbox."""
         lim = self.limits
         mem = lim.memory_mib * _MIB
+        nano_cpus = int(lim.cpus * 1e9)
+        if nano_cpus < 10_000_000:
+            # 0 would mean no CPU quota at all, and runc refuses less than 1 ms per 100 ms.
+            raise ValueError(f"cpus {lim.cpus} is below the minimum of 0.01")
         return {
             "privileged": False,
             "read_only": True,
@@ -145,7 +149,7 @@ class ContainerSpec:
             "pids_limit": lim.pids,
             "mem_limit": mem,
             "memswap_limit": mem,
-            "nano_cpus": int(lim.cpus * 1e9),
+            "nano_cpus": nano_cpus,
             "shm_size": 16 * _MIB,
             "oom_score_adj": 500,
             "ulimits": [

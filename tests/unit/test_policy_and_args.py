@@ -7,8 +7,18 @@ from pydantic import ValidationError
 
 from mcp_sandbox.errors import RequestRejected
 from mcp_sandbox.languages import SUPPORTED
-from mcp_sandbox.policy import CallBounds, Limits, Sizes, decide
+from mcp_sandbox.policy import (
+    MIN_CPUS,
+    MIN_TIMEOUT_S,
+    CallBounds,
+    Limits,
+    RunPlan,
+    Sizes,
+    asked_limits,
+    decide,
+)
 from mcp_sandbox.requests import RunCodeArgs, describe_bad_arguments
+from mcp_sandbox.spec import build_spec
 
 ARGV = ("python3", "-c", "print(1)")
 
@@ -66,3 +76,57 @@ def test_bad_arguments_are_one_line_and_never_echo_values() -> None:
 
 def test_missing_arguments_are_named() -> None:
     assert _bad({}) == "invalid arguments: language is required; code is required"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        # nano_cpus = int(1e-12 * 1e9) = 0: Docker's "no CPU quota at all".
+        ({"cpus": 1e-12}, "cpus: Input should be greater than or equal to 0.01"),
+        ({"cpus": 0.009}, "cpus: Input should be greater than or equal to 0.01"),
+        ({"cpus": 0}, "cpus: Input should be greater than or equal to 0.01"),
+        ({"cpus": float("nan")}, "cpus: Input should be greater than or equal to 0.01"),
+        ({"timeout_s": 1e-300}, "timeout_s: Input should be greater than or equal to 0.1"),
+        ({"timeout_s": 0.05}, "timeout_s: Input should be greater than or equal to 0.1"),
+    ],
+)
+def test_limits_below_their_minimum_are_bad_arguments(args: dict[str, object], needle: str) -> None:
+    assert _bad({"language": "python", "code": "1", **args}) == f"invalid arguments: {needle}"
+
+
+def test_the_minimum_limits_are_valid_arguments() -> None:
+    args = RunCodeArgs(language="python", code="1", cpus=MIN_CPUS, timeout_s=MIN_TIMEOUT_S)
+    assert (args.cpus, args.timeout_s) == (0.01, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "needle"),
+    [
+        (Sizes(cpus=1e-12), "cpus 1e-12 is below the minimum of 0.01"),
+        (Sizes(timeout_s=1e-300), "timeout_s 1e-300 is below the minimum of 0.1"),
+        (Sizes(memory_mib=8), "memory_mib 8 is below the minimum of 32"),
+        (Sizes(output_bytes=10), "output_bytes 10 is below the minimum of 1024"),
+        (Sizes(cpus=float("nan")), "cpus nan is below the minimum of 0.01"),
+    ],
+)
+def test_asked_limits_below_their_minimum_are_refused(sizes: Sizes, needle: str) -> None:
+    """What arrives without the argument models (a profile's sizes) is checked too."""
+    with pytest.raises(RequestRejected, match=needle):
+        asked_limits(Limits(), CallBounds(), sizes)
+
+
+@pytest.mark.parametrize("field", ["cpus", "timeout_s"])
+def test_config_cannot_set_a_limit_below_its_minimum(field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Limits.model_validate({field: 1e-12})
+    with pytest.raises(ValidationError, match=f"max_{field}"):
+        CallBounds.model_validate({f"max_{field}": 1e-12})
+
+
+def test_the_smallest_cpus_is_still_a_cpu_quota() -> None:
+    """0 NanoCPUs is no quota; runc refuses less than 1 ms of CPU per 100 ms period."""
+    plan = RunPlan(argv=ARGV, limits=Limits(cpus=MIN_CPUS), stdin=None)
+    spec = build_spec(
+        plan, image="i", run_id="r", owner="o", seccomp_json="{}", extra_env={}, runtime=None
+    )
+    assert spec.host_config_kwargs()["nano_cpus"] == 10_000_000
