@@ -1,10 +1,12 @@
 """PURE: captured bytes -> text fit to show: decoded, scrubbed, neutralised, cut to budget.
 
 Order matters: scrub before cutting, and never show part of a secret that a cut split.
+Units: the budget is in bytes (``cost``), the scrubber's margin in characters.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,11 +15,24 @@ Scrub = Callable[[str], str]
 
 CUT_MARKER = "\n…[mcp-sandbox: cut here; the stream had {n} bytes]…\n"
 
+# The most bytes one character takes in UTF-8 (an undecodable byte is one U+FFFD each).
+_MAX_CHAR_BYTES = 4
+
+
+def capture_bytes(budget: int, margin: int) -> int:
+    """Bytes a ``StreamCapture`` keeps of each end so a cut stream can still fill ``budget``.
+
+    A cut end loses its last (or first) ``margin`` characters to the scrubber's safe
+    point, and a character is up to 4 bytes: held in bytes, the margin is 4 bytes a
+    character, or text of emoji or CJK would lose all or most of the budget to it.
+    """
+    return budget + _MAX_CHAR_BYTES * margin
+
 
 class StreamCapture:
     """The first ``keep`` bytes and the last ``keep`` bytes of a stream, and its length.
 
-    Memory stays bounded whatever the stream's size.
+    Memory stays bounded whatever the stream's size. ``capture_bytes`` says how much to keep.
     """
 
     def __init__(self, keep: int) -> None:
@@ -120,15 +135,26 @@ def cost(text: str) -> int:
     return len(text.encode("utf-8")) + sum(text.count(c) for c in '"\\\t\n')
 
 
-def _fit_bytes(text: str, limit: int, *, from_end: bool = False) -> str:
-    """The longest prefix (or suffix) of ``text`` whose cost is at most ``limit``."""
-    if cost(text) <= limit:
+def json_chars(text: str) -> int:
+    """Characters ``text`` takes as a JSON string on the wire (non-ASCII kept), less quotes."""
+    return len(json.dumps(text, ensure_ascii=False)) - 2
+
+
+def fit(
+    text: str, limit: int, *, weight: Callable[[str], int] = cost, from_end: bool = False
+) -> str:
+    """The longest prefix (or suffix) of ``text`` that weighs at most ``limit``.
+
+    ``weight`` (``cost`` or ``json_chars``) weighs every character at least 1, and a part
+    never more than its whole.
+    """
+    if weight(text) <= limit:
         return text
     lo, hi = 0, min(len(text), max(limit, 0))
-    while lo < hi:  # the longest length whose cost fits
+    while lo < hi:  # the longest length whose weight fits
         mid = (lo + hi + 1) // 2
         part = text[len(text) - mid :] if from_end else text[:mid]
-        if cost(part) <= limit:
+        if weight(part) <= limit:
             lo = mid
         else:
             hi = mid - 1
@@ -139,9 +165,9 @@ def _cut(head: str, tail: str, original: int, allot: int) -> str:
     """``head`` and ``tail`` joined by a marker, costing at most ``allot``."""
     marker = CUT_MARKER.format(n=original)
     room = max(allot - cost(marker), 0)
-    head_part = _fit_bytes(head, room * 3 // 5)
-    tail_part = _fit_bytes(tail, room - cost(head_part), from_end=True)
-    return _fit_bytes(head_part + marker + tail_part, allot)
+    head_part = fit(head, room * 3 // 5)
+    tail_part = fit(tail, room - cost(head_part), from_end=True)
+    return fit(head_part + marker + tail_part, allot)
 
 
 def _render(capture: StreamCapture, scrub: Scrub, margin: int) -> tuple[str, str, bool]:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mcp_sandbox.output import fit, json_chars
 from mcp_sandbox.workspace import WorkspaceReport
+
+# Characters of each stream the text block repeats, at most.
+PREVIEW_CHARS = 2_000
 
 
 class RunResult(BaseModel):
@@ -40,8 +44,14 @@ class RunResult(BaseModel):
     stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
     stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
 
-    def summary(self, preview_chars: int = 2_000) -> str:
-        """A short text block for clients that ignore structured content."""
+    def summary(self, room: int | None = None, preview_chars: int = PREVIEW_CHARS) -> str:
+        """A short text block for clients that ignore structured content.
+
+        It repeats the output's first ``preview_chars`` characters per stream. As JSON
+        (``json_chars``) it weighs at most ``room`` (but for the verdict line, always
+        there): the structured content comes first, and this takes what it leaves of the
+        result's size.
+        """
         if self.timed_out:
             verdict = "timed out"
         elif self.oom_killed:
@@ -63,8 +73,23 @@ class RunResult(BaseModel):
                 + (f", {ws.applied} written back" if ws.applied is not None else "")
                 + (f" ({ws.note})" if ws.note else "")
             )
-        for name, text in (("stdout", self.stdout), ("stderr", self.stderr)):
-            if text:
-                more = "…" if len(text) > preview_chars else ""
-                lines.append(f"--- {name} ---\n{text[:preview_chars]}{more}")
-        return "\n".join(lines)
+        if room is None:
+            room = 1 << 62  # no limit but the previews' own
+        # The verdict always; what follows it as far as the room goes.
+        text = lines[0]
+        text += fit(
+            "".join("\n" + line for line in lines[1:]), room - json_chars(text), weight=json_chars
+        )
+        left = room - json_chars(text)
+        streams = [(n, out) for n, out in (("stdout", self.stdout), ("stderr", self.stderr)) if out]
+        for i, (name, out) in enumerate(streams):
+            label = f"\n--- {name} ---\n"
+            # An even share of what is left, less the label and a "…".
+            share = (left - json_chars(label) - 1) // (len(streams) - i)
+            if share < 1:
+                continue
+            part = fit(out[:preview_chars], share, weight=json_chars)
+            piece = label + part + ("…" if len(part) < len(out) else "")
+            text += piece
+            left -= json_chars(piece)
+        return text

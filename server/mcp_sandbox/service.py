@@ -19,7 +19,7 @@ from mcp_sandbox.docker_api import DockerApi
 from mcp_sandbox.egress import EgressProxy, EgressTally, reap_networks
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.host import owner_is_alive
-from mcp_sandbox.output import shape
+from mcp_sandbox.output import capture_bytes, shape
 from mcp_sandbox.policy import RunPlan, Sizes, decide
 from mcp_sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.requests import RunCodeArgs, ShellArgs
@@ -182,7 +182,7 @@ class SandboxService:
         container is removed after the reply, unless a volume or network of the call's own
         must outlive it (those are removed, after it, before the reply).
         """
-        keep = plan.limits.output_bytes + self._margin
+        keep = capture_bytes(plan.limits.output_bytes, self._margin)
         self._refuse_if_closing()
         if network == "none":
             warm = self.pool.take(spec) if self.pool is not None else None

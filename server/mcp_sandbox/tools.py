@@ -86,10 +86,28 @@ async def _check_arguments(
     return await call_next(ctx)
 
 
+# A whole result, as JSON on the wire, stays under this many characters (README, "Tools"):
+# Claude Code replaces results over about 50,000 with a preview. The JSON-RPC message
+# around the result gets _ENVELOPE_CHARS of it.
+RESULT_CHARS = 40_000
+_ENVELOPE_CHARS = 100
+
+
+def result_chars(result: CallToolResult) -> int:
+    """Characters ``result`` takes as JSON on the wire."""
+    return len(result.model_dump_json(by_alias=True, exclude_none=True))
+
+
 def _tool_result(result: RunResult) -> CallToolResult:
+    """The structured result and a text block that takes what it leaves of the size."""
+    structured = result.model_dump(mode="json")
+    bare = CallToolResult(
+        content=[TextContent(type="text", text="")], structured_content=structured
+    )
+    room = RESULT_CHARS - _ENVELOPE_CHARS - result_chars(bare)
     return CallToolResult(
-        content=[TextContent(type="text", text=result.summary())],
-        structured_content=result.model_dump(mode="json"),
+        content=[TextContent(type="text", text=result.summary(room))],
+        structured_content=structured,
     )
 
 

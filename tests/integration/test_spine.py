@@ -11,6 +11,7 @@ import time
 import anyio
 import pytest
 from mcp import Client
+from mcp_types import CallToolResult
 
 from sandbox_client import (
     INITIALIZE,
@@ -275,6 +276,44 @@ async def test_a_flood_of_quotes_and_backslashes_keeps_the_result_small(client: 
     assert len(json.dumps(data, ensure_ascii=False, separators=(",", ":"))) < 40_000
 
 
+def _wire_chars(result: CallToolResult) -> int:
+    """The whole result as JSON on the wire: structured content and text block."""
+    return len(result.model_dump_json(by_alias=True, exclude_none=True))
+
+
+@pytest.mark.parametrize(
+    "char", ['\\"', "\\\\", "\\n", "\\U0001f600"], ids=["quote", "backslash", "newline", "emoji"]
+)
+async def test_a_whole_result_stays_under_40000_chars_at_the_largest_output_bytes(
+    client: Client, char: str
+) -> None:
+    """The text block counts too: a flood of quotes on both streams once made 40,646."""
+    code = f"import sys; sys.stdout.write('{char}'*100000); sys.stderr.write('{char}'*100000)"
+    result = await client.call_tool(
+        "run_code", {"language": "python", "code": code, "output_bytes": 32_000}
+    )
+    data = result.structured_content
+    assert data is not None and not result.is_error and data["truncated"] is True
+    assert _wire_chars(result) < 40_000
+    assert "--- stdout ---" in result.content[0].text  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("char", "budget"), [("\U0001f600", 24_000), ("\u4e2d", 24_000), ("\U0001f600", 32_000)]
+)
+async def test_a_cut_flood_of_multibyte_characters_still_fills_the_budget(
+    client: Client, char: str, budget: int
+) -> None:
+    """The scrubber's margin is in characters: kept in bytes, it once ate all of the emoji."""
+    args: dict[str, object] = {"language": "python", "code": f"print('{char}' * 200000)"}
+    if budget != 24_000:
+        args["output_bytes"] = budget
+    data = await call(client, "run_code", **args)
+    assert data["truncated"] is True
+    shown = data["stdout"].count(char) * len(char.encode())
+    assert shown >= budget * 0.95, shown
+
+
 async def test_terminal_control_sequences_are_neutralised(client: Client) -> None:
     result = await call(
         client,
@@ -319,6 +358,14 @@ async def test_every_call_gets_a_new_container(client: Client) -> None:
         ({"language": "python", "code": "print(1)", "timeout_s": 121}, "maximum of 120"),
         ({"language": "python", "code": "print(1)", "timeout_s": -1}, "timeout_s"),
         ({"language": "python", "code": "print(1)", "timeout_s": "soon"}, "timeout_s"),
+        (
+            {"language": "python", "code": "print(1)", "timeout_s": 1e-300},
+            "timeout_s: Input should be greater than or equal to 0.1",
+        ),
+        (
+            {"language": "python", "code": "print(1)", "cpus": 1e-12},
+            "cpus: Input should be greater than or equal to 0.01",
+        ),
         ({"language": "python"}, "code is required"),
         ({"language": "python", "code": "1", "memory": 9}, "unknown argument 'memory'"),
         ({"language": "python", "code": "print(1)\x00"}, "NUL"),

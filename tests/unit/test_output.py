@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp_sandbox.output import StreamCapture, cost, neutralise, safe_head, safe_tail, shape
+from mcp_sandbox.output import (
+    ShapedStream,
+    StreamCapture,
+    capture_bytes,
+    cost,
+    json_chars,
+    neutralise,
+    safe_head,
+    safe_tail,
+    shape,
+)
+from mcp_sandbox.policy import CallBounds
+from mcp_sandbox.results import RunResult
+from mcp_sandbox.tools import RESULT_CHARS, _tool_result, result_chars
 
 SECRET = "SECRET-0123456789abcdef"
+MB_SECRET = "秘密-ключ-\U0001f511-0123456789"
 
 
 def scrub(text: str) -> str:
-    return text.replace(SECRET, "[REDACTED:test]")
+    return text.replace(SECRET, "[REDACTED:test]").replace(MB_SECRET, "[REDACTED:mb]")
 
 
 def capture(data: bytes, keep: int, chunk: int = 4096) -> StreamCapture:
@@ -116,3 +131,109 @@ def test_a_flood_of_json_escapes_cannot_double_the_result() -> None:
         capture(b'\\"' * 500_000, 4_000), capture(b"", 10), budget=3_000, scrub=scrub, margin=0
     )
     assert len(json.dumps(o.text, ensure_ascii=False)) <= 3_002
+
+
+# --- multi-byte floods: the margin is in characters, the capture in bytes ------------------
+
+# The scrubber's margin with default settings (the PEM bound: secrets.PATTERN_SPAN).
+MARGIN = 8_192
+
+
+@pytest.mark.parametrize(
+    "char", ["\U0001f600", "\u4e2d", "\u00e9", "x"], ids=["4-byte", "3-byte", "2-byte", "ascii"]
+)
+@pytest.mark.parametrize("budget", [1_024, 24_000, 32_000])
+def test_a_cut_multibyte_flood_still_fills_its_budget(char: str, budget: int) -> None:
+    data = (char * 200_000 + "\n").encode()
+    keep = capture_bytes(budget, MARGIN)
+    o, _ = shape(capture(data, keep), capture(b"", keep), budget=budget, scrub=scrub, margin=MARGIN)
+    assert o.truncated and "cut here" in o.text
+    assert cost(o.text) <= budget
+    # All but the marker and a character's rounding at each end.
+    assert o.text.count(char) * len(char.encode()) >= budget - 120
+
+
+@settings(max_examples=200)
+@given(
+    before=st.integers(0, 20_000),
+    after=st.integers(0, 20_000),
+    budget=st.integers(1_024, 4_000),
+    chunk=st.integers(1, 5_000),
+    filler=st.sampled_from(["\U0001f600", "\u4e2d", "\u00e9", "a"]),
+    secret=st.sampled_from([SECRET, MB_SECRET]),
+)
+def test_a_secret_in_multibyte_text_is_never_shown_in_part(
+    before: int, after: int, budget: int, chunk: int, filler: str, secret: str
+) -> None:
+    data = (filler * before + secret + filler * after).encode()
+    margin = len(secret) + 8  # characters, as the scrubber's max_span
+    o, _ = shape(
+        capture(data, capture_bytes(budget, margin), chunk),
+        capture(b"", 10),
+        budget=budget,
+        scrub=scrub,
+        margin=margin,
+    )
+    for size in range(6, len(secret) + 1):
+        for start in range(len(secret) - size + 1):
+            assert secret[start : start + size] not in o.text
+
+
+# --- the whole result, as the client receives it -------------------------------------------
+
+
+def _result(out: ShapedStream, err: ShapedStream) -> RunResult:
+    return RunResult(
+        exit_code=0,
+        timed_out=False,
+        oom_killed=False,
+        truncated=out.truncated or err.truncated,
+        duration_ms=123_456,
+        pooled=False,
+        stdout_bytes=out.original_bytes,
+        stderr_bytes=err.original_bytes,
+        image="mcp-sandbox-runtime:0.1",
+        run_id="0123456789ab",
+        sandbox="mcp-sandbox-0123456789ab",
+        stdout=out.text,
+        stderr=err.text,
+    )
+
+
+@pytest.mark.parametrize("flood", ['"', "\\", "\n", "\t", "\U0001f600", "\u4e2d", "x"], ids=repr)
+def test_a_whole_result_stays_under_40000_chars_at_the_largest_output(flood: str) -> None:
+    """The text block's preview counts too: with quotes it was 40,646 characters."""
+    budget = CallBounds().max_output_bytes
+    keep = capture_bytes(budget, MARGIN)
+    data = (flood * 100_000).encode()
+    o, e = shape(
+        capture(data, keep), capture(data, keep), budget=budget, scrub=scrub, margin=MARGIN
+    )
+    tool_result = _tool_result(_result(o, e))
+    assert result_chars(tool_result) <= RESULT_CHARS - 100
+    text = tool_result.content[0].text  # type: ignore[union-attr]
+    assert text.startswith("exit 0 in 123456 ms (output cut)")
+    assert "--- stdout ---" in text and "--- stderr ---" in text
+
+
+def test_a_small_result_keeps_its_whole_preview() -> None:
+    o, e = shape(
+        capture(b'"q"\n' * 100, 4_000),
+        capture(b"err\n", 4_000),
+        budget=24_000,
+        scrub=scrub,
+        margin=64,
+    )
+    text = _tool_result(_result(o, e)).content[0].text  # type: ignore[union-attr]
+    assert text == f"exit 0 in 123456 ms\n--- stdout ---\n{o.text}\n--- stderr ---\nerr\n"
+
+
+@settings(max_examples=100)
+@given(st.text(max_size=3_000), st.text(max_size=3_000), st.integers(0, 6_000))
+def test_a_summary_weighs_at_most_its_room(out: str, err: str, room: int) -> None:
+    result = _result(ShapedStream(out, 0, False), ShapedStream(err, 0, False))
+    text = result.summary(room)
+    verdict = "exit 0 in 123456 ms"
+    assert text.startswith(verdict)
+    assert json_chars(text) <= max(room, json_chars(verdict))
+    assert len(json.dumps(text, ensure_ascii=False)) - 2 == json_chars(text)
