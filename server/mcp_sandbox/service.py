@@ -36,6 +36,7 @@ from mcp_sandbox.spec import (
 )
 from mcp_sandbox.warm import STUB_ARGV
 from mcp_sandbox.workspace import WorkspaceReport, default_root
+from mcp_sandbox.workspace_copy import LISTED_CHARS
 from mcp_sandbox.workspace_session import (
     KEEPER_ARGV,
     KEEPER_LIMITS,
@@ -56,6 +57,11 @@ log = logging.getLogger("mcp_sandbox")
 _FOREIGN_GRACE_S = 600.0
 # How long shutdown waits for running calls to end once their sandboxes are gone.
 SHUTDOWN_WAIT_S = 10.0
+# A whole result stays under RESULT_CHARS (README, "Tools"): its streams take output_bytes
+# at most, the rest of its fields and the text block's first lines RESERVE_CHARS, and the
+# workspace change list what is left, up to LISTED_CHARS.
+RESULT_CHARS = 40_000
+RESERVE_CHARS = 4_000
 
 
 class SandboxService:
@@ -228,6 +234,8 @@ class SandboxService:
             keeper=keeper,
             volume=f"{keeper.name}-ws",
             workdir_mib=plan.limits.workdir_mib,
+            scrub=self._scrub,
+            listed_chars=_listed_chars(plan.limits.output_bytes),
         ) as ws:
             yield ws
 
@@ -387,6 +395,11 @@ class SandboxService:
         await reap_networks(self.api, self.owner, self._threads, own_too=own_too)
         await reap_volumes(self.api, self._threads, owner=self.owner, own_too=own_too)
         return len(doomed)
+
+
+def _listed_chars(output_bytes: int) -> int:
+    """What a result's workspace change list may take, beside streams of ``output_bytes``."""
+    return max(0, min(LISTED_CHARS, RESULT_CHARS - RESERVE_CHARS - output_bytes))
 
 
 def _sizes(args: RunCodeArgs | ShellArgs) -> Sizes:

@@ -12,13 +12,14 @@ lead a read or a write outside the root.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 import posixpath
 import re
 import secrets
 import stat
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -321,7 +322,7 @@ def _file_into(buf: bytearray, entry: Entry, dir_fd: int, uid: int) -> Iterator[
 # --- back: what the run left ------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Seen:
     """One path of the copy after the run."""
 
@@ -336,7 +337,9 @@ class Seen:
 
 @dataclass
 class Readback:
-    seen: dict[str, Seen] = field(default_factory=dict)
+    # None: the path is back as it was sent (what ``diff`` would find unchanged). Those are
+    # most of a large copy, and cost only their name here.
+    seen: dict[str, Seen | None] = field(default_factory=dict)
     complete: bool = True
     over_budget: bool = False  # a changed file's bytes were not kept: past the rw quota
     note: str | None = None
@@ -395,7 +398,10 @@ def read_back(
         with tarfile.open(
             fileobj=reader, mode="r|", encoding="utf-8", errors="surrogateescape"
         ) as tar:  # type: ignore[call-overload]  # a read()-only object is enough for a stream
-            for member in tar:
+            while (member := tar.next()) is not None:
+                # A stream's TarFile still lists every member it read: drop each once read, or
+                # a run that leaves many long names costs the server a TarInfo for each.
+                tar.members.clear()
                 name = member.name
                 if not name.startswith(_ARCHIVE_ROOT + "/"):
                     continue
@@ -407,16 +413,23 @@ def read_back(
                     back.note = f"the run left more than {max_entries} entries; list incomplete"
                     break
                 mode = stat.S_IMODE(member.mode)
+                before = sent.get(rel)
                 if member.isdir():
-                    back.seen[rel] = Seen("dir", 0, mode)
+                    same = before is not None and before.kind == "dir"
+                    back.seen[rel] = None if same else Seen("dir", 0, mode)
                 elif member.issym():
-                    back.seen[rel] = Seen("symlink", 0, mode, link=member.linkname)
+                    same = (
+                        before is not None
+                        and before.kind == "symlink"
+                        and before.sent_link == member.linkname
+                    )
+                    link = member.linkname
+                    back.seen[rel] = None if same else Seen("symlink", 0, mode, link=link)
                 elif member.islnk():
                     # A hard link names its first path as the archive has it.
                     first = member.linkname.removeprefix(_ARCHIVE_ROOT + "/")
                     back.seen[rel] = Seen("file", 0, mode, hardlink=True, link=first)
                 elif member.isreg():
-                    before = sent.get(rel)
                     keep = keep_bytes - kept >= member.size
                     seen = _read_member(tar.extractfile(member), member.size, keep)
                     seen.mode = mode
@@ -428,8 +441,9 @@ def read_back(
                         and (before.mode & 0o111) == (mode & 0o111)
                     )
                     if unchanged:
-                        seen.data = None
-                    elif seen.data is not None:
+                        back.seen[rel] = None
+                        continue
+                    if seen.data is not None:
                         kept += seen.size
                     else:
                         back.over_budget = True
@@ -462,9 +476,13 @@ def _read_member(f: IO[bytes] | None, size: int, keep: bool) -> Seen:
 # --- the difference -----------------------------------------------------------------------------
 
 
-@dataclass
+def _as_is(text: str) -> str:
+    return text
+
+
+@dataclass(slots=True)
 class Change:
-    parts: tuple[str, ...]
+    rel: str
     change: Literal["created", "changed", "deleted"]
     kind: Kind
     size: int | None
@@ -474,12 +492,14 @@ class Change:
     note: str | None = None
 
     @property
-    def rel(self) -> str:
-        return "/".join(self.parts)
+    def parts(self) -> tuple[str, ...]:
+        # Not stored: a run may leave tens of thousands of changes, and their names twice
+        # over would cost the server as much again.
+        return tuple(self.rel.split("/"))
 
-    def public(self) -> FileChange:
+    def public(self, scrub: Callable[[str], str] = _as_is) -> FileChange:
         return FileChange(
-            path=_printable(self.rel),
+            path=shown_path(self.rel, scrub),
             change=self.change,
             kind=self.kind,
             size=self.size,
@@ -488,59 +508,110 @@ class Change:
         )
 
 
-_MAX_SHOWN_PATH = 400
+# The longest path a result shows, and what stands for the middle cut out of a longer one.
+MAX_SHOWN_PATH = 200
+PATH_CUT = "[…]"
+# The most characters the listed changes take in a result, together, as JSON: with the
+# default output budget (24,000), a whole result stays under 40,000 characters.
+LISTED_CHARS = 12_000
 
 
 def _printable(rel: str) -> str:
     """A path as text a reader can trust: undecodable bytes and controls made visible."""
     text = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    text = "".join(
+    return "".join(
         c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else "\ufffd" for c in text
     )
-    return text if len(text) <= _MAX_SHOWN_PATH else text[: _MAX_SHOWN_PATH - 1] + "…"
 
 
-def _as_file(after: Seen, seen: dict[str, Seen]) -> Seen:
+def shown_path(rel: str, scrub: Callable[[str], str] = _as_is) -> str:
+    """A path as a result shows it: printable, scrubbed, and a long one cut in the middle.
+
+    Scrubbed whole before any cut, so a cut never shows the part of a secret it split.
+    """
+    text = scrub(_printable(rel))
+    if len(text) <= MAX_SHOWN_PATH:
+        return text
+    room = MAX_SHOWN_PATH - len(PATH_CUT)
+    head = room * 2 // 5  # the end names the file: keep more of it
+    return text[:head] + PATH_CUT + text[len(text) - (room - head) :]
+
+
+def _path_order(c: Change) -> tuple[str, bool]:
+    # By path as its parts compare (`a/b` before `a-b`), a deletion before a creation there.
+    return c.rel.replace("/", "\x00"), c.change != "deleted"
+
+
+def listing(
+    changes: Iterable[Change],
+    *,
+    most: int,
+    scrub: Callable[[str], str] = _as_is,
+    budget: int = LISTED_CHARS,
+) -> list[FileChange]:
+    """The first ``changes`` by path, as a result lists them: at most ``most``, and no more
+    than fit in ``budget`` characters of JSON (as sent: non-ASCII kept). The rest are only
+    counted."""
+    shown: list[FileChange] = []
+    used = 2  # []
+    # The first few only: sorting them all would copy every name a run left.
+    for c in heapq.nsmallest(most, changes, key=_path_order):
+        item = c.public(scrub)
+        weight = len(item.model_dump_json()) + 1  # and a comma
+        if used + weight > budget:
+            break
+        shown.append(item)
+        used += weight
+    return shown
+
+
+def _as_file(after: Seen, seen: dict[str, Seen | None], sent: dict[str, Entry]) -> Seen:
     """A hard link stands for the regular file it names: the same bytes under this path.
 
     Tar stores the second name of a file as a link to the first, so ``ln a b`` can make
     the untouched ``a`` arrive as a link; read as a link it would look deleted.
     """
-    if not after.hardlink:
+    if not after.hardlink or after.link not in seen:
         return after
-    target = seen.get(after.link)
-    if target is None or target.kind != "file" or target.hardlink:
+    target = seen[after.link]
+    if target is None:  # back as it was sent
+        before = sent.get(after.link)
+        if before is None or before.kind != "file":
+            return after
+        return Seen("file", before.size, after.mode, digest=before.digest)
+    if target.kind != "file" or target.hardlink:
         return after
     return Seen("file", target.size, after.mode, digest=target.digest, data=target.data)
 
 
 def diff(sent: dict[str, Entry], back: Readback) -> list[Change]:
-    """Created, changed and deleted paths, directories included, sorted by path."""
+    """Created, changed and deleted paths, directories included, in no useful order (a
+    deletion before a creation at the same path); ``listing`` shows them by path."""
     changes: list[Change] = []
-    for rel, after in back.seen.items():
-        after = _as_file(after, back.seen)
-        parts = tuple(rel.split("/"))
+    for rel, seen in back.seen.items():
+        if seen is None:
+            continue
+        after = _as_file(seen, back.seen, sent)
         before = sent.get(rel)
         size = after.size if after.kind == "file" and not after.hardlink else None
         if before is None:
-            changes.append(Change(parts, "created", after.kind, size, None, after))
+            changes.append(Change(rel, "created", after.kind, size, None, after))
         elif before.kind != after.kind or after.hardlink:
-            changes.append(Change(parts, "deleted", before.kind, before.size, before, None))
-            changes.append(Change(parts, "created", after.kind, size, None, after))
+            changes.append(Change(rel, "deleted", before.kind, before.size, before, None))
+            changes.append(Change(rel, "created", after.kind, size, None, after))
         elif before.kind == "file" and (
             before.digest != after.digest
             or before.size != after.size
             or (before.mode & 0o111) != (after.mode & 0o111)
         ):
-            changes.append(Change(parts, "changed", "file", size, before, after))
+            changes.append(Change(rel, "changed", "file", size, before, after))
         elif before.kind == "symlink" and before.sent_link != after.link:
-            changes.append(Change(parts, "changed", "symlink", None, before, after))
+            changes.append(Change(rel, "changed", "symlink", None, before, after))
     if back.complete:
         for rel, before in sent.items():
             if rel not in back.seen:
                 size = before.size if before.kind == "file" else None
-                changes.append(Change(before.parts, "deleted", before.kind, size, before, None))
-    changes.sort(key=lambda c: (c.parts, c.change != "deleted"))
+                changes.append(Change(rel, "deleted", before.kind, size, before, None))
     return changes
 
 

@@ -40,11 +40,13 @@ from mcp_sandbox.workspace import (
     resolve_workdir,
 )
 from mcp_sandbox.workspace_copy import (
+    LISTED_CHARS,
     Change,
     Manifest,
     Readback,
     apply_changes,
     diff,
+    listing,
     read_back,
     scan_copy,
     tar_stream,
@@ -208,6 +210,10 @@ def _ro_mounts(plan: WorkspacePlan) -> Iterator[tuple[Mount, ...]]:
     yield ro_mounts(plan)
 
 
+def _as_is(text: str) -> str:
+    return text
+
+
 @contextlib.asynccontextmanager
 async def open_session(
     plan: WorkspacePlan,
@@ -218,11 +224,15 @@ async def open_session(
     keeper: ContainerSpec,
     volume: str,
     workdir_mib: int,
+    scrub: Callable[[str], str] = _as_is,
+    listed_chars: int = LISTED_CHARS,
 ) -> AsyncIterator[Session]:
     """The workspace of one run, set up before the sandbox and removed after it.
 
     ``keeper`` is the container that holds a copy's volume (mounted at /workspace); it is
-    not used in ``ro``. Raises SandboxUnavailable when the backend fails.
+    not used in ``ro``. The report lists changed paths in at most ``listed_chars``
+    characters of JSON, each path scrubbed with ``scrub`` before it is cut to fit.
+    Raises SandboxUnavailable when the backend fails.
     """
     if plan.mode == "ro":
         with _ro_mounts(plan) as mounts:
@@ -283,7 +293,7 @@ async def open_session(
             mode=plan.mode,
             workdir=plan.workdir_text,
             changes_total=len(listed),
-            changes=[c.public() for c in listed[: policy.changes_listed]],
+            changes=listing(listed, most=policy.changes_listed, scrub=scrub, budget=listed_chars),
             applied=applied,
             note=note,
         )

@@ -199,6 +199,32 @@ async def test_the_change_list_is_bounded(project: Path) -> None:
     assert ws["changes_total"] == 40 and len(ws["changes"]) == 5
 
 
+async def test_long_changed_paths_keep_a_result_under_its_size(ws: Client) -> None:
+    """120 files with 650-character paths, and output past its budget: the change list once
+    took the result to 75,000 characters."""
+    code = (
+        "import os\n"
+        'd = "/workspace/" + "/".join(["D" * 200, "E" * 200])\n'
+        "os.makedirs(d)\n"
+        "for i in range(120):\n"
+        '    open(os.path.join(d, "f%03d_" % i + "F" * 240), "w").close()\n'
+        'print("x" * 30000)\n'
+    )
+    reply = await ws.call_tool(
+        "run_code", {"language": "python", "code": code, "workspace": "copy"}
+    )
+    result = reply.structured_content
+    assert result is not None and not reply.is_error, reply.content
+    assert result["exit_code"] == 0 and result["truncated"], result["stderr"]
+    wire = len(reply.model_dump_json(by_alias=True, exclude_none=True))  # text block too
+    assert wire < 40_000, wire
+    changes = result["workspace"]["changes"]
+    assert result["workspace"]["changes_total"] == 120 and 10 <= len(changes) < 100
+    for c in changes:  # the start and the end of each, the middle cut out
+        assert len(c["path"]) <= 200 and "[…]" in c["path"], c["path"]
+        assert c["path"].startswith("D" * 50) and c["path"].endswith("F" * 100), c["path"]
+
+
 async def test_serve_workspace_option_wins_over_the_environment(
     project: Path, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import tarfile
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,24 +18,31 @@ from pydantic import ValidationError
 from mcp_sandbox.errors import RequestRejected
 from mcp_sandbox.mask_scan import find_masked
 from mcp_sandbox.policy import Limits, RunPlan
+from mcp_sandbox.secrets import Scrubber
 from mcp_sandbox.spec import Mount, build_spec, with_workspace
 from mcp_sandbox.workspace import (
     DEFAULT_MASK,
     DEFAULT_PROTECT,
     PathRules,
     WorkspacePolicy,
+    WorkspaceReport,
     check_root,
     default_root,
     resolve_workdir,
 )
 from mcp_sandbox.workspace_copy import (
+    LISTED_CHARS,
+    MAX_SHOWN_PATH,
+    PATH_CUT,
     Change,
     Readback,
     apply_changes,
     container_link,
     diff,
+    listing,
     read_back,
     scan_copy,
+    shown_path,
     tar_stream,
 )
 
@@ -338,6 +346,96 @@ def test_a_read_back_past_its_bound_is_incomplete_and_lists_no_deletion(project:
     )
     assert not back.complete and "list incomplete" in str(back.note)
     assert all(c.change != "deleted" for c in diff(manifest.sent(), back))
+
+
+def test_a_hard_link_to_an_untouched_file_is_a_new_file_of_its_size(project: Path) -> None:
+    buf = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(_archive(project, {}))) as src,
+        tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for m in src:
+            tar.addfile(m, src.extractfile(m) if m.isreg() else None)
+        info = tarfile.TarInfo("workspace/again")
+        info.type, info.linkname = tarfile.LNKTYPE, "workspace/src/m.py"
+        tar.addfile(info)
+    changes, _ = _changes(project, buf.getvalue())
+    assert [(c.rel, c.change, c.kind, c.size) for c in changes] == [("again", "created", "file", 6)]
+
+
+@pytest.mark.parametrize("char", ["F", "\U0001f600"])
+def test_a_long_change_list_is_bounded_in_size_not_only_in_count(project: Path, char: str) -> None:
+    """120 files with 650-character paths once made a 75,000-character result (190 KB of
+    emoji), past the 40,000 a whole result promises."""
+    deep = "D" * 200 + "/" + "E" * 200
+    edit: dict[str, bytes | str | None] = {f"{deep}/f{i:03d}_{char * 60}": b"" for i in range(120)}
+    edit["A.txt"] = b"first by path"
+    changes, _ = _changes(project, _archive(project, edit))
+    listed = [c for c in changes if c.kind != "dir"]
+    shown = listing(listed, most=100)
+    report = WorkspaceReport(mode="copy", workdir=".", changes_total=len(listed), changes=shown)
+    assert report.changes_total == 121 and 10 <= len(shown) < 100
+    assert len(report.model_dump_json()) <= LISTED_CHARS + 200
+    fewer = listing(listed, most=100, budget=3_000)
+    assert (
+        0 < len(fewer) < len(shown)
+        and len(f"[{','.join(c.model_dump_json() for c in fewer)}]") <= 3_000
+    )
+    assert shown[0].path == "A.txt"  # the first by path
+    for c, i in zip(shown[1:], range(120), strict=False):
+        assert len(c.path) == MAX_SHOWN_PATH and PATH_CUT in c.path
+        assert c.path.startswith("D" * 50) and c.path.endswith(f"/f{i:03d}_" + char * 60)
+
+
+def test_the_change_list_is_in_path_order_and_stops_at_its_count(project: Path) -> None:
+    edit: dict[str, bytes | str | None] = {name: b"" for name in ("b-c", "b/c", "a", "b.d")}
+    changes, _ = _changes(project, _archive(project, {**edit, "run.sh": "src/m.py"}))
+    files = [c for c in changes if c.kind != "dir"]
+    paths = [c.path for c in listing(files, most=6)]
+    assert paths == ["a", "b/c", "b-c", "b.d", "run.sh", "run.sh"]  # parts compare; gone first
+    assert [c.change for c in listing(files, most=6)][-2:] == ["deleted", "created"]
+    assert [c.path for c in listing(files, most=2)] == ["a", "b/c"]
+
+
+SECRET = "Zq9fakeS3cr3tV4lu3xy"
+
+
+def test_a_path_is_scrubbed_before_it_is_cut() -> None:
+    """A cut made first left part of a secret that crossed it (`EEEEZq9fakeS3`), which the
+    scrubber no longer recognised."""
+    scrub = Scrubber({"PATH_TOKEN": SECRET}).scrub
+    # Every alignment: wherever a cut falls, in one of them it splits a copy of the secret.
+    rels = ["E" * pad + f"/{SECRET}" * 30 for pad in range(len(SECRET) + 1)]
+    assert all(len(shown_path(rel)) == MAX_SHOWN_PATH for rel in rels)
+    shown = [shown_path(rel, scrub) for rel in rels]
+    shown += [c.path for c in listing(map(_created, rels), most=len(rels), scrub=scrub)]
+    for path in shown:
+        assert not any(SECRET[i : i + 4] in path for i in range(len(SECRET) - 3)), path
+    assert all(len(path) <= MAX_SHOWN_PATH and PATH_CUT in path for path in shown)
+
+
+def _created(rel: str) -> Change:
+    return Change(rel, "created", "file", 0, None, None)
+
+
+def test_reading_back_keeps_no_tar_header_per_entry() -> None:
+    """A stream's TarFile kept every member it read: 50,000 long names cost ~125 MB."""
+    if tracemalloc.is_tracing():
+        pytest.skip("tracemalloc is already in use")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(3000):
+            tar.addfile(tarfile.TarInfo(f"workspace/{'D' * 200}/f{i:04d}_{'F' * 240}"))
+    data = buf.getvalue()
+    chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    tracemalloc.start()
+    try:
+        back = read_back(iter(chunks), {}, max_bytes=len(data), max_entries=10**4, keep_bytes=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert back.complete and len(back.seen) == 3000
+    assert peak < 3000 * 1600, peak  # about 1,100 bytes an entry: its name and what it was
 
 
 def _apply(project: Path, edit: dict[str, bytes | str | None], **kw: int) -> dict[str, Change]:
