@@ -19,6 +19,18 @@ CUT_MARKER = "\n…[mcp-sandbox: cut here; the stream had {n} bytes]…\n"
 _MAX_CHAR_BYTES = 4
 
 
+# Reading a stream costs the host CPU outside the sandbox's quota (the server, dockerd and the
+# shim: about one core at full speed), and past the budget every byte is thrown away. A run
+# whose streams pass this in all is stopped: far more than any test's log, seconds of flood.
+STOP_BYTES = 256 * 1024 * 1024
+STOPPED_NOTE = b"\n[mcp-sandbox: the output passed 256 MiB; the sandbox was stopped]\n"
+
+
+def past_stop(*captures: StreamCapture) -> bool:
+    """Whether these streams together passed ``STOP_BYTES``."""
+    return sum(c.total for c in captures) > STOP_BYTES
+
+
 def capture_bytes(budget: int, margin: int) -> int:
     """Bytes a ``StreamCapture`` keeps of each end so a cut stream can still fill ``budget``.
 

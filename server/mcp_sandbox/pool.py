@@ -21,7 +21,7 @@ from anyio import CapacityLimiter, to_thread
 from mcp_sandbox.after_reply import AfterReply
 from mcp_sandbox.docker_api import AttachedStreams, DockerApi
 from mcp_sandbox.errors import SandboxUnavailable
-from mcp_sandbox.output import StreamCapture
+from mcp_sandbox.output import STOPPED_NOTE, StreamCapture, past_stop
 from mcp_sandbox.policy import RunPlan
 from mcp_sandbox.runner import RawRun, remove_quietly
 from mcp_sandbox.spec import WORKDIR, ContainerSpec
@@ -215,7 +215,7 @@ async def run_warm(
 
     def sink(stream: int, chunk: bytes) -> bool:
         watches.get(stream, watches[2]).feed(chunk)
-        return all(w.ended for w in watches.values())
+        return all(w.ended for w in watches.values()) or past_stop(out, err)
 
     # A small request on a plain socket is written at once, and the event loop reads the
     # answer. Otherwise (stdin, TLS) a writer thread and a reader thread, so that neither
@@ -244,11 +244,18 @@ async def run_warm(
     if exit_code == STALE_CODE and not timed_out:
         raise StaleSandbox(warm.spec.name)
     oom = False
-    if timed_out:
+    stopped = not timed_out and not watches[1].ended and past_stop(out, err)
+    if stopped:
+        # Unread, the stream would hold the daemon's copy, and with it the kill: close it.
+        warm.streams.close()
+    if timed_out or stopped:
         await to_thread.run_sync(api.kill, warm.spec.name, limiter=threads)
-        if pumping.is_set():
+        if timed_out and pumping.is_set():
             await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
         exit_code = None
+        if stopped:
+            err.feed(STOPPED_NOTE)
+            oom = await to_thread.run_sync(api.oom_killed, warm.spec.name, limiter=threads)
     elif not watches[1].ended:
         # The stub never wrote its marker (the program killed it): the exit is the answer.
         for w in watches.values():

@@ -14,7 +14,7 @@ from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox.docker_api import AttachedStreams, DockerApi
 from mcp_sandbox.errors import SandboxUnavailable
-from mcp_sandbox.output import StreamCapture
+from mcp_sandbox.output import STOPPED_NOTE, StreamCapture, past_stop
 from mcp_sandbox.spec import ContainerSpec
 
 # Our own steps (create, start, reap) get these bounds; the user's deadline is separate.
@@ -80,8 +80,13 @@ async def run_once(
     def pump() -> None:
         assert streams is not None
         pumping.set()
+
+        def sink(stream: int, chunk: bytes) -> bool:
+            captures.get(stream, err).feed(chunk)
+            return past_stop(out, err)
+
         try:
-            streams.pump(lambda stream, chunk: captures.get(stream, err).feed(chunk))
+            streams.pump(sink)
         finally:
             pumped.set()
 
@@ -105,13 +110,22 @@ async def run_once(
         oom = False
         with anyio.move_on_after(spec.limits.timeout_s) as deadline:
             await to_thread.run_sync(pump, limiter=threads, abandon_on_cancel=True)
-            state = await to_thread.run_sync(
-                api.wait, spec.name, limiter=threads, abandon_on_cancel=True
-            )
-            exit_code, oom = state.exit_code, state.oom_killed
+            if not past_stop(out, err):
+                state = await to_thread.run_sync(
+                    api.wait, spec.name, limiter=threads, abandon_on_cancel=True
+                )
+                exit_code, oom = state.exit_code, state.oom_killed
         duration_ms = int((time.monotonic() - started) * 1000)
         timed_out = deadline.cancelled_caught
-        if timed_out:
+        stopped = past_stop(out, err) and not timed_out
+        if stopped:
+            # Unread, the stream would hold the daemon's copy, and with it the kill: close it.
+            assert streams is not None
+            streams.close()
+            await step(threads, "stop the sandbox", api.kill, spec.name)
+            err.feed(STOPPED_NOTE)
+            oom = await step(threads, "inspect the sandbox", api.oom_killed, spec.name)
+        elif timed_out:
             # Killing the container ends every process in it, and with them the stream.
             await step(threads, "kill the sandbox", api.kill, spec.name)
             if pumping.is_set():  # a deadline that passed before the pump began has no stream

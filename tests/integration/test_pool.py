@@ -127,6 +127,15 @@ async def test_a_warm_program_cannot_take_its_stubs_nonce() -> None:
     assert r["stdout"].endswith("still here\n") and r["exit_code"] == 7
 
 
+async def test_an_endless_flood_in_a_warm_sandbox_is_stopped() -> None:
+    async with connect("auto") as c:
+        r = await _warm_call(c, tool="shell", command="cat /dev/zero >&2", timeout_s=120)
+        assert r["timed_out"] is False and r["exit_code"] is None
+        assert r["stderr_bytes"] > 256 * 1024 * 1024
+        assert r["stderr"].endswith("the output passed 256 MiB; the sandbox was stopped]\n")
+        await eventually(lambda: not _exists(r["sandbox"]))
+
+
 def _running_sleep60() -> list[str]:
     found = []
     for cid in labelled_containers():

@@ -267,6 +267,17 @@ async def test_a_100_mb_flood_returns_fast_and_truncated(client: Client) -> None
     assert len(json.dumps(data, ensure_ascii=False)) < 40_000
 
 
+async def test_an_endless_flood_is_stopped_long_before_its_timeout(client: Client) -> None:
+    """Past 256 MiB of output in all, the host would only burn CPU reading what is thrown
+    away: the sandbox is stopped, and the result says so."""
+    result = await client.call_tool("shell", {"command": "cat /dev/zero", "timeout_s": 120})
+    data = result.structured_content
+    assert data is not None and not result.is_error
+    assert data["timed_out"] is False and data["exit_code"] is None and data["truncated"]
+    assert data["stdout_bytes"] > 256 * 1024 * 1024
+    assert data["stderr"].endswith("the output passed 256 MiB; the sandbox was stopped]\n")
+
+
 async def test_a_flood_of_quotes_and_backslashes_keeps_the_result_small(client: Client) -> None:
     result = await client.call_tool(
         "shell", {"command": "head -c 3000000 /dev/zero | tr '\\0' '\\\\'; echo '\"\"'"}
