@@ -100,7 +100,8 @@ if __name__ == "__main__":
         try:
             import mmap
 
-            page = mmap.mmap(-1, 4096)
+            # Private: the kernel wipes only private anonymous memory on fork.
+            page = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             page.madvise(18)  # MADV_WIPEONFORK: Python 3.11 has no name for it
         except Exception:  # an older kernel: the nonce is then read after the fork
             page = None

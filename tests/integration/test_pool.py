@@ -106,6 +106,10 @@ try:
 except BlockingIOError:
     left = b""
 print("left on stdin", re.findall(rb"[0-9a-f]{32}", left), flush=True)
+# The page the stub read the nonce into is ours too, after the fork: wiped to zeros.
+page = sys._getframe(1).f_globals.get("_NONCE_PAGE")
+state = "missing" if page is None else "zeros" if not any(page[:64]) else "HELD"
+print("nonce page", state, flush=True)
 for guess in sorted(found) or ["0" * 32]:
     for fd in (1, 2):
         os.write(fd, b"\0mcp-sandbox-end:" + b"0" * 32 + b":0\0")
@@ -123,6 +127,7 @@ async def test_a_warm_program_cannot_take_its_stubs_nonce() -> None:
         assert any(line.endswith(f"/{f} PermissionError") for line in lines), lines
     # The program's own /proc entries are its own (it is dumpable, as in a cold sandbox).
     assert "own fd dir uid 65534" in lines and "left on stdin []" in lines
+    assert "nonce page zeros" in lines  # MADV_WIPEONFORK (Linux 4.14) works here
     # The forged marker is output; the real end comes with the real exit code.
     assert r["stdout"].endswith("still here\n") and r["exit_code"] == 7
 
