@@ -69,9 +69,16 @@ class Rule:
     ignore_case: bool = False
 
 
-def _lead(prefix: str) -> str:
-    """``prefix`` not glued to a preceding letter or digit; a JSON escape (``\\n``) may precede."""
-    return rf"{prefix}(?:(?<![A-Za-z0-9]{prefix})|(?<=\\[nrt]{prefix}))"
+def _lead(prefix: str, glued: str = "A-Za-z0-9") -> str:
+    """``prefix`` not glued to a preceding ``glued`` character, unless that character ends an
+    escape: JSON's ``\\n`` or ``\\u0022``, or URL encoding's ``%20``.
+
+    Besides finding tokens where they start, this keeps a rule linear: from a prefix inside
+    a long run of token characters, the scan would cover the rest of the run each time.
+    """
+    escapes = (r"\\[nrt]", r"\\u[0-9A-Fa-f]{4}", r"%[0-9A-Fa-f]{2}")
+    after_escape = "".join(rf"|(?<={e}{prefix})" for e in escapes)
+    return rf"{prefix}(?:(?<![{glued}]{prefix}){after_escape})"
 
 
 _PEM_LABEL = r"-----(?:BEGIN|END)[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----"
@@ -192,10 +199,10 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "jwt",
-        # Only at the start of a run of token characters: from every `eyJ` inside a long run
-        # (`eyJeyJ...`) the scan would cover the rest of the run, quadratic in its length.
-        r"eyJ(?:(?<![A-Za-z0-9_-]eyJ)|(?<=\\[nrt]eyJ))"
-        r"[A-Za-z0-9_-]{8,}={0,2}\.eyJ[A-Za-z0-9_-]{8,}={0,2}\.[A-Za-z0-9_-]*={0,2}",
+        # Only where a token starts: from every `eyJ` inside a long run (`eyJeyJ...`) the
+        # scan would cover the rest of the run, quadratic in its length.
+        _lead("eyJ", "A-Za-z0-9_-")
+        + r"[A-Za-z0-9_-]{8,}={0,2}\.eyJ[A-Za-z0-9_-]{8,}={0,2}\.[A-Za-z0-9_-]*={0,2}",
         "gitleaks: jwt; detect-secrets: JwtTokenDetector",
         ("eyJ",),
     ),

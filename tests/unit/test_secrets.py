@@ -634,3 +634,16 @@ def test_no_rule_is_quadratic_on_hostile_text(rule: Rule) -> None:
             scrubber.scrub(text)
             took = time.perf_counter() - started
             assert took < 2.0, f"{rule.kind}: {took:.1f} s on {text[:40]!r}..."
+
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcdefghij"
+
+
+@pytest.mark.parametrize("before", ["Bearer%20", "token%3D", "%22", "\\u0022", "\\n", "=", " "])
+def test_a_token_after_an_escape_is_still_found(before: str) -> None:
+    """A prefixed rule starts where a token starts, and that includes right after a URL or
+    JSON escape, whose last character is a letter or digit."""
+    scrubber = Scrubber({})
+    assert scrubber.scrub(before + JWT) == before + "[REDACTED:jwt]"
+    aws = before + "AKIA" + "ABCDEFGHIJKLMNOP"
+    assert scrubber.scrub(aws) == before + "[REDACTED:aws-access-key-id]"
