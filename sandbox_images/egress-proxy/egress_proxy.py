@@ -305,7 +305,7 @@ class Proxy:
         log(f"allow {target}")
         up_reader, up_writer = upstream
         try:
-            up_writer.write(ep.upstream_head(req, host))
+            up_writer.write(ep.upstream_head(req, host, body_left))
             while body_left:
                 chunk = await asyncio.wait_for(reader.read(min(body_left, CHUNK)), IDLE_TIMEOUT_S)
                 if not chunk:

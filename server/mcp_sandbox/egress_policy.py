@@ -395,14 +395,13 @@ def host_header_refusal(req: ProxyRequest, host: str) -> str | None:
     return None if normalize_host(named) == host else "Host header names another host"
 
 
-def upstream_head(req: ProxyRequest, host: str) -> bytes:
+def upstream_head(req: ProxyRequest, host: str, length: int) -> bytes:
     """The head sent upstream: origin-form, our Host, no hop-by-hop headers, one request.
 
     Host, Content-Length and Connection are ours, whatever the client's Connection header
-    names: the Content-Length written is the one ``request_body_length`` reads, so the bytes
-    forwarded are exactly one request's body. Raises BadRequest as that function does.
+    names: the Content-Length written is ``length``, the body bytes the proxy forwards
+    (``request_body_length``), so they are exactly one request's body.
     """
-    length = request_body_length(req)
     dropped = {*_HOP_BY_HOP, "content-length"}
     for value in (req.header("connection") or "").split(","):
         dropped.add(value.strip().lower())

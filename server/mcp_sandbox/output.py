@@ -182,13 +182,21 @@ def _cut(head: str, tail: str, original: int, allot: int) -> str:
     return fit(head_part + marker + tail_part, allot)
 
 
-def _render(capture: StreamCapture, scrub: Scrub, margin: int) -> tuple[str, str, bool]:
-    """(head text, tail text, whole): scrubbed and neutralised."""
+def _render(
+    capture: StreamCapture, scrub: Scrub, margin: int, budget: int
+) -> tuple[str, str, bool]:
+    """(head text, tail text, whole): scrubbed and neutralised.
+
+    A cut end keeps ``budget + margin`` characters before the scrub: the capture holds bytes
+    for 4-byte characters, and ASCII need not pay the scrub for four times what it shows.
+    Cutting there is as safe as the capture's own cut: the margin is dropped after the scrub.
+    """
     if capture.complete:
         text = neutralise(scrub(capture.whole().decode("utf-8", "replace")))
         return text, "", True
-    head = safe_head(capture.head.decode("utf-8", "replace"), scrub, margin)
-    tail = safe_tail(capture.tail.decode("utf-8", "replace"), scrub, margin)
+    chars = budget + margin
+    head = safe_head(capture.head.decode("utf-8", "replace")[:chars], scrub, margin)
+    tail = safe_tail(capture.tail.decode("utf-8", "replace")[-chars:], scrub, margin)
     return neutralise(head), neutralise(tail), False
 
 
@@ -206,7 +214,7 @@ def shape(
     out: StreamCapture, err: StreamCapture, *, budget: int, scrub: Scrub, margin: int
 ) -> tuple[ShapedStream, ShapedStream]:
     """Both streams as text that together ``cost`` at most ``budget`` (stdout first)."""
-    rendered = [_render(c, scrub, margin) for c in (out, err)]
+    rendered = [_render(c, scrub, margin, budget) for c in (out, err)]
     sizes = [cost(h) if whole else budget for h, _, whole in rendered]
     allots = _allot(sizes[0], sizes[1], budget)
     shaped = []

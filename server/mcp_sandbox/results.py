@@ -11,6 +11,11 @@ from mcp_sandbox.workspace import WorkspaceReport
 PREVIEW_CHARS = 2_000
 
 
+# A whole result, as JSON on the wire, stays under this many characters (README, "Tools"):
+# Claude Code replaces results over about 50,000 with a preview.
+RESULT_CHARS = 40_000
+
+
 class RunResult(BaseModel):
     """One finished run. A failing, timed-out or OOM-killed program is a result, not an error.
 

@@ -23,7 +23,7 @@ from mcp_sandbox.output import capture_bytes, shape
 from mcp_sandbox.policy import RunPlan, Sizes, decide
 from mcp_sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.requests import RunCodeArgs, ShellArgs
-from mcp_sandbox.results import RunResult
+from mcp_sandbox.results import RESULT_CHARS, RunResult
 from mcp_sandbox.runner import RawRun, remove_quietly, run_once
 from mcp_sandbox.settings import Settings
 from mcp_sandbox.spec import (
@@ -57,10 +57,9 @@ log = logging.getLogger("mcp_sandbox")
 _FOREIGN_GRACE_S = 600.0
 # How long shutdown waits for running calls to end once their sandboxes are gone.
 SHUTDOWN_WAIT_S = 10.0
-# A whole result stays under RESULT_CHARS (README, "Tools"): its streams take output_bytes
-# at most, the rest of its fields and the text block's first lines RESERVE_CHARS, and the
-# workspace change list what is left, up to LISTED_CHARS.
-RESULT_CHARS = 40_000
+# A whole result stays under RESULT_CHARS: its streams take output_bytes at most, the rest
+# of its fields and the text block's first lines RESERVE_CHARS, and the workspace change
+# list what is left, up to LISTED_CHARS.
 RESERVE_CHARS = 4_000
 
 
@@ -359,17 +358,10 @@ class SandboxService:
             sandbox=raw.container,
             egress_allowed=tally.allowed if tally else 0,
             egress_denied=list(tally.denied) if tally else [],
-            workspace=self._scrubbed(workspace),
+            workspace=workspace,  # its paths were scrubbed before they were cut
             stdout=out.text,
             stderr=err.text,
         )
-
-    def _scrubbed(self, report: WorkspaceReport | None) -> WorkspaceReport | None:
-        """Paths the sandbox named leave the server like its output: scrubbed."""
-        if report is None:
-            return None
-        changes = [c.model_copy(update={"path": self._scrub(c.path)}) for c in report.changes]
-        return report.model_copy(update={"changes": changes})
 
     async def reap(self, *, own_too: bool) -> int:
         """Remove labelled containers whose server is gone (and ours, with ``own_too``)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from mcp_sandbox.egress_policy import EgressLink
-from mcp_sandbox.policy import Limits, RunPlan
+from mcp_sandbox.policy import MIN_CPUS, Limits, RunPlan
 
 LABEL = "mcp-sandbox"
 OWNER_LABEL = "mcp-sandbox.owner"
@@ -135,9 +135,9 @@ class ContainerSpec:
         lim = self.limits
         mem = lim.memory_mib * _MIB
         nano_cpus = int(lim.cpus * 1e9)
-        if nano_cpus < 10_000_000:
+        if nano_cpus < int(MIN_CPUS * 1e9):
             # 0 would mean no CPU quota at all, and runc refuses less than 1 ms per 100 ms.
-            raise ValueError(f"cpus {lim.cpus} is below the minimum of 0.01")
+            raise ValueError(f"cpus {lim.cpus} is below the minimum of {MIN_CPUS}")
         return {
             "privileged": False,
             "read_only": True,

@@ -37,7 +37,7 @@ from mcp_sandbox.requests import (
     WorkspaceArg,
     describe_bad_arguments,
 )
-from mcp_sandbox.results import RunResult
+from mcp_sandbox.results import RESULT_CHARS, RunResult
 from mcp_sandbox.service import SandboxService
 from mcp_sandbox.settings import Settings
 from mcp_sandbox.workspace import default_root
@@ -86,10 +86,7 @@ async def _check_arguments(
     return await call_next(ctx)
 
 
-# A whole result, as JSON on the wire, stays under this many characters (README, "Tools"):
-# Claude Code replaces results over about 50,000 with a preview. The JSON-RPC message
-# around the result gets _ENVELOPE_CHARS of it.
-RESULT_CHARS = 40_000
+# The JSON-RPC message around a result gets this much of RESULT_CHARS.
 _ENVELOPE_CHARS = 100
 
 

@@ -52,7 +52,12 @@ DEFAULT_MASK: tuple[str, ...] = (
     # A remote URL may carry a token (https://user:token@host/...); git works without it.
     ".git/config",
     ".git/config.worktree",
-    ".git/modules/*/config",  # a submodule's remote URL (one level of submodules)
+    # A submodule's remote URL: its name is its path (`third_party/foo`) unless set, and a
+    # nested submodule's config sits under its parent's `modules/`.
+    ".git/modules/*/config",
+    ".git/modules/*/*/config",
+    ".git/modules/*/*/*/config",
+    "modules/*/modules/*/config",
 )
 
 # Paths where a write turns into code run on the host (hooks, shell start-up files, tool and

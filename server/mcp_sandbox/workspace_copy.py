@@ -644,16 +644,17 @@ _HOSTILE_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u
 def _refusal(c: Change, rules: _Rules) -> str | None:
     # A link is a directory to whoever follows it: `.claude -> cfg` is `.claude/` on the host.
     is_dir = c.kind in ("dir", "symlink")
-    if c.change != "deleted" and any(_HOSTILE_NAME.search(p) for p in c.parts):
+    parts = c.parts  # a property: split once
+    if c.change != "deleted" and any(_HOSTILE_NAME.search(p) for p in parts):
         return "name holds control or bidirectional characters: not applied"
-    if rules.protect.covers(c.parts, is_dir):
+    if rules.protect.covers(parts, is_dir):
         return "protected path: a sandbox never changes it"
-    if rules.mask.covers(c.parts, is_dir):
+    if rules.mask.covers(parts, is_dir):
         return "masked path: the sandbox cannot see what is there"
-    if rules.exclude.covers(c.parts, is_dir):
+    if rules.exclude.covers(parts, is_dir):
         return "excluded path: not part of the copy"
-    for i in range(1, len(c.parts) + 1):
-        if os.path.join(rules.root, *c.parts[:i]) in rules.mounts:
+    for i in range(1, len(parts) + 1):
+        if os.path.join(rules.root, *parts[:i]) in rules.mounts:
             return "on another filesystem mounted inside the workspace"
     after = c.after
     if c.change == "deleted" or after is None:
@@ -663,7 +664,7 @@ def _refusal(c: Change, rules: _Rules) -> str | None:
     if after.kind == "other":
         return "special file (fifo or device): not applied"
     if after.kind == "symlink":
-        return _link_refusal(c.parts, after.link, rules)
+        return _link_refusal(parts, after.link, rules)
     return None
 
 

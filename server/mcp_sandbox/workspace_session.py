@@ -210,10 +210,6 @@ def _ro_mounts(plan: WorkspacePlan) -> Iterator[tuple[Mount, ...]]:
     yield ro_mounts(plan)
 
 
-def _as_is(text: str) -> str:
-    return text
-
-
 @contextlib.asynccontextmanager
 async def open_session(
     plan: WorkspacePlan,
@@ -224,7 +220,7 @@ async def open_session(
     keeper: ContainerSpec,
     volume: str,
     workdir_mib: int,
-    scrub: Callable[[str], str] = _as_is,
+    scrub: Callable[[str], str],
     listed_chars: int = LISTED_CHARS,
 ) -> AsyncIterator[Session]:
     """The workspace of one run, set up before the sandbox and removed after it.

@@ -73,6 +73,8 @@ RW = WorkspacePolicy(modes=("ro", "copy", "rw"))
         (".yarnrc.yml", False, True),
         (".git/config.worktree", False, True),
         (".git/modules/lib/config", False, True),
+        (".git/modules/third_party/foo/config", False, True),
+        (".git/modules/a/modules/b/config", False, True),
         (".git/modules/lib/HEAD", False, False),
         ("src/modules/auth/config", True, False),
     ],
