@@ -96,6 +96,7 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _serve_stdio(settings: Settings) -> None:
+    from mcp_sandbox.stdio_replies import run_stdio
     from mcp_sandbox.tools import build_server
 
     service = _sandboxes(settings)
@@ -118,7 +119,7 @@ async def _serve_stdio(settings: Settings) -> None:
                     os._exit(0)
 
         tg.start_soon(stop_on_signal)
-        await server.run_stdio_async()
+        await run_stdio(server)
         tg.cancel_scope.cancel()
 
 

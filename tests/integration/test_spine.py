@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import sys
@@ -453,6 +454,40 @@ def _send(proc: subprocess.Popen[bytes], *messages: dict[str, object]) -> None:
     for m in messages:
         proc.stdin.write((json.dumps(m) + "\n").encode())
     proc.stdin.flush()
+
+
+def test_a_request_the_sdk_cannot_read_still_gets_a_one_line_answer() -> None:
+    """A JavaScript client may send a lone surrogate as \\ud800; the SDK's strict parser
+    cannot read that line, nor a huge number or deep nesting, and used to drop it: the call
+    hung. Each gets its answer now, and the server goes on."""
+    call = '{"jsonrpc":"2.0","id":%s,"method":"tools/call","params":{"name":"%s","arguments":%s}}'
+    lines = [
+        call % (2, "run_code", '{"language":"python","code":"print(1) # \\ud800"}'),
+        call % (3, "shell", '{"command":"true","memory_mib":' + "9" * 5000 + "}"),
+        call % (4, "shell", '{"command":' + "[" * 100_000 + "]" * 100_000 + "}"),
+        '{"jsonrpc":"2.0","id":"s5","method":"tools/list","params":{"x":"\\udc80"}}',
+        call % (6, "shell", '{"command":"echo ok"}'),
+    ]
+    with _raw_server_ready() as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("".join(line + "\n" for line in lines).encode())
+        proc.stdin.flush()
+        answers = {}
+        for _ in lines:
+            # A dropped request would leave this read waiting for ever.
+            assert select.select([proc.stdout], [], [], 60)[0], f"no answer; got {answers}"
+            answer = json.loads(proc.stdout.readline())
+            answers[answer["id"]] = answer
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+    for request_id in (2, 3, 4):
+        result = answers[request_id]["result"]
+        assert result["isError"] is True, answers[request_id]
+        [text] = [c["text"] for c in result["content"]]
+        assert text.startswith("invalid request: ") and "\n" not in text
+    assert "surrogate" in answers[2]["result"]["content"][0]["text"]
+    assert answers["s5"]["error"]["code"] == -32700
+    assert answers[6]["result"]["structuredContent"]["stdout"] == "ok\n"
 
 
 def test_server_exits_cleanly_on_sigterm_and_leaves_nothing() -> None:
