@@ -35,9 +35,11 @@ def reply_to_unreadable(error: Exception) -> types.JSONRPCResponse | types.JSONR
     first = error.errors()[0]
     line = first.get("input")
     if not isinstance(line, str):
-        return None
-    found = _ID.search(line)
-    if found is None:
+        return None  # valid JSON the SDK refused as JSON-RPC: left as the SDK leaves it
+    found, method = _ID.search(line), _METHOD.search(line)
+    if found is None or method is None:
+        # A notification needs no answer; a response (to our own question) must get none:
+        # its id is ours, and the client may have a request of its own with that number.
         return None
     try:
         request_id: int | str = json.loads(found.group(1))
@@ -48,8 +50,7 @@ def reply_to_unreadable(error: Exception) -> types.JSONRPCResponse | types.JSONR
     else:
         why = " ".join(str(first.get("msg", "not valid JSON-RPC")).split())[:160]
     message = f"invalid request: {why}"
-    method = _METHOD.search(line)
-    if method is not None and method.group(1) == "tools/call":
+    if method.group(1) == "tools/call":
         result = types.CallToolResult(
             content=[types.TextContent(type="text", text=message)], is_error=True
         )
