@@ -72,16 +72,29 @@ if __name__ == "__main__":
     def _dumpable_switch() -> "object":
         """``prctl(PR_SET_DUMPABLE, flag)``, or None when this python has no ctypes.
 
-        What it imports is taken out of ``sys.modules`` again: a program sees the modules a
-        fresh ``python3 -c`` has.
+        Built on ``_ctypes`` alone (the ``ctypes`` package would hold a megabyte more in
+        every idle sandbox), and taken out of ``sys.modules`` again: a program sees the
+        modules a fresh ``python3 -c`` has.
         """
         loaded = set(sys.modules)
         try:
-            import ctypes
+            import _ctypes
 
-            prctl = ctypes.CDLL(None, use_errno=True).prctl
-            prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-            prctl.restype = ctypes.c_int
+            class _Int(_ctypes._SimpleCData):  # type: ignore[type-arg]
+                _type_ = "i"
+
+            class _ULong(_ctypes._SimpleCData):  # type: ignore[type-arg]
+                _type_ = "L"
+
+            class _Prctl(_ctypes.CFuncPtr):
+                _flags_ = _ctypes.FUNCFLAG_CDECL
+                _restype_ = _Int
+                _argtypes_ = (_Int, _ULong, _ULong, _ULong, _ULong)
+
+            class _Libc:
+                _handle = _ctypes.dlopen(None, 0)  # type: ignore[arg-type]  # the program
+
+            prctl = _Prctl(("prctl", _Libc()))  # type: ignore[arg-type]  # has a _handle
         except Exception:  # no ctypes here: the nonce stays readable
             prctl = None
         for name in set(sys.modules) - loaded:
