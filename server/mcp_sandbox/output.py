@@ -23,7 +23,9 @@ _MAX_CHAR_BYTES = 4
 # shim: about one core at full speed), and past the budget every byte is thrown away. A run
 # whose streams pass this in all is stopped: far more than any test's log, seconds of flood.
 STOP_BYTES = 256 * 1024 * 1024
-STOPPED_NOTE = b"\n[mcp-sandbox: the output passed 256 MiB; the sandbox was stopped]\n"
+STOPPED_NOTE = (
+    f"\n[mcp-sandbox: the output passed {STOP_BYTES >> 20} MiB; the sandbox was stopped]\n"
+).encode()
 
 
 def past_stop(*captures: StreamCapture) -> bool:

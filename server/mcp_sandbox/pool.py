@@ -21,9 +21,9 @@ from anyio import CapacityLimiter, to_thread
 from mcp_sandbox.after_reply import AfterReply
 from mcp_sandbox.docker_api import AttachedStreams, DockerApi
 from mcp_sandbox.errors import SandboxUnavailable
-from mcp_sandbox.output import STOPPED_NOTE, StreamCapture, past_stop
+from mcp_sandbox.output import StreamCapture, past_stop
 from mcp_sandbox.policy import RunPlan
-from mcp_sandbox.runner import RawRun, remove_quietly
+from mcp_sandbox.runner import RawRun, remove_quietly, stop_flooded
 from mcp_sandbox.spec import WORKDIR, ContainerSpec
 from mcp_sandbox.warm import STALE_CODE, EndWatch, encode_request, shape_of
 
@@ -244,18 +244,14 @@ async def run_warm(
     if exit_code == STALE_CODE and not timed_out:
         raise StaleSandbox(warm.spec.name)
     oom = False
-    stopped = not timed_out and not watches[1].ended and past_stop(out, err)
-    if stopped:
-        # Unread, the stream would hold the daemon's copy, and with it the kill: close it.
-        warm.streams.close()
-    if timed_out or stopped:
+    if not timed_out and not watches[1].ended and past_stop(out, err):
+        oom = await stop_flooded(api, warm.spec.name, warm.streams, err, threads)
+        exit_code = None
+    elif timed_out:
         await to_thread.run_sync(api.kill, warm.spec.name, limiter=threads)
-        if timed_out and pumping.is_set():
+        if pumping.is_set():
             await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
         exit_code = None
-        if stopped:
-            err.feed(STOPPED_NOTE)
-            oom = await to_thread.run_sync(api.oom_killed, warm.spec.name, limiter=threads)
     elif not watches[1].ended:
         # The stub never wrote its marker (the program killed it): the exit is the answer.
         for w in watches.values():

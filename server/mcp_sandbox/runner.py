@@ -61,6 +61,22 @@ async def remove_quietly(api: DockerApi, name: str, threads: CapacityLimiter) ->
             pass  # the start-up reaper removes what is left
 
 
+async def stop_flooded(
+    api: DockerApi,
+    name: str,
+    streams: AttachedStreams,
+    err: StreamCapture,
+    threads: CapacityLimiter,
+) -> bool:
+    """End a run whose output passed ``STOP_BYTES`` and say so at the end of its stderr.
+    Returns whether the memory limit had killed a process of it."""
+    # Unread, the stream would hold the daemon's copy, and with it the kill: close it.
+    streams.close()
+    await step(threads, "stop the sandbox", api.kill, name)
+    err.feed(STOPPED_NOTE)
+    return await step(threads, "inspect the sandbox", api.oom_killed, name)
+
+
 async def run_once(
     api: DockerApi,
     spec: ContainerSpec,
@@ -119,12 +135,8 @@ async def run_once(
         timed_out = deadline.cancelled_caught
         stopped = past_stop(out, err) and not timed_out
         if stopped:
-            # Unread, the stream would hold the daemon's copy, and with it the kill: close it.
             assert streams is not None
-            streams.close()
-            await step(threads, "stop the sandbox", api.kill, spec.name)
-            err.feed(STOPPED_NOTE)
-            oom = await step(threads, "inspect the sandbox", api.oom_killed, spec.name)
+            oom = await stop_flooded(api, spec.name, streams, err, threads)
         elif timed_out:
             # Killing the container ends every process in it, and with them the stream.
             await step(threads, "kill the sandbox", api.kill, spec.name)
