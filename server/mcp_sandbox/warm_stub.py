@@ -69,63 +69,60 @@ if __name__ == "__main__":
 
     _MOUNTS = _mount_points()  # as the daemon made them: a mask that goes away is stale
 
-    def _dumpable_switch() -> "object":
-        """``prctl(PR_SET_DUMPABLE, flag)``, or None when this python has no ctypes.
-
-        Built on ``_ctypes`` alone (the ``ctypes`` package would hold a megabyte more in
-        every idle sandbox), and taken out of ``sys.modules`` again: a program sees the
-        modules a fresh ``python3 -c`` has.
-        """
+    def _built_quietly(build: "object") -> "object":
+        """``build()``, or None where it fails (an older python or kernel). What it imports
+        is taken out of ``sys.modules`` again: a program sees the modules a fresh
+        ``python3 -c`` has."""
         loaded = set(sys.modules)
         try:
-            import _ctypes
-
-            class _Int(_ctypes._SimpleCData):  # type: ignore[type-arg]
-                _type_ = "i"
-
-            class _ULong(_ctypes._SimpleCData):  # type: ignore[type-arg]
-                _type_ = "L"
-
-            class _Prctl(_ctypes.CFuncPtr):
-                _flags_ = _ctypes.FUNCFLAG_CDECL
-                _restype_ = _Int
-                _argtypes_ = (_Int, _ULong, _ULong, _ULong, _ULong)
-
-            class _Libc:
-                _handle = _ctypes.dlopen(None, 0)  # type: ignore[arg-type]  # the program
-
-            prctl = _Prctl(("prctl", _Libc()))  # type: ignore[arg-type]  # has a _handle
-        except Exception:  # no ctypes here: the nonce stays readable
-            prctl = None
+            made = build()  # type: ignore[operator]
+        except Exception:
+            made = None
         for name in set(sys.modules) - loaded:
             del sys.modules[name]
-        return None if prctl is None else (lambda flag: prctl(4, flag, 0, 0, 0))
+        return made
+
+    def _dumpable_switch() -> "object":
+        """``prctl(PR_SET_DUMPABLE, flag)``, built on ``_ctypes`` alone: the ``ctypes``
+        package would hold a megabyte more in every idle sandbox."""
+        import _ctypes
+
+        class _Int(_ctypes._SimpleCData):  # type: ignore[type-arg]
+            _type_ = "i"
+
+        class _ULong(_ctypes._SimpleCData):  # type: ignore[type-arg]
+            _type_ = "L"
+
+        class _Prctl(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL
+            _restype_ = _Int
+            _argtypes_ = (_Int, _ULong, _ULong, _ULong, _ULong)
+
+        class _Libc:
+            _handle = _ctypes.dlopen(None, 0)  # type: ignore[arg-type]  # the program
+
+        prctl = _Prctl(("prctl", _Libc()))  # type: ignore[arg-type]  # has a _handle
+        return lambda flag: prctl(4, flag, 0, 0, 0)
 
     # Not dumpable: no process of our uid (the program is one) may open our /proc/PID/mem or
     # /proc/PID/fd/0 and so take the nonce, from our memory or from our stdin before we do.
-    _set_dumpable = _dumpable_switch()
+    _set_dumpable = _built_quietly(_dumpable_switch)  # None without _ctypes: nonce readable
     if _set_dumpable is not None:
         _set_dumpable(0)  # type: ignore[operator]  # a ctypes function; the stub imports no typing
 
     def _wiped_on_fork() -> "object":
-        """A page a forked child gets as zeros (MADV_WIPEONFORK, Linux 4.14), or None."""
-        loaded = set(sys.modules)
-        try:
-            import mmap
+        """A page a forked child gets as zeros (MADV_WIPEONFORK, Linux 4.14)."""
+        import mmap
 
-            # Private: the kernel wipes only private anonymous memory on fork.
-            page = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            page.madvise(18)  # MADV_WIPEONFORK: Python 3.11 has no name for it
-        except Exception:  # an older kernel: the nonce is then read after the fork
-            page = None
-        for name in set(sys.modules) - loaded:
-            del sys.modules[name]
+        # Private: the kernel wipes only private anonymous memory on fork.
+        page = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        page.madvise(18)  # MADV_WIPEONFORK: Python 3.11 has no name for it
         return page
 
     # The nonce is read into this page before the fork: the program's copy of it is zeros,
     # and nothing of the request is left on our stdin (which tini, pid 1, holds too, and
     # whose /proc/1/fd/0 the program may open) once the program runs.
-    _NONCE_PAGE = _wiped_on_fork()
+    _NONCE_PAGE = _built_quietly(_wiped_on_fork)  # None: the nonce is read after the fork
 
     def _read_nonce_into_page() -> int:
         """The nonce line, a byte at a time, into ``_NONCE_PAGE``; its length."""
