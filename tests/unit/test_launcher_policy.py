@@ -253,6 +253,10 @@ async def test_any_accepted_request_gets_the_launchers_own_walls(request_: dict[
     assert f"seccomp={profile}" in host["security_opt"]
     assert not any("unconfined" in o for o in host["security_opt"])
     assert "no-new-privileges:true" in host["security_opt"]
+    # With no AfterReply task group running here, the removal runs on its own thread.
+    with anyio.fail_after(5):
+        while not api.removed:  # noqa: ASYNC110  # the fake records from a thread
+            await anyio.sleep(0.005)
     assert api.removed == [create["name"]]
 
 
