@@ -6,9 +6,16 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 from mcp import Client
 
 from sandbox_client import MODES, connect, labelled_containers
+
+# Timing is for benchmarks/, not tests: on a busy 2-core host a pure example may take 250 ms.
+settings.register_profile(
+    "mcp-sandbox", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("mcp-sandbox")
 
 # A project for sandboxes to test (one of its tests fails on purpose), not our tests.
 collect_ignore = ["sample_project"]

@@ -53,7 +53,8 @@ class StreamCapture:
         self.keep = keep
         self.head = bytearray()
         self._rest = bytearray()
-        self.total = 0
+        self.total = 0  # bytes held or passed, our own notes included
+        self._noted = 0
 
     def feed(self, chunk: bytes) -> None:
         self.total += len(chunk)
@@ -65,6 +66,16 @@ class StreamCapture:
             self._rest += chunk
             if len(self._rest) > 2 * self.keep:
                 del self._rest[: len(self._rest) - self.keep]
+
+    def note(self, text: bytes) -> None:
+        """Append the server's own ``text``: shown, but not counted as the program's."""
+        self.feed(text)
+        self._noted += len(text)
+
+    @property
+    def written(self) -> int:
+        """Bytes the program wrote on this stream."""
+        return self.total - self._noted
 
     @property
     def complete(self) -> bool:
@@ -222,9 +233,10 @@ def shape(
     shaped = []
     for capture, (head, tail, whole), allot in zip((out, err), rendered, allots, strict=True):
         if whole and cost(head) <= allot:
-            shaped.append(ShapedStream(head, capture.total, truncated=False))
+            shaped.append(ShapedStream(head, capture.written, truncated=False))
             continue
         if whole:
             head, tail = head, head
-        shaped.append(ShapedStream(_cut(head, tail, capture.total, allot), capture.total, True))
+        n = capture.written
+        shaped.append(ShapedStream(_cut(head, tail, n, allot), n, True))
     return shaped[0], shaped[1]

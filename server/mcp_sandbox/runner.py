@@ -73,7 +73,7 @@ async def stop_flooded(
     # Unread, the stream would hold the daemon's copy, and with it the kill: close it.
     streams.close()
     await step(threads, "stop the sandbox", api.kill, name)
-    err.feed(STOPPED_NOTE)
+    err.note(STOPPED_NOTE)
     return await step(threads, "inspect the sandbox", api.oom_killed, name)
 
 

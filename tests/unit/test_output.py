@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcp_sandbox.output import (
+    STOPPED_NOTE,
     ShapedStream,
     StreamCapture,
     capture_bytes,
@@ -113,6 +114,14 @@ def test_a_flood_is_cut_with_a_marker_naming_its_size() -> None:
     )
     assert o.truncated and not e.truncated
     assert "1000003 bytes" in o.text and o.text.endswith("END")
+
+
+def test_a_note_of_ours_is_shown_but_not_counted_as_the_programs() -> None:
+    err = capture(b"e" * 1_000_000, 2_000)
+    err.note(STOPPED_NOTE)
+    _, e = shape(capture(b"", 2_000), err, budget=1_500, scrub=scrub, margin=0)
+    assert e.original_bytes == 1_000_000 and "1000000 bytes" in e.text
+    assert e.text.endswith(STOPPED_NOTE.decode())
 
 
 def test_a_flood_of_json_escapes_cannot_double_the_result() -> None:
