@@ -87,6 +87,9 @@ _AUTH_SCHEMES = (
     r"(?:bearer|basic|digest|negotiate|ntlm|token|dpop|hoba|mutual|vapid|gssapi|oauth|apikey"
     r"|aws4-hmac-sha256|scram-sha-1|scram-sha-256|privatetoken|concealed)"
 )
+# A character of an Authorization value (RFC 9110 token68, lower case) that does not start
+# the keyword again.
+_AUTH_CHAR = r"(?:(?!authorization)[a-z0-9._~+/=-])"
 _AWS_KEY_ID_PREFIX = r"(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)"
 
 RULES: tuple[Rule, ...] = (
@@ -214,11 +217,15 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "http-authorization",
-        # A scheme we know stays; any other first word may be part of the credentials. The
-        # last lookahead keeps a second pass off `Negotiate [REDACTED:...]`.
-        r"authorization[\"']?[ \t]*[:=][ \t]*[\"']?"
+        # A scheme we know stays; any other first word may be part of the credentials. A
+        # credential never holds the keyword: from each `authorization=` of
+        # `authorization=authorization=...` the scan would otherwise cover the rest of the
+        # run, and a second header on the line would pass as the first one's credential.
+        # The last lookahead keeps a second pass off `Negotiate [REDACTED:...]`. Quotes may
+        # be JSON-escaped; Go prints headers as `map[K:[V]]`.
+        r"authorization(?:\\?[\"'])?[ \t]*[:=][ \t]*(?:\\?[\"']|\[(?!redacted:))?"
         rf"(?:{_AUTH_SCHEMES}[ \t]+)?"
-        r"(?P<secret>(?:[a-z0-9._~+/=-]+[ \t]+)?[a-z0-9._~+/=-]{8,})"
+        rf"(?P<secret>(?:{_AUTH_CHAR}+[ \t]+)?{_AUTH_CHAR}{{8,}})"
         r"(?![a-z0-9._~+/=-])(?![ \t]*\[redacted:)",
         "gitleaks: curl-auth-header (any Authorization header, not only curl's); RFC 9110",
         ("authorization",),

@@ -611,7 +611,8 @@ def test_docs_list_every_rule_and_its_source() -> None:
 
 # Inputs made to make a rule re-scan or backtrack: its keyword repeated, glued into a long run
 # of token characters, or followed by one with no valid end. A quadratic rule spends minutes
-# on these (the JWT rule once took 4 s at 32 KB, on the server's event loop); linear ones
+# on these (the JWT rule once took 4 s at 32 KB, on the server's event loop, and the
+# Authorization rule 15 s on `authorization=` repeated, then ` [redacted:`); linear ones
 # take milliseconds, so the generous bound below is about hangs, not speed.
 _RUNS = ("a", "A0", "-", "_", "=", " ", "\t", ":", "a:", ".", "ey", "/+")
 _TAILS = ("", "!", ".", "@", " [redacted:x]")
@@ -620,7 +621,8 @@ _TAILS = ("", "!", ".", "@", " [redacted:x]")
 def _hostile(keyword: str, size: int) -> list[str]:
     texts = [keyword * (size // len(keyword))]
     for run in _RUNS:
-        texts.append((keyword + run) * (size // (len(keyword) + len(run))))
+        repeated = (keyword + run) * (size // (len(keyword) + len(run)))
+        texts += [repeated + tail for tail in _TAILS]
         texts += [keyword + run * (size // len(run)) + tail for tail in _TAILS]
     return texts
 
@@ -647,3 +649,20 @@ def test_a_token_after_an_escape_is_still_found(before: str) -> None:
     assert scrubber.scrub(before + JWT) == before + "[REDACTED:jwt]"
     aws = before + "AKIA" + "ABCDEFGHIJKLMNOP"
     assert scrubber.scrub(aws) == before + "[REDACTED:aws-access-key-id]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{\\"Authorization\\": \\"Basic YWxhZGRpbjpvcGVuc2VzYW1l\\"}',  # JSON in JSON
+        "map[Authorization:[Basic YWxhZGRpbjpvcGVuc2VzYW1l]]",  # Go's print of a header map
+        "=Authorization: Bearer 000000000123",
+        "Authorization: Bearer abcdefghijkl, Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+        "Authorization: Bearer abcdefghijkl Proxy-Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+    ],
+)
+def test_every_authorization_credential_on_a_line_is_redacted(text: str) -> None:
+    out = Scrubber().scrub(text)
+    for secret in ("YWxhZGRpbjpvcGVuc2VzYW1l", "abcdefghijkl", "000000000123"):
+        assert secret not in out, out
+    assert "[REDACTED:http-authorization]" in out
