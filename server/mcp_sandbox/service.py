@@ -19,7 +19,7 @@ from mcp_sandbox.docker_api import DockerApi
 from mcp_sandbox.egress import EgressProxy, EgressTally, reap_networks
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.host import owner_is_alive
-from mcp_sandbox.output import capture_bytes, shape
+from mcp_sandbox.output import capture_bytes, neutralise, shape
 from mcp_sandbox.policy import RunPlan, Sizes, decide
 from mcp_sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.requests import RunCodeArgs, ShellArgs
@@ -357,7 +357,8 @@ class SandboxService:
             run_id=run_id,
             sandbox=raw.container,
             egress_allowed=tally.allowed if tally else 0,
-            egress_denied=list(tally.denied) if tally else [],
+            # The sandbox picks these names: a secret can ride in one, as in its output.
+            egress_denied=[neutralise(self._scrub(d)) for d in tally.denied] if tally else [],
             workspace=workspace,  # its paths were scrubbed before they were cut
             stdout=out.text,
             stderr=err.text,

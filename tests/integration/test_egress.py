@@ -590,6 +590,14 @@ async def test_concurrent_calls_each_list_only_their_own_denials(eg: Client) -> 
         assert result["egress_allowed"] == 1
 
 
+async def test_a_secret_in_a_refused_name_is_scrubbed_like_output(eg: Client) -> None:
+    token = "ghp_" + "a1" * 18  # the sandbox chooses the names the proxy refuses
+    result = await shell(eg, f"curl -s --max-time 10 http://{token}.denied.test/")
+    assert token not in json.dumps(result), result
+    [denied] = result["egress_denied"]
+    assert denied.startswith("[REDACTED:github-token].denied.test:80 ("), denied
+
+
 async def test_a_credential_is_dead_once_its_call_ends(eg: Client) -> None:
     first = await shell(eg, "echo $HTTP_PROXY | sed 's#^http://##; s#@.*##'")
     stale = str(first["stdout"]).strip()
