@@ -21,11 +21,45 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
-# The request's id and method, found by text: the line is not JSON the SDK can read. Clients
-# write "jsonrpc", "id" and "method" before "params", so the first match is the request's.
-_ID = re.compile(r'"id"\s*:\s*(-?\d{1,15}(?![\d.eE])|"(?:[^"\\]|\\.){0,200}")')
-_METHOD = re.compile(r'"method"\s*:\s*"([A-Za-z/_]{1,64})"')
+# The line's tokens, by text: a string, a bracket or punctuation, or a run of anything else
+# (an atom, or at depth, everything up to the next string or bracket).
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s"{}\[\],:]+|\s+')
+_DEEP = re.compile(r'[^"{}\[\]]+')
+_MAX_TOKENS = 100_000
+_ID = re.compile(r'-?\d{1,15}|"(?:[^"\\]|\\.){0,200}"')
+_METHOD = re.compile(r'"([A-Za-z/_]{1,64})"')
 _LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _top_level(line: str) -> dict[str, str]:
+    """The members of the line's outer object, key -> value text, for values that are
+    strings or atoms; by text, without recursion (the line may nest 100,000 deep)."""
+    members: dict[str, str] = {}
+    depth, key, expect_key, i = 0, "", False, 0
+    for _ in range(_MAX_TOKENS):
+        if depth > 1 and (deep := _DEEP.match(line, i)) is not None:
+            i = deep.end()  # inside a member's value: only strings and brackets matter
+        token = _TOKEN.match(line, i)
+        if token is None:
+            break
+        i, t = token.end(), token.group()
+        if t in "{[":
+            depth += 1
+            expect_key, key = depth == 1 and t == "{", ""
+        elif t in "}]":
+            depth -= 1
+        elif depth != 1 or t.isspace():
+            continue
+        elif t == ",":
+            expect_key, key = True, ""
+        elif t == ":":
+            expect_key = False
+        elif expect_key:
+            key = t
+        elif key:
+            members.setdefault(key, t)
+            key = ""
+    return members
 
 
 def reply_to_unreadable(error: Exception) -> types.JSONRPCResponse | types.JSONRPCError | None:
@@ -36,13 +70,15 @@ def reply_to_unreadable(error: Exception) -> types.JSONRPCResponse | types.JSONR
     line = first.get("input")
     if not isinstance(line, str):
         return None  # valid JSON the SDK refused as JSON-RPC: left as the SDK leaves it
-    found, method = _ID.search(line), _METHOD.search(line)
+    members = _top_level(line)
+    found = _ID.fullmatch(members.get('"id"', ""))
+    method = _METHOD.fullmatch(members.get('"method"', ""))
     if found is None or method is None:
         # A notification needs no answer; a response (to our own question) must get none:
         # its id is ours, and the client may have a request of its own with that number.
         return None
     try:
-        request_id: int | str = json.loads(found.group(1))
+        request_id: int | str = json.loads(found.group())
     except ValueError:
         return None
     if _LONE_SURROGATE.search(line):

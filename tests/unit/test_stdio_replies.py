@@ -52,3 +52,18 @@ def test_huge_numbers_and_deep_nesting_are_answered_too() -> None:
     for arguments in ('{"memory_mib":' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000):
         reply = reply_to_unreadable(_unreadable(CALL % (9, arguments)))
         assert isinstance(reply, types.JSONRPCResponse) and reply.result["isError"] is True
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # The TypeScript SDK writes the id last: an "id" inside the arguments comes first.
+        '{"method":"tools/call","params":{"name":"shell","arguments":{"id":777,"command":"'
+        '\\ud800"}},"jsonrpc":"2.0","id":39}',
+        '{"jsonrpc":"2.0","method":"tools/call","params":{"id":[777],"x":{"id":777},'
+        '"arguments":{"command":"\\ud800"}},"id" : 39 }',
+    ],
+)
+def test_the_answer_goes_to_the_requests_own_id_not_one_in_its_params(line: str) -> None:
+    reply = reply_to_unreadable(_unreadable(line))
+    assert isinstance(reply, types.JSONRPCResponse) and reply.id == 39
