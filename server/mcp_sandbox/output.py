@@ -100,8 +100,14 @@ class ShapedStream:
 
 # C0 controls but tab and newline, DEL, C1 controls: they can drive a terminal.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
-# Bidirectional overrides and isolates reorder what a reader sees ("Trojan Source").
-_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Bidirectional overrides and isolates reorder what a reader sees ("Trojan Source"); tag
+# characters, zero-width spaces, word joiners, BOMs and soft hyphens hide text from a human
+# reader while a model still reads it; line and paragraph separators end lines unseen.
+# (ZWJ and ZWNJ stay: scripts and emoji need them.)
+_HIDDEN = re.compile(
+    "[\u00ad\u061c\u180e\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069"
+    "\ufeff\U000e0000-\U000e007f]"
+)
 
 
 def _picture(m: re.Match[str]) -> str:
@@ -117,7 +123,7 @@ def neutralise(text: str) -> str:
     ``\\r\\n`` becomes ``\\n``; a lone ``\\r`` (which could overwrite a shown line) a picture.
     """
     text = text.replace("\r\n", "\n")
-    return _BIDI.sub("\ufffd", _CONTROL.sub(_picture, text))
+    return _HIDDEN.sub("\ufffd", _CONTROL.sub(_picture, text))
 
 
 def _common_prefix(a: str, b: str) -> str:
