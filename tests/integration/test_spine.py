@@ -110,6 +110,9 @@ print(json.dumps({
   "docker_sock": os.path.exists('/var/run/docker.sock') or os.path.exists('/run/docker.sock'),
   "mounts": open('/proc/self/mounts').read(),
   "ipc_ns": os.readlink('/proc/self/ns/ipc'),
+  "setid": [os.path.join(d, f) for top in ('/usr', '/etc', '/opt') for d, _, fs in os.walk(top)
+            for f in fs if not os.path.islink(os.path.join(d, f))
+            and os.stat(os.path.join(d, f)).st_mode & 0o6000],
 }))
 """
 
@@ -129,6 +132,7 @@ async def test_runs_as_nobody_with_no_capabilities(inside: dict[str, object]) ->
 async def test_no_new_privileges_and_a_seccomp_filter(inside: dict[str, object]) -> None:
     assert inside["nonewprivs"] == "1"
     assert inside["seccomp"] == "2"  # filter mode
+    assert inside["setid"] == []  # and no setuid or setgid file to try it with
 
 
 async def test_only_loopback_exists(inside: dict[str, object]) -> None:
