@@ -102,11 +102,16 @@ class ShellArgs(_SandboxArgs):
     command: str = Field(description="a /bin/sh command line")
 
 
+_SHOWN_KEY = 40
+
+
 def describe_bad_arguments(exc: ValidationError, *, supported_languages: tuple[str, ...]) -> str:
     """One line for the caller, naming each bad argument; never echoes its value."""
     parts = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "arguments"
+        if len(key) > _SHOWN_KEY:  # the caller wrote it: a few characters name it enough
+            key = key[:_SHOWN_KEY] + "…"
         if err["type"] == "missing":
             parts.append(f"{key} is required")
         elif err["type"] == "extra_forbidden":

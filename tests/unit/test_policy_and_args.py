@@ -74,6 +74,11 @@ def test_bad_arguments_are_one_line_and_never_echo_values() -> None:
     assert "unknown argument 'nope'" in message and "timeout_s" in message
 
 
+def test_an_unknown_argument_is_named_in_a_few_characters() -> None:
+    message = _bad({"language": "python", "code": "1", "k" * 10_000: 1})
+    assert message == f"invalid arguments: unknown argument '{'k' * 40}…'"
+
+
 def test_missing_arguments_are_named() -> None:
     assert _bad({}) == "invalid arguments: language is required; code is required"
 
