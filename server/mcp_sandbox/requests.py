@@ -4,19 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from mcp_sandbox.languages import Language
 from mcp_sandbox.policy import MIN_CPUS, MIN_MEMORY_MIB, MIN_OUTPUT_BYTES, MIN_TIMEOUT_S
 from mcp_sandbox.workspace import MAX_WORKDIR_CHARS, Mode
 
+
+def _json_number(value: object) -> object:
+    """A limit is a JSON number: `true` is not 1 core, and "1e309" is not a number."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ValueError("must be a number")
+    return value
+
+
+JsonNumber = BeforeValidator(_json_number)
+
 TimeoutArg = Annotated[
     float | None,
     Field(
         ge=MIN_TIMEOUT_S,
+        allow_inf_nan=False,
         description="wall-clock limit in seconds; the configured default when omitted, "
         f"at least {MIN_TIMEOUT_S:g}, never above the configured maximum",
     ),
+    JsonNumber,
 ]
 StdinArg = Annotated[str | None, Field(description="text fed to the program's standard input")]
 NetworkArg = Annotated[
@@ -34,14 +46,17 @@ MemoryArg = Annotated[
         description="memory limit in MiB; the configured default when omitted, never above the "
         "configured maximum",
     ),
+    JsonNumber,
 ]
 CpusArg = Annotated[
     float | None,
     Field(
         ge=MIN_CPUS,
+        allow_inf_nan=False,
         description="CPU quota in cores; the configured default when omitted, "
         f"at least {MIN_CPUS:g}, never above the configured maximum",
     ),
+    JsonNumber,
 ]
 OutputArg = Annotated[
     int | None,
@@ -49,6 +64,7 @@ OutputArg = Annotated[
         ge=MIN_OUTPUT_BYTES,
         description="stdout+stderr bytes kept in the result; the configured default when omitted",
     ),
+    JsonNumber,
 ]
 ProfileArg = Annotated[
     str | None,
