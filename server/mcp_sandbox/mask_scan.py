@@ -1,5 +1,9 @@
 """The read-only workspace's masked paths: every call walks the tree, re-listing what changed.
 
+A path is masked when a mask rule names it, and so is every socket, FIFO and device node,
+whatever its name: through the read-only bind they stay live (a host daemon's socket, a pipe
+a host process reads, a device), so each is overmounted by the empty file like a secret.
+
 Every `ro` call needs the masked paths as they are now: a `.env` written a second ago must be
 hidden. Listing every directory and matching every name costs about 7 µs an entry (70 ms on
 a project with a virtualenv), on every call. What a directory holds (names and types, all
@@ -39,7 +43,8 @@ _Key = tuple[int, int, int, int]  # st_dev, st_ino, st_mtime_ns, st_ctime_ns
 
 @dataclass(frozen=True)
 class MaskSet:
-    """Paths (relative, POSIX) to overmount: files with an empty file, dirs with an empty tmpfs."""
+    """Paths (relative, POSIX) to overmount: files and special files with an empty read-only
+    file, dirs with an empty read-only directory."""
 
     files: tuple[str, ...]
     dirs: tuple[str, ...]
@@ -67,10 +72,11 @@ class MaskScanner:
         self._lock = threading.Lock()
 
     def scan(self, *, max_entries: int) -> MaskSet:
-        """Every masked path of the tree, not following symbolic links nor entering other
-        mounts (each is masked whole). A masked name that is a symbolic link is left alone:
-        inside the sandbox it resolves in the container, where what it points at is masked
-        (or not) under its own name. A directory this process cannot list is masked whole.
+        """Every masked path of the tree and every special file (socket, FIFO, device), not
+        following symbolic links nor entering other mounts (each is masked whole). A masked
+        name that is a symbolic link is left alone: inside the sandbox it resolves in the
+        container, where what it points at is masked (or not) under its own name. A directory
+        this process cannot list is masked whole.
 
         Raises RequestRejected when the tree is too large or holds too many masked paths.
         """
@@ -146,6 +152,7 @@ class MaskScanner:
         masked_dirs: list[str] = []
         subdirs: list[str] = []
         for entry in entries:
+            # The type comes from the listing (d_type): no stat unless the filesystem has none.
             if entry.is_symlink():
                 continue
             is_dir = entry.is_dir(follow_symlinks=False)
@@ -153,6 +160,10 @@ class MaskScanner:
                 (masked_dirs if is_dir else masked_files).append(entry.name)
             elif is_dir:
                 subdirs.append(entry.name)
+            elif not entry.is_file(follow_symlinks=False):
+                # A socket, FIFO or device node: the bind carries no `nodev`, so it would reach
+                # a host daemon, a host reader or a device. Masked whatever its name.
+                masked_files.append(entry.name)
         quiet = now_ns - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_S * 1e9
         return _Listing(
             key if quiet else None,

@@ -44,6 +44,9 @@ DEFAULT_MASK: tuple[str, ...] = (
     ".yarnrc",
     ".yarnrc.yml",  # npmAuthToken
     ".git-credentials",
+    ".pgpass",
+    "*.tfstate",  # Terraform state holds every secret its resources were given
+    "*.tfstate.backup",
     ".aws/",
     ".ssh/",
     ".gnupg/",
@@ -52,11 +55,18 @@ DEFAULT_MASK: tuple[str, ...] = (
     # A remote URL may carry a token (https://user:token@host/...); git works without it.
     ".git/config",
     ".git/config.worktree",
-    # A submodule's remote URL: its name is its path (`third_party/foo`) unless set, and a
-    # nested submodule's config sits under its parent's `modules/`.
+    ".hg/hgrc",  # Mercurial's paths may carry a password too
+    ".git/worktrees/*/config.worktree",
+    "*.git/config",  # a bare repository (`foo.git/`)
+    # A submodule's remote URL: its name is its path (`vendor/github.com/org/repo`) unless
+    # set, and a nested submodule's config sits under its parent's `modules/`. Rules have no
+    # `**`: names up to six components deep are covered, deeper ones are not.
     ".git/modules/*/config",
     ".git/modules/*/*/config",
     ".git/modules/*/*/*/config",
+    ".git/modules/*/*/*/*/config",
+    ".git/modules/*/*/*/*/*/config",
+    ".git/modules/*/*/*/*/*/*/config",
     "modules/*/modules/*/config",
 )
 
@@ -66,6 +76,7 @@ DEFAULT_PROTECT: tuple[str, ...] = (
     ".git",
     ".gitmodules",
     ".gitattributes",
+    ".hg/",  # hgrc hooks
     ".husky/",
     ".pre-commit-config.yaml",
     ".bashrc",
@@ -90,10 +101,32 @@ DEFAULT_PROTECT: tuple[str, ...] = (
     ".claude/",
     "CLAUDE.md",
     "CLAUDE.local.md",
+    "AGENTS.md",
+    ".gemini/",
     ".cursor/",
     ".vscode/",
     ".idea/",
+    ".zed/",
     ".devcontainer/",
+    # Tool config the host runs code from: cargo's rustc-wrapper, Gradle's and Maven's
+    # wrappers (scripts, a jar, a download URL), pylint's init-hook, bazel's flags, mise's
+    # hooks and the tool versions mise and asdf install and run.
+    ".cargo/",
+    "gradlew",
+    "gradlew.bat",
+    "mvnw",
+    "mvnw.cmd",
+    "gradle/wrapper/",
+    ".mvn/",
+    ".pylintrc",
+    "pylintrc",
+    ".bazelrc",
+    "mise.toml",
+    ".mise.toml",
+    ".tool-versions",
+    # CI that runs on push.
+    ".github/",
+    ".gitlab-ci.yml",
 )
 
 # Large trees that tests rarely need and copies should not pay for.

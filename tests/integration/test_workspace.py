@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -301,6 +303,126 @@ async def test_masked_paths_are_empty_and_read_only_in_ro(ws: Client) -> None:
 async def test_a_workdir_inside_a_mask_is_refused(ws: Client) -> None:
     message = await call_error(ws, "shell", command="ls", workdir=".ssh")
     assert "masked" in message
+
+
+# --- special files: live through a bind, so masked in ro, never copied -----------------------
+
+SPECIAL_PROBE = """
+import os, socket, stat
+for name in ("db.sock", "run/pipe", "null-dev"):
+    try:
+        print(name, stat.filemode(os.lstat(name).st_mode))
+    except OSError as e:
+        print(name, "absent", e.strerror)
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(3)
+try:
+    s.connect("db.sock")
+    s.sendall(b"from-sandbox")
+    print("CONNECTED")
+except OSError as e:
+    print("connect:", e.strerror)
+try:
+    fd = os.open("run/pipe", os.O_WRONLY | os.O_NONBLOCK)
+    os.write(fd, b"from-sandbox")
+    print("PIPE WRITTEN")
+except OSError as e:
+    print("pipe:", e.strerror)
+try:
+    fd = os.open("null-dev", os.O_WRONLY)
+    os.write(fd, b"from-sandbox")
+    print("DEVICE WRITTEN")
+except OSError as e:
+    print("device:", e.strerror)
+"""
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    st = path.lstat()
+    return st.st_mode, st.st_ino, st.st_rdev, st.st_uid, st.st_mtime_ns, st.st_ctime_ns
+
+
+@pytest.fixture
+def specials(tmp_path: Path) -> Iterator[tuple[Path, list[bytes]]]:
+    """A workspace holding a Unix socket a host thread serves, a FIFO a host thread reads
+    and a world-writable device node (/dev/null's numbers, never a real console)."""
+    root = tmp_path / "specials"
+    (root / "run").mkdir(parents=True)
+    root.chmod(0o755)
+    (root / "run").chmod(0o755)
+    (root / "plain.txt").write_text("plain\n")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(root / "db.sock"))
+    listener.listen()
+    listener.settimeout(0.1)
+    (root / "db.sock").chmod(0o777)  # unmasked, the sandbox user could connect
+    os.mkfifo(root / "run" / "pipe", 0o666)
+    (root / "run" / "pipe").chmod(0o666)
+    os.mknod(root / "null-dev", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    (root / "null-dev").chmod(0o666)
+    # The read end is held open, so a writer in the sandbox would not wait for one.
+    reader = os.open(root / "run" / "pipe", os.O_RDONLY | os.O_NONBLOCK)
+    reached: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                pass
+            else:
+                with conn:
+                    conn.settimeout(1)
+                    reached.append(b"connection:" + conn.recv(100))
+            try:
+                data = os.read(reader, 100)
+            except BlockingIOError:
+                data = b""
+            if data:
+                reached.append(b"pipe:" + data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield root, reached
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        os.close(reader)
+
+
+@pytest.mark.parametrize("mode", ["ro", "copy"])
+async def test_special_files_never_reach_the_host_from_a_sandbox(
+    specials: tuple[Path, list[bytes]], mode: str
+) -> None:
+    root, reached = specials
+    paths = [root / "db.sock", root / "run" / "pipe", root / "null-dev"]
+    before = {p: _identity(p) for p in paths}
+    async with connect("auto", env={"MCP_SANDBOX_WORKSPACE": str(root)}) as c:
+        result = await call(c, "run_code", language="python", code=SPECIAL_PROBE, workspace=mode)
+        listed = await call(c, "shell", command="ls -A . run", workspace=mode)
+    out = result["stdout"]
+    assert result["exit_code"] == 0, result
+    assert "CONNECTED" not in out and "WRITTEN" not in out, out
+    if mode == "ro":  # each overmounted by the empty read-only file, like a secret
+        for name in ("db.sock", "run/pipe", "null-dev"):
+            assert f"{name} -r--r--r--" in out, out
+        # The blank is root's and 0444: permission is checked before the read-only mount.
+        for what in ("pipe", "device"):
+            assert f"{what}: Permission denied" in out or f"{what}: Read-only file" in out, out
+        assert sorted(listed["stdout"].split()) == sorted(
+            [".:", "db.sock", "null-dev", "plain.txt", "run", "run:", "pipe"]
+        )
+    else:  # never copied: not even the names
+        assert out.count("absent No such file") == 3, out
+        assert sorted(listed["stdout"].split()) == [".:", "plain.txt", "run", "run:"]
+    await anyio.sleep(0.3)  # the host thread polls every 0.1 s
+    assert reached == []
+    assert {p: _identity(p) for p in paths} == before  # the host's files, untouched
+    assert stat.S_ISSOCK(before[paths[0]][0]) and stat.S_ISFIFO(before[paths[1]][0])
+    assert stat.S_ISCHR(before[paths[2]][0]) and before[paths[2]][2] == os.makedev(1, 3)
 
 
 # --- escapes --------------------------------------------------------------------------------------

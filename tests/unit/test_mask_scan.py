@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -71,6 +72,40 @@ def test_a_secret_written_after_a_scan_is_masked_by_the_next(
     _tick()
     (tmp_path / where / ".env").write_text("SECRET=1")
     assert scanner.scan(max_entries=100).files == (f"{where}/.env".lstrip("/"),)
+
+
+def _special(path: Path, kind: str) -> None:
+    """A socket, FIFO or device node (devices need root: /dev/null's numbers)."""
+    if kind == "socket":
+        os.mknod(path, 0o600 | stat.S_IFSOCK)  # what bind(2) leaves behind
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "chr":
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    else:
+        os.mknod(path, 0o666 | stat.S_IFBLK, os.makedev(7, 200))
+
+
+SPECIALS = ["socket", "fifo"] + (["chr", "blk"] if os.geteuid() == 0 else [])
+
+
+@pytest.mark.parametrize("kind", SPECIALS)
+@pytest.mark.parametrize("where", ["", "app/deep", "docs"])
+def test_a_special_file_made_after_a_scan_is_masked_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, kind: str
+) -> None:
+    """A socket, FIFO or device node is masked whatever its name, like a new `.env`."""
+    _quiet(monkeypatch)
+    _tree(tmp_path)
+    scanner = MaskScanner(tmp_path, RULES, reuse=True)
+    assert scanner.scan(max_entries=100).files == ()
+    _tick()
+    _special(tmp_path / where / "db", kind)
+    assert scanner.scan(max_entries=100).files == (f"{where}/db".lstrip("/"),)
+    _tick()
+    (tmp_path / where / "db").unlink()
+    (tmp_path / where / "db").write_text("a plain file now")
+    assert scanner.scan(max_entries=100).files == ()
 
 
 def test_a_change_hidden_behind_a_reset_mtime_is_still_seen(
@@ -149,7 +184,10 @@ def test_the_workspace_filesystem_is_read_from_mountinfo(tmp_path: Path) -> None
 
 names = st.sampled_from(["a", "b", ".env", "x.pem", ".ssh", "id_rsa", "src"])
 ops = st.lists(
-    st.tuples(st.sampled_from(["file", "dir", "remove"]), st.lists(names, min_size=1, max_size=3)),
+    st.tuples(
+        st.sampled_from(["file", "dir", "remove", *SPECIALS]),
+        st.lists(names, min_size=1, max_size=3),
+    ),
     max_size=12,
 )
 
@@ -173,7 +211,12 @@ def test_reusing_listings_gives_what_a_full_scan_gives(
             try:
                 if kind == "file":
                     path.parent.mkdir(parents=True, exist_ok=True)
+                    if path.exists() and not path.is_file():
+                        continue  # writing would open a FIFO (and wait) or a device
                     path.write_text("")
+                elif kind in SPECIALS:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    _special(path, kind)
                 elif kind == "dir":
                     path.mkdir(parents=True, exist_ok=True)
                 elif path.is_dir():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import stat
 import tarfile
 import tracemalloc
@@ -23,6 +24,7 @@ from mcp_sandbox.spec import Mount, build_spec, with_workspace
 from mcp_sandbox.workspace import (
     DEFAULT_MASK,
     DEFAULT_PROTECT,
+    MAX_MASKS,
     PathRules,
     WorkspacePolicy,
     WorkspaceReport,
@@ -77,6 +79,20 @@ RW = WorkspacePolicy(modes=("ro", "copy", "rw"))
         (".git/modules/a/modules/b/config", False, True),
         (".git/modules/lib/HEAD", False, False),
         ("src/modules/auth/config", True, False),
+        # Added after a red-team pass: credentials, state and deeper submodule names.
+        (".pgpass", False, True),
+        ("infra/terraform.tfstate", False, True),
+        ("infra/terraform.tfstate.backup", False, True),
+        ("infra/main.tf", False, False),
+        (".git/worktrees/feature/config.worktree", False, True),
+        (".git/worktrees/feature/HEAD", False, False),
+        ("mirror/foo.git/config", False, True),  # a bare repository
+        ("foo.git/HEAD", False, False),
+        (".hg/hgrc", False, True),
+        (".git/modules/vendor/github.com/org/repo/config", False, True),
+        (".git/modules/a/b/c/d/e/config", False, True),
+        (".git/modules/a/b/c/d/e/f/config", False, True),
+        (".git/modules/a/b/c/d/e/f/g/config", False, False),  # past six: see the comment
     ],
 )
 def test_mask_rules_match_names_at_any_depth(path: str, is_dir: bool, masked: bool) -> None:
@@ -96,10 +112,39 @@ def test_mask_rules_match_names_at_any_depth(path: str, is_dir: bool, masked: bo
         ".hus\u212ay/pre-commit",  # KELVIN SIGN: `k` on a normalising filesystem
         ".bashrc",
         "deep/er/.envrc",
+        ".hg/hgrc",
+        ".zed/settings.json",
+        "AGENTS.md",
+        "pkg/AGENTS.md",
+        ".gemini/settings.json",
+        ".cargo/config.toml",
+        "gradlew",
+        "gradlew.bat",
+        "mvnw",
+        "mvnw.cmd",
+        "gradle/wrapper/gradle-wrapper.jar",
+        "sub/gradle/wrapper/gradle-wrapper.properties",
+        ".mvn/wrapper/maven-wrapper.properties",
+        ".mvn/jvm.config",
+        ".pylintrc",
+        "pylintrc",
+        ".bazelrc",
+        "mise.toml",
+        ".mise.toml",
+        ".tool-versions",
+        ".github/workflows/ci.yml",
+        ".gitlab-ci.yml",
     ],
 )
 def test_protected_paths_cover_their_contents(path: str) -> None:
     assert PathRules(DEFAULT_PROTECT).covers(tuple(path.split("/")), False)
+
+
+@pytest.mark.parametrize(
+    "path", ["gradle/libs.versions.toml", "build.gradle", "docs/github.md", "src/cargo.rs"]
+)
+def test_neighbours_of_protected_paths_stay_writable(path: str) -> None:
+    assert not PathRules(DEFAULT_PROTECT).covers(tuple(path.split("/")), False)
 
 
 @given(st.lists(st.booleans(), min_size=4, max_size=4))
@@ -197,6 +242,50 @@ def test_masks_are_found_and_links_left_alone(tmp_path: Path) -> None:
     assert masks.dirs == ("app/.ssh",)
 
 
+def make_special(path: Path, kind: str) -> None:
+    """A socket, FIFO or device node at ``path`` (devices need root: /dev/null's numbers)."""
+    if kind == "socket":
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(path))  # the inode outlives the socket
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "chr":
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    else:
+        os.mknod(path, 0o666 | stat.S_IFBLK, os.makedev(7, 200))
+
+
+SPECIALS = ["socket", "fifo"] + (["chr", "blk"] if os.geteuid() == 0 else [])
+
+
+def test_special_files_are_masked_whatever_their_name(tmp_path: Path) -> None:
+    """Through the read-only bind (no nodev) a socket reaches a host daemon, a FIFO a host
+    reader and a device node its device: each is overmounted like a secret."""
+    (tmp_path / "run" / "deep").mkdir(parents=True)
+    for kind in SPECIALS:
+        make_special(tmp_path / f"{kind}.x", kind)
+        make_special(tmp_path / "run" / "deep" / kind, kind)
+    (tmp_path / "plain.txt").write_text("x")
+    (tmp_path / "to_fifo").symlink_to("fifo.x")  # resolves in the container: to the mask
+    masks = find_masked(tmp_path, PathRules(()), max_entries=100)
+    assert masks.files == tuple(
+        sorted([f"{k}.x" for k in SPECIALS] + [f"run/deep/{k}" for k in SPECIALS])
+    )
+    assert masks.dirs == ()
+
+
+def test_special_files_count_against_the_mount_bound_like_secrets(tmp_path: Path) -> None:
+    for i in range(MAX_MASKS // 2):
+        (tmp_path / f"k{i}.pem").write_text("k")
+    for i in range(MAX_MASKS - MAX_MASKS // 2):
+        os.mkfifo(tmp_path / f"p{i}")
+    rules = PathRules(DEFAULT_MASK)
+    assert len(find_masked(tmp_path, rules, max_entries=1000).files) == MAX_MASKS
+    os.mkfifo(tmp_path / "one-more")
+    with pytest.raises(RequestRejected, match=f"at most {MAX_MASKS}: use workspace='copy'"):
+        find_masked(tmp_path, rules, max_entries=1000)
+
+
 def test_a_huge_tree_is_refused_not_walked_forever(tmp_path: Path) -> None:
     for i in range(20):
         (tmp_path / f"f{i}").write_text("")
@@ -221,7 +310,9 @@ def project(tmp_path: Path) -> Path:
     (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     (root / "link").symlink_to("src/m.py")
     (root / "climb").symlink_to("../outside")
-    os.mkfifo(root / "fifo")
+    (root / "dev").mkdir()
+    for kind in SPECIALS:
+        make_special(root / "dev" / kind, kind)
     return root
 
 
@@ -237,6 +328,7 @@ def test_a_copy_leaves_out_masks_excludes_and_special_files(project: Path) -> No
         ".git/hooks",
         "link",
         "climb",
+        "dev",  # its socket, FIFO and device nodes are left out
     }
     assert rels[".git"].locked and rels[".git/hooks"].locked and not rels["src/m.py"].locked
     order = [e.rel for e in manifest.entries]
