@@ -343,6 +343,9 @@ class Readback:
     complete: bool = True
     over_budget: bool = False  # a changed file's bytes were not kept: past the rw quota
     note: str | None = None
+    # The symbolic links back as they were sent: no link `rw` writes may send one of them
+    # outside the workspace (see ``_escaped``).
+    links: list[str] = field(default_factory=list)
 
 
 class _TooBig(Exception):
@@ -425,6 +428,8 @@ def read_back(
                     )
                     link = member.linkname
                     back.seen[rel] = None if same else Seen("symlink", 0, mode, link=link)
+                    if same:
+                        back.links.append(rel)
                 elif member.islnk():
                     # A hard link names its first path as the archive has it.
                     first = member.linkname.removeprefix(_ARCHIVE_ROOT + "/")
@@ -668,31 +673,95 @@ def _refusal(c: Change, rules: _Rules) -> str | None:
     return None
 
 
+_OUTSIDE = "symbolic link points outside the workspace: removed"
+_AIMED = "symbolic link points at a protected or masked path: removed"
+_CLIMBS = "symbolic link climbs back through a name (like y/..; put .. first): removed"
+_REDIRECTS = "symbolic link would send an older link outside or to a protected path: removed"
+
+
 def _link_refusal(parts: tuple[str, ...], target: str, rules: _Rules) -> str | None:
-    """Why a link the sandbox made may not exist on the host; None if it stays inside."""
-    outside = "symbolic link points outside the workspace: removed"
+    """Why a link the sandbox made may not exist on the host; None if it stays inside.
+
+    Inside not only in the tree as it stands: a later call may turn a name the target passes
+    through into a link (`y/..` is the root while `y` is missing or a directory, and the
+    root's parent once `y -> .`), and an older link is never checked again. So a target is
+    relative and climbs (`..`) only first, no higher than the directory holding the link
+    (a real directory: writes open each one with O_NOFOLLOW) is deep. Resolving it starts
+    in that directory, climbs at most to the root, then only descends, and each name it
+    descends through is a directory or a link kept inside by the same rule. A link the user
+    made to somewhere outside breaks that last step: see ``_escaped`` for what guards it.
+    """
     if not target or "\x00" in target or target.startswith("/"):
-        return outside
+        return _OUTSIDE
     stack = list(parts[:-1])
+    named = False
     for comp in target.split("/"):
         if comp in ("", "."):
             continue
         if comp == "..":
+            if named:
+                return _CLIMBS
             if not stack:
-                return outside
+                return _OUTSIDE
             stack.pop()
         else:
+            named = True
             stack.append(comp)
+    if rules.protect.covers(stack, True) or rules.mask.covers(stack, True):
+        return _AIMED
+    return _resolved_refusal(parts, target, rules)
+
+
+def _resolved_refusal(parts: tuple[str, ...], target: str, rules: _Rules) -> str | None:
+    """Why a link at ``parts`` to ``target`` may not stay, as the host resolves it now:
+    through the links already there (`git -> .git` makes `git/hooks` `.git/hooks`)."""
     real = os.path.realpath(os.path.join(rules.root, *parts[:-1], target))
     if not _inside(real, rules.root):
-        return outside
-    # Both as written and as the host resolves it: through a link already there
-    # (`git -> .git`), `git/hooks` is `.git/hooks`.
+        return _OUTSIDE
     resolved = Path(real).relative_to(rules.root).parts
-    for path in (stack, resolved):
-        if rules.protect.covers(path, True) or rules.mask.covers(path, True):
-            return "symbolic link points at a protected or masked path: removed"
+    if rules.protect.covers(resolved, True) or rules.mask.covers(resolved, True):
+        return _AIMED
     return None
+
+
+def _host_link(root_fd: int, parts: tuple[str, ...]) -> str | None:
+    """The target of the link at ``parts``, reached through real directories; else None."""
+    try:
+        pfd = _open_dir(root_fd, parts[:-1])
+    except OSError:
+        return None
+    try:
+        return os.readlink(parts[-1], dir_fd=pfd)
+    except OSError:
+        return None
+    finally:
+        os.close(pfd)
+
+
+def _resolving_inside(root_fd: int, rels: Iterable[str], rules: _Rules) -> list[tuple[str, ...]]:
+    """Those of the links at ``rels`` that resolve inside, and at no protected path."""
+    out = []
+    for rel in rels:
+        parts = tuple(rel.split("/"))
+        target = _host_link(root_fd, parts)
+        if target is not None and _resolved_refusal(parts, target, rules) is None:
+            out.append(parts)
+    return out
+
+
+def _escaped(root_fd: int, links: list[tuple[str, ...]], rules: _Rules) -> bool:
+    """Whether one of ``links`` (each resolving inside before the writes) no longer does.
+
+    The rule of ``_link_refusal`` keeps the sandbox's own links inside whatever later calls
+    do, but not through a link of the user's pointing outside (`to_root -> /`): an older
+    `leak -> d/to_root/etc/passwd`, checked while `d` was a directory, reaches `/etc/passwd`
+    once `d -> .`. Only a new link sends an older one of the sandbox's somewhere else.
+    """
+    for parts in links:
+        target = _host_link(root_fd, parts)
+        if target is not None and _resolved_refusal(parts, target, rules):
+            return True
+    return False
 
 
 def apply_changes(
@@ -740,6 +809,9 @@ def apply_changes(
         return 0, stop
     root_fd = os.open(root, _O_DIR)
     try:
+        links = [c for c in todo if c.kind == "symlink" and c.change != "deleted"]
+        # The links that stay, as they resolve before any write (see ``_escaped``).
+        older = _resolving_inside(root_fd, back.links, rules) if links else []
         deletions = [c for c in todo if c.change == "deleted"]
         # Files and links first, then directories deepest first: each rmdir only empties.
         deletions.sort(key=lambda c: (c.kind == "dir", -len(c.parts)))
@@ -748,7 +820,6 @@ def apply_changes(
             key=lambda c: len(c.parts),
         )
         files = [c for c in todo if c.kind == "file" and c.change != "deleted"]
-        links = [c for c in todo if c.kind == "symlink" and c.change != "deleted"]
         for group, op in (
             (deletions, _delete),
             (new_dirs, _make_dir),
@@ -763,12 +834,23 @@ def apply_changes(
                     c.note = str(e)
                 except OSError as e:
                     c.note = f"not applied: {e.strerror or 'error'}"
-        # Links were checked before any write; check again now the tree is final.
+        # Links were checked against the tree before any write, each alone; check them again
+        # now the tree is final. `d -> .` and `leak -> d/to_root/etc` in one call both pass
+        # while `d` is missing; together, through the user's `to_root -> /`, they leave.
         for c in links:
-            if c.applied and c.after is not None and _link_refusal(c.parts, c.after.link, rules):
+            if not c.applied or c.after is None:
+                continue
+            why = _link_refusal(c.parts, c.after.link, rules)
+            if why:
                 _remove_quietly(root_fd, c.parts)
                 c.applied = False
-                c.note = "symbolic link points outside the workspace: removed"
+                c.note = why
+        if older and _escaped(root_fd, older, rules):
+            for c in links:
+                if c.applied:
+                    _remove_quietly(root_fd, c.parts)
+                    c.applied = False
+                    c.note = _REDIRECTS
     finally:
         os.close(root_fd)
     return sum(1 for c in changes if c.applied and c.kind != "dir"), None
