@@ -18,6 +18,7 @@ import posixpath
 import re
 import secrets
 import stat
+import struct
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -98,17 +99,68 @@ def _open_dir(root_fd: int, parts: tuple[str, ...]) -> int:
     return fd
 
 
-def sandbox_may_read(st: os.stat_result) -> bool:
+def sandbox_may_read(st: os.stat_result, acl: bytes | None = None) -> bool:
     """Whether uid/gid 65534 may read this file (or list and enter this directory) by its
-    host permissions, as in `ro`: a copy must not hand the sandbox a 0600 file."""
-    if st.st_uid == SANDBOX_UID:
-        bits = st.st_mode >> 6
-    elif st.st_gid == SANDBOX_UID:
-        bits = st.st_mode >> 3
-    else:
-        bits = st.st_mode
+    host permissions, as in `ro`: a copy must not hand the sandbox a 0600 file, nor one a
+    POSIX ACL (``acl``, the raw ``system.posix_acl_access``) denies it."""
     need = 0o5 if stat.S_ISDIR(st.st_mode) else 0o4
-    return bits & need == need
+    entries = _acl_entries(acl) if acl else None
+    if entries is None:
+        if st.st_uid == SANDBOX_UID:
+            bits = st.st_mode >> 6
+        elif st.st_gid == SANDBOX_UID:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        return bits & need == need
+    # The kernel's order (acl(5)): owner, named user, then any matching group, then other.
+    mask = next((p for tag, p, _ in entries if tag == _ACL_MASK), 0o7)
+    if st.st_uid == SANDBOX_UID:
+        return any(tag == _ACL_USER_OBJ and p & need == need for tag, p, _ in entries)
+    named = [p & mask for tag, p, who in entries if tag == _ACL_USER and who == SANDBOX_UID]
+    if named:
+        return named[0] & need == need
+    groups = [
+        p & mask
+        for tag, p, who in entries
+        if (tag == _ACL_GROUP_OBJ and st.st_gid == SANDBOX_UID)
+        or (tag == _ACL_GROUP and who == SANDBOX_UID)
+    ]
+    if groups:
+        return any(p & need == need for p in groups)
+    return any(tag == _ACL_OTHER and p & need == need for tag, p, _ in entries)
+
+
+# Tags of a POSIX ACL entry in its xattr form (little-endian: version 2, then tag, perm, id).
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = (
+    0x01,
+    0x02,
+    0x04,
+    0x08,
+    0x10,
+    0x20,
+)
+_ACL_ENTRY = struct.Struct("<HHI")
+
+
+def _acl_entries(raw: bytes) -> list[tuple[int, int, int]] | None:
+    """(tag, perm, id) of each entry, or None for what is not a version-2 ACL."""
+    if len(raw) < 4 or int.from_bytes(raw[:4], "little") != 2:
+        return None
+    body = raw[4:]
+    if len(body) % _ACL_ENTRY.size:
+        return None
+    return list(_ACL_ENTRY.iter_unpack(body))
+
+
+def _acl(dir_fd: int, name: str) -> bytes | None:
+    """The access ACL of ``name`` in the directory ``dir_fd``, if it has one."""
+    try:
+        return os.getxattr(
+            f"/proc/self/fd/{dir_fd}/{name}", "system.posix_acl_access", follow_symlinks=False
+        )
+    except OSError:  # none (ENODATA), or a filesystem without them
+        return None
 
 
 def scan_copy(root: Path, policy: WorkspacePolicy, *, lock_protected: bool) -> Manifest:
@@ -146,7 +198,7 @@ def scan_copy(root: Path, policy: WorkspacePolicy, *, lock_protected: bool) -> M
                     is_dir = stat.S_ISDIR(st.st_mode)
                     if mask.matches(child, is_dir) or exclude.matches(child, is_dir):
                         continue
-                    if not stat.S_ISLNK(st.st_mode) and not sandbox_may_read(st):
+                    if not stat.S_ISLNK(st.st_mode) and not sandbox_may_read(st, _acl(fd, name)):
                         manifest.unreadable += 1
                         continue
                     child_locked = lock_protected and (locked or protect.matches(child, is_dir))

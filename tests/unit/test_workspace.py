@@ -6,6 +6,7 @@ import io
 import os
 import socket
 import stat
+import struct
 import tarfile
 import tracemalloc
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from mcp_sandbox.workspace_copy import (
     diff,
     listing,
     read_back,
+    sandbox_may_read,
     scan_copy,
     shown_path,
     tar_stream,
@@ -314,6 +316,57 @@ def project(tmp_path: Path) -> Path:
     for kind in SPECIALS:
         make_special(root / "dev" / kind, kind)
     return root
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    """A POSIX access ACL as its xattr holds it: version 2, then (tag, perm, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+ANY = 0xFFFFFFFF
+# user::rw- user:nobody:--- group::r-- mask::r-- other::r-- (setfacl -m u:nobody:0 on a 0644)
+NOBODY_DENIED = _acl(
+    (0x01, 6, ANY), (0x02, 0, 65534), (0x04, 4, ANY), (0x10, 4, ANY), (0x20, 4, ANY)
+)
+
+
+def test_a_copy_leaves_out_what_an_acl_keeps_from_the_sandbox_user(project: Path) -> None:
+    secret = project / "src" / "acl-denied.txt"
+    secret.write_text("not for nobody\n")
+    secret.chmod(0o644)
+    try:
+        os.setxattr(secret, "system.posix_acl_access", NOBODY_DENIED)
+    except OSError as e:
+        pytest.skip(f"this filesystem keeps no ACL: {e.strerror}")
+    manifest = scan_copy(project, RW, lock_protected=True)
+    assert "src/acl-denied.txt" not in {e.rel for e in manifest.entries}
+    assert manifest.unreadable == 1
+
+
+@pytest.mark.parametrize(
+    ("uid", "gid", "acl", "readable"),
+    [
+        (0, 0, NOBODY_DENIED, False),  # a named entry for nobody, whatever `other` says
+        (0, 0, _acl((0x01, 6, ANY), (0x04, 4, ANY), (0x20, 0, ANY)), False),  # other: none
+        (
+            0,
+            0,
+            _acl((0x01, 6, ANY), (0x02, 4, 65534), (0x04, 0, ANY), (0x10, 0, ANY), (0x20, 0, ANY)),
+            False,
+        ),  # granted, but the mask takes it away
+        (
+            0,
+            0,
+            _acl((0x01, 6, ANY), (0x08, 4, 65534), (0x04, 0, ANY), (0x10, 4, ANY), (0x20, 0, ANY)),
+            True,
+        ),  # a named group entry for nogroup
+        (65534, 0, _acl((0x01, 0, ANY), (0x04, 4, ANY), (0x20, 4, ANY)), False),  # owner: none
+        (0, 0, b"\x01\x00\x00\x00", True),  # not an ACL we read: the mode decides
+    ],
+)
+def test_acl_decides_as_the_kernel_does(uid: int, gid: int, acl: bytes, readable: bool) -> None:
+    st = os.stat_result((stat.S_IFREG | 0o644, 0, 0, 1, uid, gid, 0, 0, 0, 0))
+    assert sandbox_may_read(st, acl) is readable
 
 
 def test_a_copy_leaves_out_masks_excludes_and_special_files(project: Path) -> None:
