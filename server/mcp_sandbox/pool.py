@@ -23,7 +23,7 @@ from mcp_sandbox.docker_api import AttachedStreams, DockerApi
 from mcp_sandbox.errors import SandboxUnavailable
 from mcp_sandbox.output import StreamCapture, past_stop
 from mcp_sandbox.policy import RunPlan
-from mcp_sandbox.runner import RawRun, remove_quietly, stop_flooded
+from mcp_sandbox.runner import RawRun, remove_quietly, step, stop_flooded
 from mcp_sandbox.spec import WORKDIR, ContainerSpec
 from mcp_sandbox.warm import STALE_CODE, EndWatch, encode_request, shape_of
 
@@ -248,7 +248,7 @@ async def run_warm(
         oom = await stop_flooded(api, warm.spec.name, warm.streams, err, threads)
         exit_code = None
     elif timed_out:
-        await to_thread.run_sync(api.kill, warm.spec.name, limiter=threads)
+        await step(threads, "stop the sandbox", api.kill, warm.spec.name)
         if pumping.is_set():
             await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
         exit_code = None
@@ -256,7 +256,7 @@ async def run_warm(
         # The stub never wrote its marker (the program killed it): the exit is the answer.
         for w in watches.values():
             w.flush()
-        state = await to_thread.run_sync(api.wait, warm.spec.name, limiter=threads)
+        state = await step(threads, "wait for the sandbox", api.wait, warm.spec.name)
         exit_code, oom = state.exit_code, state.oom_killed
     if exit_code == 137 and not oom:
         # SIGKILL: the memory limit, or the program's own kill. The daemon records OOM on
@@ -267,5 +267,5 @@ async def run_warm(
             )
             oom = state.oom_killed
     elif timed_out:
-        oom = await to_thread.run_sync(api.oom_killed, warm.spec.name, limiter=threads)
+        oom = await step(threads, "inspect the sandbox", api.oom_killed, warm.spec.name)
     return RawRun(out, err, exit_code, timed_out, oom, duration_ms, warm.spec.name, pooled=True)
