@@ -313,9 +313,10 @@ class SandboxService:
         A slot is also withheld while the host is short of memory (``pool.min_available_mib``).
         """
         self._refuse_if_closing()
-        acquired = False
+        acquired = slotted = False
         with anyio.move_on_after(wait_s):
             await self._slots.acquire()
+            slotted = True
             try:
                 while not self._may_start():  # noqa: ASYNC110  # host memory has no event
                     await anyio.sleep(0.05)
@@ -324,10 +325,14 @@ class SandboxService:
                 if not acquired:
                     self._slots.release()
         if not acquired:
-            raise HostBusy(
-                f"all {self.max_concurrent} sandbox slots stayed busy for {wait_s:g} s; "
-                "try again later"
+            why = (
+                f"host busy: less than {self.settings.pool.min_available_mib} MiB of memory "
+                f"stayed available for {wait_s:g} s (pool.min_available_mib)"
+                if slotted
+                else f"host busy: all {self.max_concurrent} sandbox slots stayed busy for "
+                f"{wait_s:g} s"
             )
+            raise HostBusy(f"{why}; try again later")
         try:
             yield
         finally:

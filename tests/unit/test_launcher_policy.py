@@ -367,3 +367,30 @@ async def test_the_compose_healthcheck_speaks_the_launchers_protocol(tmp_path: P
     assert not await anyio.to_thread.run_sync(healthcheck.launcher_ok, str(sock))
     async with serving(sock, _launcher(_service(RecordingDocker()))):
         assert await anyio.to_thread.run_sync(healthcheck.launcher_ok, str(sock))
+
+
+@pytest.mark.parametrize(
+    ("settings_kw", "needle"),
+    [
+        ({"pool": {"min_available_mib": 10**9}}, "less than 1000000000 MiB of memory stayed"),
+        ({"max_concurrent": 1}, "all 1 sandbox slots stayed busy"),
+    ],
+)
+async def test_host_busy_says_whether_memory_or_slots_held_the_call(
+    settings_kw: dict[str, Any], needle: str
+) -> None:
+    """An operator must tell memory admission from contention."""
+    from mcp_sandbox.requests import ShellArgs
+
+    api = RecordingDocker(hang=True)
+    service = _service(api, **settings_kw)
+    async with anyio.create_task_group() as tg:
+        if "max_concurrent" in settings_kw:  # one call holds the only slot
+            tg.start_soon(service.shell, ShellArgs(command="sleep 60", timeout_s=5))
+            with anyio.fail_after(5):
+                while not api.created:  # noqa: ASYNC110  # the fake records from a thread
+                    await anyio.sleep(0.01)
+        with pytest.raises(HostBusy, match=needle):
+            await service.shell(ShellArgs(command="true", timeout_s=0.2))
+        api.gone.set()
+        tg.cancel_scope.cancel()
