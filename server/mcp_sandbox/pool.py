@@ -243,7 +243,7 @@ async def run_warm(
     exit_code = watches[1].exit_code if watches[1].ended else None
     if exit_code == STALE_CODE and not timed_out:
         raise StaleSandbox(warm.spec.name)
-    oom = False
+    oom = watches[1].oom
     if not timed_out and not watches[1].ended and past_stop(out, err):
         oom = await stop_flooded(api, warm.spec.name, warm.streams, err, threads)
         exit_code = None

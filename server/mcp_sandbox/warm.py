@@ -33,6 +33,13 @@ mounts() {
   while IFS=' ' read -r _ _ _ _ point _; do m="$m $point"; done </proc/self/mountinfo
   printf %s "$m"
 }
+oom_kills() {
+  for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events; do
+    [ -r "$f" ] || continue
+    while read -r k v; do [ "$k" = oom_kill ] && { echo "$v"; return; }; done <"$f"
+  done
+  echo -1
+}
 mounts0=$(mounts)
 IFS= read -r size || exit 97
 IFS= read -r cwd || exit 97
@@ -59,10 +66,13 @@ if [ "$cwd" != "$PWD" ]; then
   }
 fi
 unset PWD OLDPWD
+kills=$(oom_kills)
 if [ "$has_stdin" = 1 ]; then base64 -d | "$@"; else "$@" </dev/null; fi
 code=$?
-printf '\000mcp-sandbox-end:%s:%s\000' "$nonce" "$code"
-printf '\000mcp-sandbox-end:%s:%s\000' "$nonce" "$code" >&2
+oom=
+[ "$kills" -ge 0 ] && [ "$(oom_kills)" -gt "$kills" ] && oom=:oom
+printf '\000mcp-sandbox-end:%s:%s%s\000' "$nonce" "$code" "$oom"
+printf '\000mcp-sandbox-end:%s:%s%s\000' "$nonce" "$code" "$oom" >&2
 exit "$code"
 """
 # The Python stub (``warm_stub``) when the image has python3: its interpreter has started
@@ -77,7 +87,9 @@ SH_STUB_ARGV: tuple[str, ...] = ("/bin/sh", "-c", SH_STUB, "mcp-sandbox-stub")
 # while it waited (the host replaced a masked file: its overmount goes with the old file).
 STALE_CODE = 999
 _MARKER = b"\x00mcp-sandbox-end:"
-_MARKER_RE = re.compile(rb"\x00mcp-sandbox-end:([0-9a-f]{32}):(\d{1,3})\x00")
+# `:oom` when a process of the program's was killed for memory (the daemon says so of a
+# cold sandbox, and a warm one's container lives on after its call).
+_MARKER_RE = re.compile(rb"\x00mcp-sandbox-end:([0-9a-f]{32}):(\d{1,3})(:oom)?\x00")
 
 
 def _line(arg: str) -> str:
@@ -116,9 +128,10 @@ class EndWatch:
     capture: StreamCapture
     exit_code: int | None = None
     ended: bool = False
+    oom: bool = False
     _held: bytes = field(default=b"", repr=False)
 
-    _HOLD = len(_MARKER) + 32 + 1 + 3 + 1
+    _HOLD = len(_MARKER) + 32 + 1 + 3 + 4 + 1
 
     def feed(self, chunk: bytes) -> bool:
         """True once the marker has been seen; what follows it is dropped."""
@@ -133,6 +146,7 @@ class EndWatch:
         if m is not None:
             self.capture.feed(data[: m.start()])
             self.exit_code, self.ended, self._held = int(m.group(2)), True, b""
+            self.oom = m.group(3) is not None
             return True
         # Keep back what could be the start of a marker split across chunks.
         cut = data.rfind(_MARKER[:1], max(len(data) - self._HOLD, 0))

@@ -160,6 +160,18 @@ if __name__ == "__main__":
             pass  # the program closed its stdin or ended: the rest is not wanted
         os.close(pipe)
 
+    def _oom_kills() -> int:
+        """The sandbox's OOM kills so far (its memory cgroup, v1 or v2), or -1."""
+        for path in ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"):
+            try:
+                with open(path, "rb") as f:
+                    for line in f:
+                        if line.startswith(b"oom_kill "):
+                            return int(line.split()[1])
+            except (OSError, ValueError):
+                pass
+        return -1
+
     def _serve() -> str:
         """Parent: run the call and exit with its code. Child: exec, or return the code
         of a ``python3 -c`` request for the module level below to run."""
@@ -176,6 +188,7 @@ if __name__ == "__main__":
             stdin, feed = os.pipe()
         else:
             stdin, feed = os.open(os.devnull, os.O_RDONLY), -1
+        kills = _oom_kills()
         pid = os.fork()
         if pid == 0:
             if _set_dumpable is not None:
@@ -206,11 +219,13 @@ if __name__ == "__main__":
         if feed >= 0:
             _feed_stdin(feed)
         status = os.waitpid(pid, 0)[1]
-        _end(nonce, os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        # A process of the program's killed for memory, as a cold run's daemon reports it.
+        _end(nonce, code, 0 <= kills < _oom_kills())
         return ""  # not reached: _end exits
 
-    def _end(nonce: str, code: int) -> None:
-        marker = f"\0mcp-sandbox-end:{nonce}:{code}\0".encode("ascii")
+    def _end(nonce: str, code: int, oom: bool = False) -> None:
+        marker = f"\0mcp-sandbox-end:{nonce}:{code}{':oom' if oom else ''}\0".encode("ascii")
         _write_all(1, marker)
         _write_all(2, marker)
         os._exit(95 if code == 999 else code)

@@ -215,6 +215,12 @@ PARITY = [
         id="python-workdir",
     ),
     pytest.param("shell", {"command": "pwd; echo $PWD $OLDPWD", "workdir": "tests"}, id="workdir"),
+    # A child killed for memory while the program goes on: the daemon reports a cold one.
+    pytest.param(
+        "shell",
+        {"command": "python3 -c 'x = bytearray(900 * 2**20)'; echo rc=$?"},
+        id="child-oom",
+    ),
     pytest.param(
         "run_code",
         {

@@ -187,6 +187,18 @@ def test_endwatch_keeps_what_precedes_the_marker_however_it_is_chunked(
     assert cap.whole() == before
 
 
+@given(st.binary(max_size=300), st.integers(1, 97))
+def test_endwatch_reads_an_oom_in_the_marker_however_it_is_chunked(
+    before: bytes, chunk: int
+) -> None:
+    data = before + MARK[:-1] + b":oom\x00after"
+    watch = EndWatch(NONCE, StreamCapture(10_000))
+    for i in range(0, len(data), chunk):
+        if watch.feed(data[i : i + chunk]):
+            break
+    assert watch.ended and watch.exit_code == 7 and watch.oom
+
+
 def test_a_marker_with_another_nonce_is_plain_output() -> None:
     fake = b"\x00mcp-sandbox-end:" + b"f" * 32 + b":0\x00"
     cap = StreamCapture(1000)
