@@ -28,6 +28,11 @@ STOPPED_NOTE = (
 ).encode()
 
 
+# Text up to this size is scrubbed on the event loop (a worker thread costs more than the
+# scrub); longer text in a worker thread, where the scrubber matches without the GIL.
+SHAPE_ON_LOOP_BYTES = 16 * 1024
+
+
 def past_stop(*captures: StreamCapture) -> bool:
     """Whether these streams together passed ``STOP_BYTES``."""
     return sum(c.total for c in captures) > STOP_BYTES

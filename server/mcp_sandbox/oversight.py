@@ -60,6 +60,7 @@ from mcp_sandbox.approval import (
 from mcp_sandbox.audit import AuditLog, SessionHistory, code_digest, scrubbed, shown_code
 from mcp_sandbox.errors import ApprovalRefused, RequestRejected, SandboxError
 from mcp_sandbox.languages import Language
+from mcp_sandbox.output import SHAPE_ON_LOOP_BYTES
 from mcp_sandbox.policy import Sizes
 from mcp_sandbox.requests import RunCodeArgs, ShellArgs
 from mcp_sandbox.results import RunResult
@@ -289,6 +290,11 @@ class Oversight:
             result.stderr if result is not None else "",
         )
         limits = screening.limits if screening is not None else None
+        # The code is scrubbed whole (then cut): for long code, off the event loop.
+        if len(source) <= SHAPE_ON_LOOP_BYTES:
+            code = shown_code(source, self._scrub)
+        else:
+            code = await to_thread.run_sync(shown_code, source, self._scrub)
         record: dict[str, Any] = {
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "session": session,
@@ -296,7 +302,7 @@ class Oversight:
             "profile": args.profile,
             "language": args.language if isinstance(args, RunCodeArgs) else None,
             "code_sha256": code_digest(source),
-            "code": shown_code(source, self._scrub),
+            "code": code,
             "workdir": args.workdir,
             "network": screening.network if screening is not None else args.network,
             "workspace": screening.workspace if screening is not None else args.workspace,

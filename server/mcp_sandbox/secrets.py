@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +28,9 @@ from types import MappingProxyType
 from urllib.parse import quote, quote_plus
 
 import ahocorasick_rs
+import regex
+
+log = logging.getLogger(__name__)
 
 MIN_KNOWN_LENGTH = 8
 """Known values shorter than this are ignored: short strings occur by chance in ordinary output."""
@@ -241,7 +246,14 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-_COMPILED = tuple(re.compile(rule.regex) for rule in RULES)
+# The rules run on the `regex` engine for two things `re` cannot do: a time limit (a rule
+# that turns out quadratic on some text, as two did, must not hold the caller for minutes)
+# and matching without the GIL (`concurrent`), so a scrub in a worker thread leaves the
+# event loop, and every other call's timeout, running.
+_COMPILED = tuple(regex.compile(rule.regex) for rule in RULES)
+# What one ``scrub`` may spend matching; past it the whole text is withheld (fails closed).
+SCRUB_BUDGET_S = 1.0
+TIMEOUT_MARKER = "[REDACTED:scrubber-timeout]"
 _RULE_MARKERS = tuple(f"[REDACTED:{rule.kind}]" for rule in RULES)
 
 
@@ -316,8 +328,8 @@ def _encodings(value: str) -> dict[str, bool]:
 
 
 @lru_cache(maxsize=1024)
-def _split_tolerant(needle: str) -> re.Pattern[str]:
-    return re.compile(_SEP.join(map(re.escape, needle)))
+def _split_tolerant(needle: str) -> regex.Pattern[str]:
+    return regex.compile(_SEP.join(map(re.escape, needle)))
 
 
 @dataclass(frozen=True)
@@ -344,6 +356,14 @@ def _case_variants(word: str) -> list[str]:
 
 def _windows(text: str) -> set[str]:
     return {text[i : i + MIN_KNOWN_LENGTH] for i in range(len(text) - MIN_KNOWN_LENGTH + 1)}
+
+
+def _left(deadline: float) -> float:
+    """Seconds left until ``deadline``; TimeoutError when none are."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return left
 
 
 def _finditer_spans(text: str, needle: str) -> Iterable[tuple[int, int]]:
@@ -423,19 +443,27 @@ class Scrubber:
         return self._max_span
 
     def scrub(self, text: str) -> str:
-        """``text`` with every secret found replaced by its marker."""
-        result = self._scrub_once(text)
-        passes = 1
-        # Only a known value with a bracket can be completed by a marker's own bracket.
-        while self._recheck and result != text and passes < _MAX_PASSES:
-            text, result = result, self._scrub_once(result)
-            passes += 1
+        """``text`` with every secret found replaced by its marker; all of it replaced by
+        ``TIMEOUT_MARKER`` when matching takes more than ``SCRUB_BUDGET_S``."""
+        deadline = time.monotonic() + SCRUB_BUDGET_S
+        try:
+            result = self._scrub_once(text, deadline)
+            passes = 1
+            # Only a known value with a bracket can be completed by a marker's own bracket.
+            while self._recheck and result != text and passes < _MAX_PASSES:
+                text, result = result, self._scrub_once(result, deadline)
+                passes += 1
+        except TimeoutError:
+            log.warning(
+                "the scrubber took over %g s on %d characters: withheld", SCRUB_BUDGET_S, len(text)
+            )
+            return TIMEOUT_MARKER
         return result
 
-    def _scrub_once(self, text: str) -> str:
+    def _scrub_once(self, text: str, deadline: float) -> str:
         if not text:
             return text
-        spans = self._spans(text)
+        spans = self._spans(text, deadline)
         if not spans:
             return text
         spans.sort(key=itemgetter(0))
@@ -452,7 +480,7 @@ class Scrubber:
         pieces += (text[done:cur_start], cur_marker, text[cur_end:])
         return "".join(pieces)
 
-    def _spans(self, text: str) -> list[tuple[int, int, str]]:
+    def _spans(self, text: str, deadline: float) -> list[tuple[int, int, str]]:
         raw = text.encode("utf-8", "surrogatepass")
         raw_counts = Counter(
             map(itemgetter(0), self._raw_search.find_matches_as_indexes(raw, overlapping=True))
@@ -471,13 +499,14 @@ class Scrubber:
                     lowered_text = raw.lower().decode("utf-8", "surrogatepass")
                 haystack = lowered_text
             group = "secret" if "secret" in compiled.groupindex else 0
-            spans.extend((*m.span(group), marker) for m in compiled.finditer(haystack))
+            matches = compiled.finditer(haystack, concurrent=True, timeout=_left(deadline))
+            spans.extend((*m.span(group), marker) for m in matches)
         if self._split_search is not None:
-            spans.extend(self._known_spans(text, raw, raw_counts))
+            spans.extend(self._known_spans(text, raw, raw_counts, deadline))
         return spans
 
     def _known_spans(
-        self, text: str, raw: bytes, raw_counts: Counter[int]
+        self, text: str, raw: bytes, raw_counts: Counter[int], deadline: float
     ) -> list[tuple[int, int, str]]:
         assert self._split_search is not None
         split_counts: Counter[int] = Counter()
@@ -499,7 +528,11 @@ class Scrubber:
                 or needle.text[0] in "nr"
                 or split_counts[pattern_id] > raw_counts[pattern_id]
             ):
-                found = (m.span() for m in _split_tolerant(needle.text).finditer(text))
+                pattern = _split_tolerant(needle.text)
+                found = (
+                    m.span()
+                    for m in pattern.finditer(text, concurrent=True, timeout=_left(deadline))
+                )
             else:
                 found = _finditer_spans(text, needle.text)
             for start, end in found:

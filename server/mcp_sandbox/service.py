@@ -19,7 +19,7 @@ from mcp_sandbox.docker_api import DockerApi
 from mcp_sandbox.egress import EgressProxy, EgressTally, reap_networks
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.host import owner_is_alive
-from mcp_sandbox.output import capture_bytes, neutralise, shape
+from mcp_sandbox.output import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
 from mcp_sandbox.policy import RunPlan, Sizes, decide
 from mcp_sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.requests import RunCodeArgs, ShellArgs
@@ -164,7 +164,11 @@ class SandboxService:
                         spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
                     raw, tally = await self._launch(spec, plan, run_id, network, ws)
                     report = await ws.finish() if ws is not None else None
-        result = self._result(raw, run_id, plan.limits.output_bytes, tally, report)
+        shaping = (raw, run_id, plan.limits.output_bytes, tally, report)
+        if raw.stdout.total + raw.stderr.total <= SHAPE_ON_LOOP_BYTES:
+            result = self._result(*shaping)
+        else:  # scrubbing it takes milliseconds, hostile text up to the scrubber's budget
+            result = await to_thread.run_sync(self._result, *shaping, limiter=self._threads)
         log.info(
             "run %s %s exit=%s timed_out=%s oom=%s %dms out=%dB err=%dB",
             run_id,

@@ -1,0 +1,125 @@
+"""A scrub has a time budget and runs without the GIL: a rule that turns out slow on some
+text (two were quadratic) costs that call its output, never the server its event loop."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+import anyio
+import pytest
+import regex
+
+from mcp_sandbox import secrets as secrets_mod
+from mcp_sandbox.app import make_service
+from mcp_sandbox.docker_api import ExitState
+from mcp_sandbox.requests import ShellArgs
+from mcp_sandbox.secrets import RULES, TIMEOUT_MARKER, Scrubber
+from mcp_sandbox.settings import Settings
+
+# The Authorization rule as it was when it was quadratic: a stand-in for the next rule that
+# turns out slow on some text.
+_QUADRATIC = (
+    r"authorization[\"']?[ \t]*[:=][ \t]*[\"']?(?P<secret>(?:[a-z0-9._~+/=-]+[ \t]+)?"
+    r"[a-z0-9._~+/=-]{8,})(?![a-z0-9._~+/=-])(?![ \t]*\[redacted:)"
+)
+SLOW_TEXT = "authorization=" * 6000 + " [redacted:"
+
+
+@pytest.fixture(autouse=True)
+def slow_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    index = next(i for i, r in enumerate(RULES) if r.kind == "http-authorization")
+    compiled = list(secrets_mod._COMPILED)
+    compiled[index] = regex.compile(_QUADRATIC)
+    monkeypatch.setattr(secrets_mod, "_COMPILED", tuple(compiled))
+    monkeypatch.setattr(secrets_mod, "SCRUB_BUDGET_S", 0.3)
+
+
+def test_a_slow_scrub_is_cut_at_its_budget_and_withholds_the_text() -> None:
+    ticks = 0
+    done = threading.Event()
+
+    def tick() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    started = time.perf_counter()
+    try:
+        out = Scrubber().scrub(SLOW_TEXT + "Authorization: Bearer abcdefghijkl")
+    finally:
+        done.set()
+        ticker.join()
+    assert out == TIMEOUT_MARKER  # fails closed: nothing of it shown
+    assert time.perf_counter() - started < 3.0  # unbounded, this takes about 15 s
+    assert ticks > 20  # matching let go of the GIL: other threads ran meanwhile
+
+
+class _Hostile:
+    def pump(self, sink: Any) -> None:
+        sink(1, SLOW_TEXT.encode())
+
+    def send_stdin(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class HostileDocker:
+    """A DockerApi stand-in whose every sandbox prints the slow text."""
+
+    def create(self, create_kwargs: dict[str, Any], host_config_kwargs: dict[str, Any]) -> None:
+        pass
+
+    def attach(self, name: str, stdin: bool) -> _Hostile:
+        return _Hostile()
+
+    def start(self, name: str) -> None:
+        pass
+
+    def wait(self, name: str) -> ExitState:
+        return ExitState(exit_code=0, oom_killed=False)
+
+    def kill(self, name: str) -> None:
+        pass
+
+    def oom_killed(self, name: str) -> bool:
+        return False
+
+    def remove(self, name: str) -> None:
+        pass
+
+    def labelled_containers(self) -> list[Any]:
+        return []
+
+    def ping(self) -> None:
+        pass
+
+
+async def test_a_slow_scrub_of_output_leaves_the_event_loop_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(secrets_mod, "SCRUB_BUDGET_S", 0.6)
+    service = make_service(Settings(), HostileDocker())  # type: ignore[arg-type]
+    beats: list[float] = []
+
+    async def beat() -> None:
+        while True:
+            beats.append(time.perf_counter())
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(beat)
+        result = await service.shell(ShellArgs(command="print it"))
+        await anyio.sleep(0.05)  # a beat after the reply: a block just before it shows
+        tg.cancel_scope.cancel()
+    assert TIMEOUT_MARKER in result.stdout and "authorization=" not in result.stdout
+    # On the loop, a scrub would have stopped it for its whole budget at least once.
+    longest = max(b - a for a, b in itertools.pairwise(beats))
+    assert longest < 0.3, longest
