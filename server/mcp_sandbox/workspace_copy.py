@@ -872,6 +872,10 @@ def apply_changes(
             key=lambda c: len(c.parts),
         )
         files = [c for c in todo if c.kind == "file" and c.change != "deleted"]
+        # A directory the sandbox made that was not applied (the host has one it could not
+        # see there, say) takes its contents with it: nothing goes into a directory hidden
+        # from the sandbox, where a later run could neither see nor re-check it.
+        made = {c.rel: c for c in changes if c.kind == "dir" and c.change == "created"}
         for group, op in (
             (deletions, _delete),
             (new_dirs, _make_dir),
@@ -879,6 +883,10 @@ def apply_changes(
             (links, _make_link),
         ):
             for c in group:
+                parent = made.get(c.rel.rpartition("/")[0])
+                if parent is not None and not parent.applied:
+                    c.note = "its directory was not applied"
+                    continue
                 try:
                     op(root_fd, c, owner)
                     c.applied = True
@@ -977,7 +985,9 @@ def _make_dir(root_fd: int, c: Change, owner: tuple[int, int] | None) -> None:
             raise _Refused(_CONFLICT) from None
         fd = os.open(name, _O_DIR, dir_fd=pfd)
         try:
-            os.fchmod(fd, (c.after.mode & 0o775) | 0o700)
+            # Never one the sandbox cannot list (0700, say): what it holds must stay in the
+            # next copy, where the links in it are checked again (``_escaped``).
+            os.fchmod(fd, (c.after.mode & 0o775) | 0o755)
             _chown(fd, owner)
         finally:
             os.close(fd)

@@ -11,6 +11,7 @@ import errno
 import io
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -277,3 +278,24 @@ def test_a_new_link_into_a_protected_path_through_an_older_one_is_removed(ws: Pa
     second = _call(ws, "rm -r d && ln -s . d")
     assert second["d"][1] is False and "protected" in str(second["d"][2])
     assert not os.path.realpath(ws / "hooks").startswith(str(ws / ".git"))
+
+
+def test_a_link_in_a_directory_made_private_is_still_checked_later(ws: Path) -> None:
+    """A directory the sandbox makes stays listable to it, so its links are in the next
+    copy and checked again: `chmod 700 h` once hid `h/leak` from every later check."""
+    (ws / "up").symlink_to("..")
+    first = _call(ws, "mkdir -p d/up h && chmod 700 h && ln -s ../d/up/outside_secret.txt h/leak")
+    assert first["h/leak"][1] is True
+    assert stat.S_IMODE((ws / "h").stat().st_mode) == 0o755
+    second = _call(ws, "rm -r d && ln -s . d")
+    assert second["d"][1] is False and "older link" in str(second["d"][2])
+    assert _inside(os.path.realpath(ws / "h" / "leak"), str(ws))
+
+
+def test_nothing_is_written_into_a_directory_hidden_from_the_sandbox(ws: Path) -> None:
+    (ws / "hidden").mkdir(mode=0o700)  # root's: uid 65534 cannot list it, nor get it copied
+    got = _call(ws, "mkdir -p hidden/sub && ln -s ../up hidden/leak && echo x > hidden/f")
+    assert got["hidden"][1] is False  # the host has a directory there
+    for rel in ("hidden/sub", "hidden/leak", "hidden/f"):
+        assert got[rel][1] is False and got[rel][2] == "its directory was not applied", got
+    assert os.listdir(ws / "hidden") == []
