@@ -29,6 +29,7 @@ _MAX_TOKENS = 100_000
 _ID = re.compile(r'-?\d{1,15}|"(?:[^"\\]|\\.){0,200}"')
 _METHOD = re.compile(r'"([A-Za-z/_]{1,64})"')
 _LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_SURROGATE_CHAR = re.compile("[\ud800-\udfff]")
 
 
 def _top_level(line: str) -> dict[str, str]:
@@ -81,6 +82,8 @@ def reply_to_unreadable(error: Exception) -> types.JSONRPCResponse | types.JSONR
         request_id: int | str = json.loads(found.group())
     except ValueError:
         return None
+    if isinstance(request_id, str) and _LONE_SURROGATE_CHAR.search(request_id):
+        return None  # an id no reply can carry: the SDK's writer would fail, and the server
     if _LONE_SURROGATE.search(line):
         why = "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode"
     else:

@@ -67,3 +67,8 @@ def test_huge_numbers_and_deep_nesting_are_answered_too() -> None:
 def test_the_answer_goes_to_the_requests_own_id_not_one_in_its_params(line: str) -> None:
     reply = reply_to_unreadable(_unreadable(line))
     assert isinstance(reply, types.JSONRPCResponse) and reply.id == 39
+
+
+def test_an_id_no_reply_can_carry_gets_none_rather_than_stopping_the_server() -> None:
+    line = '{"jsonrpc":"2.0","id":"\\ud800","method":"tools/list","params":{}}'
+    assert reply_to_unreadable(_unreadable(line)) is None
