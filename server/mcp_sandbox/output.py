@@ -105,14 +105,18 @@ class ShapedStream:
 
 # C0 controls but tab and newline, DEL, C1 controls: they can drive a terminal.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
-# Bidirectional overrides and isolates reorder what a reader sees ("Trojan Source"); tag
-# characters, zero-width spaces, word joiners, BOMs and soft hyphens hide text from a human
-# reader while a model still reads it; line and paragraph separators end lines unseen.
-# (ZWJ and ZWNJ stay: scripts and emoji need them.)
-_HIDDEN = re.compile(
-    "[\u00ad\u061c\u180e\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069"
-    "\ufeff\U000e0000-\U000e007f]"
+# What reorders or hides text from a human reader while a model still reads it: bidi
+# overrides and isolates ("Trojan Source"); tag characters and variation selectors
+# (U+E0000-E0FFF, U+FE00-FE0D: a byte of hidden text each); zero-width spaces, joiners
+# (but ZWJ and ZWNJ: scripts and emoji need them), BOMs, soft hyphens, fillers and other
+# format characters that print as nothing; line and paragraph separators. (VS15 and VS16,
+# U+FE0E-FE0F, stay: they pick how an emoji is drawn.) Also refused in names `rw` writes.
+HIDDEN_CHARS = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f"
+    "\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff9-\ufffb"
+    "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
 )
+_HIDDEN = re.compile(f"[{HIDDEN_CHARS}]")
 
 
 def _picture(m: re.Match[str]) -> str:

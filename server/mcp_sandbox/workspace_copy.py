@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from mcp_sandbox.errors import RequestRejected
+from mcp_sandbox.output import HIDDEN_CHARS
 from mcp_sandbox.workspace import (
     FileChange,
     PathRules,
@@ -575,7 +576,9 @@ LISTED_CHARS = 12_000
 
 def _printable(rel: str) -> str:
     """A path as text a reader can trust: undecodable bytes and controls made visible."""
-    text = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = _INVISIBLE.sub(
+        "\ufffd", rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    )
     return "".join(
         c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else "\ufffd" for c in text
     )
@@ -693,9 +696,11 @@ def _inside(path: str, root: Path) -> bool:
     return path == r or path.startswith(r + "/")
 
 
-# Control characters and bidirectional overrides in a name drive or mislead the user's
-# terminal when they list the directory (`ls` prints an OSC title; U+202E shows exe as png).
-_HOSTILE_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Control characters in a name drive the user's terminal when they list the directory (`ls`
+# prints an OSC title); bidi overrides and invisible characters mislead (U+202E shows exe
+# as png; a zero-width space makes two names look the same).
+_HOSTILE_NAME = re.compile(f"[\x00-\x1f\x7f-\x9f{HIDDEN_CHARS}]")
+_INVISIBLE = re.compile(f"[{HIDDEN_CHARS}]")
 
 
 def _refusal(c: Change, rules: _Rules) -> str | None:
@@ -703,7 +708,7 @@ def _refusal(c: Change, rules: _Rules) -> str | None:
     is_dir = c.kind in ("dir", "symlink")
     parts = c.parts  # a property: split once
     if c.change != "deleted" and any(_HOSTILE_NAME.search(p) for p in parts):
-        return "name holds control or bidirectional characters: not applied"
+        return "name holds control, bidirectional or invisible characters: not applied"
     if rules.protect.covers(parts, is_dir):
         return "protected path: a sandbox never changes it"
     if rules.mask.covers(parts, is_dir):

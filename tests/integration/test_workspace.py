@@ -604,7 +604,7 @@ async def test_rw_refuses_names_that_drive_a_terminal(rw: Client, rw_root: Path)
     assert "plain" in names
     assert not any("\x1b" in n or "\u202e" in n for n in names)
     assert any(
-        "control or bidirectional" in (c.get("note") or "") for c in result["workspace"]["changes"]
+        "control, bidirectional" in (c.get("note") or "") for c in result["workspace"]["changes"]
     )
 
 

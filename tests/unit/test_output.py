@@ -102,6 +102,11 @@ def test_neutralise_shows_what_hides_text_from_a_reader() -> None:
     assert neutralise(text) == "ok" + "\ufffd" * 15 + "|a\ufffdb\ufffdc\ufffdd\ufffde\ufffdf"
     family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # ZWJ joins emoji: kept
     assert neutralise(family) == family
+    heart = "\u2764\ufe0f"  # VS16 picks the emoji drawing: kept
+    assert neutralise(heart) == heart
+    # Variation selectors carry a hidden byte each ("emoji smuggling"); fillers print nothing.
+    smuggled = "a\ufe01\U000e0101\u3164\u115f\u034fb"
+    assert neutralise(smuggled) == "a" + "\ufffd" * 5 + "b"
 
 
 @given(st.text())

@@ -739,3 +739,7 @@ def test_blanks_of_dead_servers_are_swept_and_live_ones_kept(
     live.mkdir()
     workspace_session._sweep_dead_blanks()
     assert not dead.exists() and live.exists()
+
+
+def test_a_shown_path_makes_invisible_characters_visible() -> None:
+    assert shown_path("a\u200bb/c\ufe01\U000e0041.txt") == "a\ufffdb/c\ufffd\ufffd.txt"
