@@ -10,11 +10,15 @@ from mcp_sandbox.languages import Language
 from mcp_sandbox.policy import MIN_CPUS, MIN_MEMORY_MIB, MIN_OUTPUT_BYTES, MIN_TIMEOUT_S
 from mcp_sandbox.workspace import MAX_WORKDIR_CHARS, Mode
 
+_LARGEST = 2**53  # the largest integer a JSON number holds exactly
+
 
 def _json_number(value: object) -> object:
     """A limit is a JSON number: `true` is not 1 core, and "1e309" is not a number."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise ValueError("must be a number")
+    if isinstance(value, int) and abs(value) > _LARGEST:  # past a float, `:g` overflows
+        raise ValueError(f"must be at most {_LARGEST}")
     return value
 
 

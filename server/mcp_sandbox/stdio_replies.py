@@ -23,7 +23,7 @@ from mcp.shared.message import SessionMessage
 
 # The line's tokens, by text: a string, a bracket or punctuation, or a run of anything else
 # (an atom, or at depth, everything up to the next string or bracket).
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s"{}\[\],:]+|\s+')
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\],:]|[^\s"{}\[\],:]+|\s+')
 _DEEP = re.compile(r'[^"{}\[\]]+')
 _MAX_TOKENS = 100_000
 _ID = re.compile(r'-?\d{1,15}|"(?:[^"\\]|\\.){0,200}"')

@@ -97,6 +97,7 @@ def test_missing_arguments_are_named() -> None:
         ({"memory_mib": True}, "memory_mib: Value error, must be a number"),
         ({"cpus": "1e309"}, "cpus: Value error, must be a number"),
         ({"output_bytes": "4096"}, "output_bytes: Value error, must be a number"),
+        ({"memory_mib": 10**400}, "memory_mib: Value error, must be at most 9007199254740992"),
         ({"timeout_s": 1e-300}, "timeout_s: Input should be greater than or equal to 0.1"),
         ({"timeout_s": 0.05}, "timeout_s: Input should be greater than or equal to 0.1"),
     ],
