@@ -93,8 +93,8 @@ _AUTH_SCHEMES = (
     r"|aws4-hmac-sha256|scram-sha-1|scram-sha-256|privatetoken|concealed)"
 )
 # A character of an Authorization value (RFC 9110 token68, lower case) that does not start
-# the keyword again.
-_AUTH_CHAR = r"(?:(?!authorization)[a-z0-9._~+/=-])"
+# another header (the keyword, then `:` or `=`); `svc-authorization-...` is a value.
+_AUTH_CHAR = r"(?:(?!authorization(?:\\?[\"'])?[ \t]*[:=])[a-z0-9._~+/=-])"
 _AWS_KEY_ID_PREFIX = r"(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)"
 
 RULES: tuple[Rule, ...] = (

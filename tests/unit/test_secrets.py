@@ -666,3 +666,8 @@ def test_every_authorization_credential_on_a_line_is_redacted(text: str) -> None
     for secret in ("YWxhZGRpbjpvcGVuc2VzYW1l", "abcdefghijkl", "000000000123"):
         assert secret not in out, out
     assert "[REDACTED:http-authorization]" in out
+
+
+def test_a_credential_may_hold_the_keyword_when_no_header_starts_there() -> None:
+    out = Scrubber().scrub("Authorization: Token svc-authorization-0123456789abcdef")
+    assert out == "Authorization: Token [REDACTED:http-authorization]"
