@@ -69,14 +69,30 @@ async def connect(
         yield client
 
 
-def labelled_containers() -> list[str]:
+def _labelled(*listing: str) -> list[str]:
+    """IDs in a daemon ``listing`` (`ps -a`, `volume ls`) that this test run labelled."""
     out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={TEST_RUN_LABEL}={TEST_RUN_ID}"],
+        ["docker", *listing, "-q", "--filter", f"label={TEST_RUN_LABEL}={TEST_RUN_ID}"],
         capture_output=True,
         text=True,
         check=True,
     )
     return out.stdout.split()
+
+
+def labelled_containers() -> list[str]:
+    return _labelled("ps", "-a")
+
+
+def labelled_volumes() -> list[str]:
+    return _labelled("volume", "ls")
+
+
+def workspace_changes(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A result's `workspace.changes` by path (after a deletion there, the creation)."""
+    ws = result["workspace"]
+    assert isinstance(ws, dict)
+    return {str(c["path"]): c for c in ws["changes"]}
 
 
 async def eventually(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:

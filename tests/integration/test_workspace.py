@@ -32,7 +32,9 @@ from sandbox_client import (
     call_error,
     connect,
     eventually,
+    labelled_volumes,
     server_params,
+    workspace_changes,
 )
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_project"
@@ -58,22 +60,6 @@ def tree_digest(root: Path) -> dict[str, tuple[object, ...]]:
                 digest = hashlib.sha256(p.read_bytes()).hexdigest()
                 out[rel] = ("file", st.st_mode, st.st_uid, st.st_gid, digest)
     return out
-
-
-def labelled_volumes() -> list[str]:
-    out = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", f"label={TEST_RUN_LABEL}={TEST_RUN_ID}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.split()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_volume_left() -> Iterator[None]:
-    yield
-    assert labelled_volumes() == [], "a workspace volume was left behind"
 
 
 @pytest.fixture(scope="module")
@@ -557,12 +543,6 @@ async def rw(rw_root: Path) -> AsyncIterator[Client]:
         yield c
 
 
-def _changes(result: dict[str, object]) -> dict[str, dict[str, object]]:
-    ws = result["workspace"]
-    assert isinstance(ws, dict)
-    return {str(c["path"]): c for c in ws["changes"]}
-
-
 async def test_rw_writes_land_owned_by_the_workspace_owner(rw: Client, rw_root: Path) -> None:
     result = await call(
         rw,
@@ -573,7 +553,7 @@ async def test_rw_writes_land_owned_by_the_workspace_owner(rw: Client, rw_root: 
     assert result["exit_code"] == 0 and result["stdout"] == "65534\n"
     new = rw_root / "made" / "deep" / "new.txt"
     assert new.read_text() == "hi\n"
-    assert _changes(result)["made/deep/new.txt"]["applied"] is True
+    assert workspace_changes(result)["made/deep/new.txt"]["applied"] is True
     assert result["workspace"]["applied"] == 1
     if os.geteuid() == 0:
         for p in (new, new.parent, new.parent.parent):
@@ -586,7 +566,7 @@ async def test_rw_changes_and_deletes(rw: Client, rw_root: Path) -> None:
     result = await call(rw, "shell", command="echo new > edit.txt && rm gone.txt", workspace="rw")
     assert (rw_root / "edit.txt").read_text() == "new\n"
     assert not (rw_root / "gone.txt").exists()
-    changes = _changes(result)
+    changes = workspace_changes(result)
     assert changes["edit.txt"]["change"] == "changed" and changes["edit.txt"]["applied"]
     assert changes["gone.txt"]["change"] == "deleted" and changes["gone.txt"]["applied"]
 
@@ -616,7 +596,7 @@ async def test_rw_escaping_links_are_reported_and_removed(rw: Client, rw_root: P
         " && ln -s ../.env secret && ln -s ../made ok",
         workspace="rw",
     )
-    changes = _changes(result)
+    changes = workspace_changes(result)
     for name in ("abs", "up", "secret"):
         assert changes[f"links/{name}"]["applied"] is False
         assert "removed" in str(changes[f"links/{name}"]["note"])
@@ -636,7 +616,7 @@ async def test_rw_links_named_like_protected_directories_are_removed(
         " && ln -s cfg .venv && ln -s cfg .husky",
         workspace="rw",
     )
-    changes = _changes(result)
+    changes = workspace_changes(result)
     assert changes["cfg/settings.json"]["applied"] is True
     for name in (".claude", ".venv", ".husky"):
         assert changes[name]["applied"] is False, changes[name]
@@ -653,7 +633,7 @@ async def test_rw_strips_setuid_and_setgid(rw: Client, rw_root: Path) -> None:
     assert result["stdout"] == "6755\n"  # inside, the copy may hold it (nosuid tmpfs)
     mode = stat.S_IMODE((rw_root / "suid").stat().st_mode)
     assert mode & 0o6000 == 0 and mode & 0o111
-    assert "setuid" in str(_changes(result)["suid"]["note"])
+    assert "setuid" in str(workspace_changes(result)["suid"]["note"])
 
 
 async def test_rw_never_writes_hooks_or_agent_config(rw: Client, rw_root: Path) -> None:
@@ -674,7 +654,7 @@ async def test_rw_never_writes_hooks_or_agent_config(rw: Client, rw_root: Path) 
         assert not (rw_root / p).exists()
     assert (rw_root / ".env").read_text() == f"TOKEN={ENV_CANARY}\n"
     assert (rw_root / "fine.txt").read_text() == "fine\n"
-    changes = _changes(result)
+    changes = workspace_changes(result)
     for path in (".mcp.json", "sub/.git/hooks/post-checkout", ".claude/settings.json", ".bashrc"):
         assert changes[path]["applied"] is False, path
         assert "protected" in str(changes[path]["note"])

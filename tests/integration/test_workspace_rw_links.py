@@ -8,33 +8,16 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
 from mcp import Client
 
-from sandbox_client import TEST_RUN_ID, TEST_RUN_LABEL, call, connect
+from sandbox_client import call, connect, workspace_changes
 
 SECRET = "outside-secret-4e1b7a"
-
-
-def labelled_volumes() -> list[str]:
-    out = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", f"label={TEST_RUN_LABEL}={TEST_RUN_ID}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.split()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_volume_left() -> Iterator[None]:
-    yield
-    assert labelled_volumes() == [], "a workspace volume was left behind"
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +39,6 @@ async def rw(root: Path) -> AsyncIterator[Client]:
     }
     async with connect("auto", env=env) as c:
         yield c
-
-
-def _changes(result: dict[str, object]) -> dict[str, dict[str, object]]:
-    ws = result["workspace"]
-    assert isinstance(ws, dict)
-    # Listed by path, a deletion before a creation there: the creation wins.
-    return {str(c["path"]): c for c in ws["changes"]}
 
 
 def _inside(path: str, root: Path) -> bool:
@@ -96,7 +72,7 @@ def _escaping_links(root: Path) -> list[tuple[str, str, str]]:
 async def _shell(rw: Client, command: str) -> dict[str, dict[str, object]]:
     result = await call(rw, "shell", command=command, workspace="rw")
     assert result["exit_code"] == 0, result
-    return _changes(result)
+    return workspace_changes(result)
 
 
 async def test_the_two_call_reproduction_plants_no_escaping_link(rw: Client, root: Path) -> None:

@@ -10,7 +10,6 @@ import contextlib
 import functools
 import json
 import struct
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fake_docker import RecordingDocker
 from mcp_sandbox import launcher as launcher_mod
 from mcp_sandbox.app import make_service
-from mcp_sandbox.docker_api import ExitState
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.launcher import (
     LauncherClient,
@@ -141,57 +140,6 @@ def test_the_largest_allowed_request_fits_a_frame() -> None:
 
 
 # --- what the launcher asks Docker for ----------------------------------------------------
-
-
-class _Streams:
-    def pump(self, sink: Any) -> None:
-        sink(1, b"ok\n")
-
-    def send_stdin(self, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class RecordingDocker:
-    """A DockerApi stand-in at our seam: records every create, runs nothing."""
-
-    def __init__(self, hang: bool = False) -> None:
-        self.created: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        self.removed: list[str] = []
-        self.hang = hang
-        self.gone = threading.Event()
-
-    def create(self, create_kwargs: dict[str, Any], host_config_kwargs: dict[str, Any]) -> None:
-        self.created.append((create_kwargs, host_config_kwargs))
-
-    def attach(self, name: str, stdin: bool) -> _Streams:
-        return _Streams()
-
-    def start(self, name: str) -> None:
-        pass
-
-    def wait(self, name: str) -> ExitState:
-        if self.hang:
-            self.gone.wait(30)  # as a real wait, it ends when the container is removed
-        return ExitState(exit_code=0, oom_killed=False)
-
-    def kill(self, name: str) -> None:
-        pass
-
-    def oom_killed(self, name: str) -> bool:
-        return False
-
-    def remove(self, name: str) -> None:
-        self.removed.append(name)
-        self.gone.set()
-
-    def labelled_containers(self) -> list[Any]:
-        return []
-
-    def ping(self) -> None:
-        pass
 
 
 def _service(api: RecordingDocker, **settings_kw: Any) -> SandboxService:

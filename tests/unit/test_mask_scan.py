@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 from mcp_sandbox import mask_scan
 from mcp_sandbox.mask_scan import MaskScanner, find_masked
 from mcp_sandbox.workspace import DEFAULT_MASK, PathRules, filesystem_of
+from special_files import SPECIALS, make_special
 
 RULES = PathRules(DEFAULT_MASK)
 AN_HOUR_AGO_NS = time.time_ns() - 3600 * 10**9
@@ -74,21 +74,6 @@ def test_a_secret_written_after_a_scan_is_masked_by_the_next(
     assert scanner.scan(max_entries=100).files == (f"{where}/.env".lstrip("/"),)
 
 
-def _special(path: Path, kind: str) -> None:
-    """A socket, FIFO or device node (devices need root: /dev/null's numbers)."""
-    if kind == "socket":
-        os.mknod(path, 0o600 | stat.S_IFSOCK)  # what bind(2) leaves behind
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "chr":
-        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    else:
-        os.mknod(path, 0o666 | stat.S_IFBLK, os.makedev(7, 200))
-
-
-SPECIALS = ["socket", "fifo"] + (["chr", "blk"] if os.geteuid() == 0 else [])
-
-
 @pytest.mark.parametrize("kind", SPECIALS)
 @pytest.mark.parametrize("where", ["", "app/deep", "docs"])
 def test_a_special_file_made_after_a_scan_is_masked_by_the_next(
@@ -100,7 +85,7 @@ def test_a_special_file_made_after_a_scan_is_masked_by_the_next(
     scanner = MaskScanner(tmp_path, RULES, reuse=True)
     assert scanner.scan(max_entries=100).files == ()
     _tick()
-    _special(tmp_path / where / "db", kind)
+    make_special(tmp_path / where / "db", kind)
     assert scanner.scan(max_entries=100).files == (f"{where}/db".lstrip("/"),)
     _tick()
     (tmp_path / where / "db").unlink()
@@ -216,7 +201,7 @@ def test_reusing_listings_gives_what_a_full_scan_gives(
                     path.write_text("")
                 elif kind in SPECIALS:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    _special(path, kind)
+                    make_special(path, kind)
                 elif kind == "dir":
                     path.mkdir(parents=True, exist_ok=True)
                 elif path.is_dir():

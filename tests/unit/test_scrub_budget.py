@@ -6,15 +6,14 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any
 
 import anyio
 import pytest
 import regex
 
+from fake_docker import RecordingDocker
 from mcp_sandbox import secrets as secrets_mod
 from mcp_sandbox.app import make_service
-from mcp_sandbox.docker_api import ExitState
 from mcp_sandbox.requests import ShellArgs
 from mcp_sandbox.secrets import RULES, TIMEOUT_MARKER, Scrubber
 from mcp_sandbox.settings import Settings
@@ -60,53 +59,11 @@ def test_a_slow_scrub_is_cut_at_its_budget_and_withholds_the_text() -> None:
     assert ticks > 20  # matching let go of the GIL: other threads ran meanwhile
 
 
-class _Hostile:
-    def pump(self, sink: Any) -> None:
-        sink(1, SLOW_TEXT.encode())
-
-    def send_stdin(self, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class HostileDocker:
-    """A DockerApi stand-in whose every sandbox prints the slow text."""
-
-    def create(self, create_kwargs: dict[str, Any], host_config_kwargs: dict[str, Any]) -> None:
-        pass
-
-    def attach(self, name: str, stdin: bool) -> _Hostile:
-        return _Hostile()
-
-    def start(self, name: str) -> None:
-        pass
-
-    def wait(self, name: str) -> ExitState:
-        return ExitState(exit_code=0, oom_killed=False)
-
-    def kill(self, name: str) -> None:
-        pass
-
-    def oom_killed(self, name: str) -> bool:
-        return False
-
-    def remove(self, name: str) -> None:
-        pass
-
-    def labelled_containers(self) -> list[Any]:
-        return []
-
-    def ping(self) -> None:
-        pass
-
-
 async def test_a_slow_scrub_of_output_leaves_the_event_loop_running(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(secrets_mod, "SCRUB_BUDGET_S", 0.6)
-    service = make_service(Settings(), HostileDocker())  # type: ignore[arg-type]
+    service = make_service(Settings(), RecordingDocker(output=SLOW_TEXT.encode()))  # type: ignore[arg-type]
     beats: list[float] = []
 
     async def beat() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import stat
 import struct
 import tarfile
@@ -49,6 +48,7 @@ from mcp_sandbox.workspace_copy import (
     shown_path,
     tar_stream,
 )
+from special_files import SPECIALS, make_special
 
 RW = WorkspacePolicy(modes=("ro", "copy", "rw"))
 
@@ -242,22 +242,6 @@ def test_masks_are_found_and_links_left_alone(tmp_path: Path) -> None:
     masks = find_masked(tmp_path, PathRules(DEFAULT_MASK), max_entries=100)
     assert masks.files == (".env", "app/tls.key")
     assert masks.dirs == ("app/.ssh",)
-
-
-def make_special(path: Path, kind: str) -> None:
-    """A socket, FIFO or device node at ``path`` (devices need root: /dev/null's numbers)."""
-    if kind == "socket":
-        with socket.socket(socket.AF_UNIX) as s:
-            s.bind(str(path))  # the inode outlives the socket
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "chr":
-        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    else:
-        os.mknod(path, 0o666 | stat.S_IFBLK, os.makedev(7, 200))
-
-
-SPECIALS = ["socket", "fifo"] + (["chr", "blk"] if os.geteuid() == 0 else [])
 
 
 def test_special_files_are_masked_whatever_their_name(tmp_path: Path) -> None:
