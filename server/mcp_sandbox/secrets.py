@@ -223,9 +223,10 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "http-authorization",
         # A scheme we know stays; any other first word may be part of the credentials. A
-        # credential never holds the keyword: from each `authorization=` of
-        # `authorization=authorization=...` the scan would otherwise cover the rest of the
-        # run, and a second header on the line would pass as the first one's credential.
+        # credential stops where another header starts (``_AUTH_CHAR``): from each
+        # `authorization=` of `authorization=authorization=...` the scan would otherwise
+        # cover the rest of the run, and a second header on the line would pass as the
+        # first one's credential.
         # The last lookahead keeps a second pass off `Negotiate [REDACTED:...]`. Quotes may
         # be JSON-escaped; Go prints headers as `map[K:[V]]`.
         r"authorization(?:\\?[\"'])?[ \t]*[:=][ \t]*(?:\\?[\"']|\[(?!redacted:))?"

@@ -83,7 +83,7 @@ def reply_to_unreadable(error: Exception) -> types.JSONRPCResponse | types.JSONR
     except ValueError:
         return None
     if isinstance(request_id, str) and _LONE_SURROGATE_CHAR.search(request_id):
-        return None  # an id no reply can carry: the SDK's writer would fail, and the server
+        return None  # no reply can carry this id: the SDK's writer would fail and stop us
     if _LONE_SURROGATE.search(line):
         why = "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode"
     else:
