@@ -55,14 +55,14 @@ import psutil
 from anyio import to_thread
 from mcp import Client, StdioServerParameters
 
-from mcp_sandbox.host import process_identity
+from mcp_sandbox.constants import MIB
+from mcp_sandbox.engine.owners import process_identity
 
 DEFAULT_IMAGE = "mcp-sandbox-runtime:0.1"
 SNIPPET = "print(1)"
 TEST_LABEL = "mcp-sandbox-test=1"
 PREFIX = "mcp-sandbox-bench-"
 OWNER_LABEL = "mcp-sandbox.owner"  # set by the server on every container it creates
-_MIB = 1024 * 1024
 
 Mode = Literal["auto", "legacy"]
 
@@ -475,9 +475,9 @@ def render(
     ratio = f"{rate / base_rate:.2f}x docker run" if base_rate else "docker run: n/a"
     share = load.warm / load.calls if load.calls else 0.0
     left_ok = foot.left_pooled == 0 and foot.left_cold == 0
-    rss_note = fmt(foot.idle_cgroup_rss_bytes, _MIB, "MiB rss")
+    rss_note = fmt(foot.idle_cgroup_rss_bytes, MIB, "MiB rss")
     shim = [foot.shim_uss_bytes, foot.shim_pss_bytes, foot.shim_rss_bytes]
-    shim_mib = " / ".join("n/a" if v is None else f"{v / _MIB:.1f}" for v in shim) + " MiB"
+    shim_mib = " / ".join("n/a" if v is None else f"{v / MIB:.1f}" for v in shim) + " MiB"
     shim_mib += f" (other shims up: {foot.other_shims})"
     total = foot.idle_total_bytes
     load_rows = [
@@ -503,16 +503,16 @@ def render(
         ),
         (
             "idle warm sandbox, memory cgroup",
-            f"{fmt(foot.idle_cgroup_bytes, _MIB, 'MiB')} ({rss_note})",
+            f"{fmt(foot.idle_cgroup_bytes, MIB, 'MiB')} ({rss_note})",
             "",
             True,
         ),
         ("  its containerd shim USS/PSS/RSS", shim_mib, "", True),
         (
             "idle warm sandbox, cgroup + shim USS",
-            fmt(total, _MIB, "MiB"),
+            fmt(total, MIB, "MiB"),
             "<= 8 MiB",
-            total is not None and total <= 8 * _MIB,
+            total is not None and total <= 8 * MIB,
         ),
     ]
     section(f"load, {concurrency} concurrent run_code python, {load.seconds:.0f} s", load_rows)

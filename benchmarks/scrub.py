@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from mcp_sandbox.secrets import Scrubber
+from mcp_sandbox.output.scrubber import Scrubber
 
 SIZE = 1_000_000
 ROUNDS = 7

@@ -22,19 +22,20 @@ from pathlib import Path
 import anyio
 from mcp import Client, StdioServerParameters
 
+from mcp_sandbox.constants import MIB
+
 MODES = ("ro", "copy", "rw")
-_MIB = 1024 * 1024
 
 
 def build(root: Path, mib: int) -> None:
     """``mib`` MiB: half in 8 KiB source-like files, half in 1 MiB blobs."""
-    small = mib * _MIB // 2 // 8192
+    small = mib * MIB // 2 // 8192
     for i in range(small):
         d = root / f"pkg{i // 200}"
         d.mkdir(exist_ok=True)
         (d / f"mod{i}.py").write_bytes(os.urandom(4096).hex().encode())
     for i in range(mib // 2):
-        (root / f"blob{i}.bin").write_bytes(os.urandom(_MIB))
+        (root / f"blob{i}.bin").write_bytes(os.urandom(MIB))
 
 
 async def measure(root: Path, n: int) -> dict[str, float]:

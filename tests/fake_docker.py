@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from mcp_sandbox.docker_api import ExitState
+from mcp_sandbox.engine.docker_api import ExitState
 
 
 class _Streams:

@@ -8,12 +8,13 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
-from mcp_sandbox.docker_api import DockerApi
-from mcp_sandbox.host import default_max_concurrent, process_identity
-from mcp_sandbox.resources import load_seccomp
-from mcp_sandbox.secrets import Scrubber, secret_values_from_env
+from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.engine.docker_api import DockerApi
+from mcp_sandbox.engine.owners import process_identity
+from mcp_sandbox.output.scrubber import Scrubber, secret_values_from_env
+from mcp_sandbox.sandbox.admission import default_max_concurrent
+from mcp_sandbox.sandbox.seccomp import load_seccomp
 from mcp_sandbox.service import SandboxService
-from mcp_sandbox.settings import Settings
 
 
 class ScrubbingFilter(logging.Filter):

@@ -14,17 +14,17 @@ from pydantic import ValidationError
 
 from mcp_sandbox import __version__
 from mcp_sandbox.app import configure_logging, make_scrubber, make_service
-from mcp_sandbox.docker_api import DockerApi
-from mcp_sandbox.errors import ConfigError, SandboxError
-from mcp_sandbox.http_settings import HttpSettings
-from mcp_sandbox.launcher import LauncherClient
-from mcp_sandbox.service import SandboxService
-from mcp_sandbox.settings import (
+from mcp_sandbox.config.http import HttpSettings
+from mcp_sandbox.config.settings import (
     Settings,
     describe_validation_error,
     load_settings,
     with_workspace_root,
 )
+from mcp_sandbox.engine.docker_api import DockerApi
+from mcp_sandbox.errors import ConfigError, SandboxError
+from mcp_sandbox.service import SandboxService
+from mcp_sandbox.transport.launcher import LauncherClient
 
 log = logging.getLogger("mcp_sandbox")
 
@@ -76,7 +76,7 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
     import json
     from collections import deque
 
-    from mcp_sandbox.audit import AuditLog, matches, render_table
+    from mcp_sandbox.oversight.audit import AuditLog, matches, render_table
 
     log_file = AuditLog(settings.audit)
     found = (
@@ -96,8 +96,8 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _serve_stdio(settings: Settings) -> None:
-    from mcp_sandbox.stdio_replies import run_stdio
-    from mcp_sandbox.tools import build_server
+    from mcp_sandbox.transport.stdio_replies import run_stdio
+    from mcp_sandbox.transport.tools import build_server
 
     service = _sandboxes(settings)
     server = build_server(service, settings)
@@ -131,7 +131,7 @@ def _sandboxes(settings: Settings) -> SandboxService | LauncherClient:
 
 
 async def _serve_http(settings: Settings, host: str | None, port: int | None) -> None:
-    from mcp_sandbox.http_transport import serve_http
+    from mcp_sandbox.transport.http_gate import serve_http
 
     given = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     if given:
@@ -144,7 +144,7 @@ async def _serve_http(settings: Settings, host: str | None, port: int | None) ->
 
 
 def _launcher(settings: Settings, action: str, socket: Path | None) -> int:
-    from mcp_sandbox.launcher import serve_launcher
+    from mcp_sandbox.transport.launcher import serve_launcher
 
     path = socket or settings.launcher_socket
     if path is None:
@@ -159,7 +159,7 @@ def _launcher(settings: Settings, action: str, socket: Path | None) -> int:
 
 def _new_token(name: str, tokens_file: Path | None) -> int:
     """Print a new token; its hashed entry goes to ``tokens_file`` (or is printed too)."""
-    from mcp_sandbox.auth import hash_entry, new_token, parse_entry, parse_lines
+    from mcp_sandbox.transport.auth import hash_entry, new_token, parse_entry, parse_lines
 
     token = new_token()
     entry = hash_entry(name, token)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "audit":
             return _audit(settings, args)
         if args.command == "images":
-            from mcp_sandbox.images import build_images
+            from mcp_sandbox.images.build import build_images
 
             build_images(
                 DockerApi(),
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 proxy_image=settings.egress.proxy_image,
             )
             if args.server:
-                from mcp_sandbox.server_image import build_server_image
+                from mcp_sandbox.images.server_image import build_server_image
 
                 build_server_image(DockerApi(), _progress)
             return 0

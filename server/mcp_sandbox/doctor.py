@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mcp_sandbox.errors import SandboxError
-from mcp_sandbox.requests import RunCodeArgs
-from mcp_sandbox.resources import load_seccomp
+from mcp_sandbox.policy.arguments import RunCodeArgs
+from mcp_sandbox.sandbox.seccomp import load_seccomp
 from mcp_sandbox.service import SandboxService
 
 MIN_API = (1, 41)  # cgroupns and the other host-config fields the spec sets

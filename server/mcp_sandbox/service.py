@@ -13,31 +13,26 @@ import anyio
 import psutil
 from anyio import CapacityLimiter, to_thread
 
-from mcp_sandbox import languages
-from mcp_sandbox.after_reply import AfterReply
-from mcp_sandbox.docker_api import DockerApi
-from mcp_sandbox.egress import EgressProxy, EgressTally, reap_networks
+from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.config.workspace import default_root
+from mcp_sandbox.constants import OWNER_LABEL, WORKDIR
+from mcp_sandbox.egress.proxy import EgressProxy, EgressTally, reap_networks
+from mcp_sandbox.engine.docker_api import DockerApi
+from mcp_sandbox.engine.owners import owner_is_alive
+from mcp_sandbox.engine.steps import remove_quietly
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
-from mcp_sandbox.host import owner_is_alive
-from mcp_sandbox.output import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
-from mcp_sandbox.policy import RunPlan, Sizes, decide
-from mcp_sandbox.pool import StaleSandbox, WarmPool, run_warm
-from mcp_sandbox.requests import RunCodeArgs, ShellArgs
-from mcp_sandbox.results import RESULT_CHARS, RunResult
-from mcp_sandbox.runner import RawRun, remove_quietly, run_once
-from mcp_sandbox.settings import Settings
-from mcp_sandbox.spec import (
-    OWNER_LABEL,
-    WORKDIR,
-    ContainerSpec,
-    build_spec,
-    with_egress,
-    with_workspace,
-)
-from mcp_sandbox.warm import STUB_ARGV
-from mcp_sandbox.workspace import WorkspaceReport, default_root
-from mcp_sandbox.workspace_copy import LISTED_CHARS
-from mcp_sandbox.workspace_session import (
+from mcp_sandbox.output.result import RESULT_CHARS, RunResult, WorkspaceReport
+from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
+from mcp_sandbox.policy import languages
+from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
+from mcp_sandbox.policy.limits import RunPlan, Sizes, decide
+from mcp_sandbox.sandbox.after_reply import AfterReply
+from mcp_sandbox.sandbox.pool import StaleSandbox, WarmPool, run_warm
+from mcp_sandbox.sandbox.runner import RawRun, run_once
+from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec, with_egress, with_workspace
+from mcp_sandbox.sandbox.warm import STUB_ARGV
+from mcp_sandbox.workspace.changes import LISTED_CHARS
+from mcp_sandbox.workspace.session import (
     KEEPER_ARGV,
     KEEPER_LIMITS,
     Session,

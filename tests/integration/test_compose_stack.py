@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from mcp_sandbox.auth import hash_entry, new_token
-from mcp_sandbox.docker_api import DockerApi
-from mcp_sandbox.server_image import build_server_image
+from mcp_sandbox.engine.docker_api import DockerApi
+from mcp_sandbox.images.server_image import build_server_image
+from mcp_sandbox.transport.auth import hash_entry, new_token
 from sandbox_client import TEST_RUN_ID, TEST_RUN_LABEL, call
 from sandbox_http import free_port, http_client
 

@@ -14,8 +14,8 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from mcp_sandbox.auth import hash_entry
-from mcp_sandbox.http_transport import MAX_STREAMS_PER_TOKEN
+from mcp_sandbox.transport.auth import hash_entry
+from mcp_sandbox.transport.http_gate import MAX_STREAMS_PER_TOKEN
 from sandbox_client import INITIALIZE, MODES, call, server_params
 from sandbox_http import HttpServer, http_client, http_server
 

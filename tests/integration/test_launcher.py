@@ -14,7 +14,7 @@ import docker
 import pytest
 import requests
 
-from mcp_sandbox.launcher import frame
+from mcp_sandbox.transport.launcher import frame
 from sandbox_client import call, eventually, labelled_containers
 from sandbox_http import HttpServer, http_client, http_server, launcher
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from mcp_sandbox.seccomp_profile import load_source, refused_syscalls
+from mcp_sandbox.sandbox.seccomp_profile import load_source, refused_syscalls
 from sandbox_client import call
 
 pytestmark = pytest.mark.docker

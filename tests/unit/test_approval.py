@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
-from mcp_sandbox.approval import (
+from mcp_sandbox.config.settings import Settings, load_settings
+from mcp_sandbox.errors import ConfigError, RequestRejected
+from mcp_sandbox.oversight.approval import can_allow, screen
+from mcp_sandbox.policy.escalation import (
     Answer,
     Asked,
     Decision,
@@ -15,15 +18,11 @@ from mcp_sandbox.approval import (
     EscalationRules,
     Kind,
     Rule,
-    can_allow,
     decide,
     needs_human,
     question,
-    screen,
 )
-from mcp_sandbox.errors import ConfigError, RequestRejected
-from mcp_sandbox.policy import Sizes
-from mcp_sandbox.settings import Settings, load_settings
+from mcp_sandbox.policy.limits import Sizes
 
 EGRESS = Escalation("egress", "Allow network access to pypi.org for this call?")
 RW = Escalation("rw", "Allow writes to /p for this call?")

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 
 from mcp_sandbox import cli
-from mcp_sandbox.audit import (
+from mcp_sandbox.cli import main
+from mcp_sandbox.config.audit import AuditSettings
+from mcp_sandbox.oversight.anomalies import SessionHistory
+from mcp_sandbox.oversight.audit import (
     AuditLog,
-    AuditSettings,
     AuditUnavailable,
-    SessionHistory,
     matches,
     render_table,
     scrubbed,
     shown_code,
 )
-from mcp_sandbox.cli import main
 
 
 def _lines(path: Path) -> list[dict[str, object]]:

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp_sandbox import auth
-from mcp_sandbox.auth import (
+from mcp_sandbox.errors import ConfigError
+from mcp_sandbox.transport import auth
+from mcp_sandbox.transport.auth import (
     TokenSet,
     bearer_token,
     hash_entry,
@@ -20,7 +21,6 @@ from mcp_sandbox.auth import (
     parse_entry,
     parse_lines,
 )
-from mcp_sandbox.errors import ConfigError
 
 PLAIN = "p" * 40
 

@@ -11,9 +11,10 @@ import anyio
 import pytest
 from pydantic import ValidationError
 
-from mcp_sandbox import egress_policy as ep
-from mcp_sandbox.docker_api import ContainerInfo, DockerApi
-from mcp_sandbox.egress import (
+from mcp_sandbox.config.egress import EgressSettings
+from mcp_sandbox.config.settings import Settings, load_settings
+from mcp_sandbox.egress.link import EgressLink
+from mcp_sandbox.egress.proxy import (
     DIGEST_LABEL,
     UNREPORTED,
     EgressProxy,
@@ -21,13 +22,13 @@ from mcp_sandbox.egress import (
     reap_networks,
     rules_digest,
 )
-from mcp_sandbox.egress_settings import EgressSettings
+from mcp_sandbox.engine.docker_api import ContainerInfo, DockerApi
 from mcp_sandbox.errors import RequestRejected, SandboxUnavailable
-from mcp_sandbox.policy import Limits, RunPlan
-from mcp_sandbox.requests import RunCodeArgs, ShellArgs
+from mcp_sandbox.policy import egress_rules as ep
+from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
+from mcp_sandbox.policy.limits import Limits, RunPlan
+from mcp_sandbox.sandbox.spec import build_spec, with_egress
 from mcp_sandbox.service import SandboxService
-from mcp_sandbox.settings import Settings, load_settings
-from mcp_sandbox.spec import build_spec, with_egress
 
 OWNER = "host:1:2"
 
@@ -101,7 +102,7 @@ def fake() -> Iterator[FakeDocker]:
     yield FakeDocker()
 
 
-async def _one_call(proxy: EgressProxy, run_id: str = "0123456789ab") -> ep.EgressLink:
+async def _one_call(proxy: EgressProxy, run_id: str = "0123456789ab") -> EgressLink:
     threads = anyio.CapacityLimiter(4)
     async with proxy.attached(run_id, 30, threads) as call:
         link = call.link
@@ -277,7 +278,7 @@ def _spec(**env: str) -> Any:
 
 
 def test_an_egress_sandbox_joins_only_its_network_with_a_resolver_that_goes_nowhere() -> None:
-    link = ep.EgressLink("mcp-sandbox-net-x", "http://u:p@10.9.0.2:3128")
+    link = EgressLink("mcp-sandbox-net-x", "http://u:p@10.9.0.2:3128")
     spec = with_egress(_spec(HTTP_PROXY="http://attacker:1", NO_PROXY="*"), link)
     create, host = spec.create_kwargs(), spec.host_config_kwargs()
     assert create["network_disabled"] is False

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp_sandbox import egress_policy as ep
-from mcp_sandbox.egress_settings import EgressSettings
+from mcp_sandbox.config.egress import EgressSettings
+from mcp_sandbox.egress.link import EgressLink
+from mcp_sandbox.policy import egress_rules as ep
 
 # --- names ------------------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ def test_basic_credentials() -> None:
 
 
 def test_the_link_sets_both_cases_of_every_proxy_variable() -> None:
-    env = ep.EgressLink("net", "http://a:b@10.0.0.2:3128").env()
+    env = EgressLink("net", "http://a:b@10.0.0.2:3128").env()
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         assert env[name] == "http://a:b@10.0.0.2:3128"
     assert env["NO_PROXY"] == env["no_proxy"] == ep.NO_PROXY

@@ -10,10 +10,11 @@ from typing import Any
 import anyio
 import pytest
 
-from mcp_sandbox.auth import TokenSet, hash_entry, parse_entry
+from mcp_sandbox.config.http import HttpSettings, is_loopback
+from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.errors import ConfigError
-from mcp_sandbox.http_settings import HttpSettings, is_loopback
-from mcp_sandbox.http_transport import (
+from mcp_sandbox.transport.auth import TokenSet, hash_entry, parse_entry
+from mcp_sandbox.transport.http_gate import (
     AccessLog,
     Gate,
     build_app,
@@ -21,8 +22,7 @@ from mcp_sandbox.http_transport import (
     rpc_summary,
     transport_security,
 )
-from mcp_sandbox.launcher import LauncherClient
-from mcp_sandbox.settings import Settings
+from mcp_sandbox.transport.launcher import LauncherClient
 
 ALICE = "alice-token-" + "a" * 30
 BOB = "bob-token-" + "b" * 30

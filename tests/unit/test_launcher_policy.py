@@ -20,10 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fake_docker import RecordingDocker
-from mcp_sandbox import launcher as launcher_mod
 from mcp_sandbox.app import make_service
+from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
-from mcp_sandbox.launcher import (
+from mcp_sandbox.policy.limits import CallBounds
+from mcp_sandbox.sandbox.seccomp import load_seccomp
+from mcp_sandbox.service import SandboxService
+from mcp_sandbox.transport import launcher as launcher_mod
+from mcp_sandbox.transport.launcher import (
     LauncherClient,
     PingRequest,
     RunCodeRequest,
@@ -34,10 +38,6 @@ from mcp_sandbox.launcher import (
     max_request_bytes,
     parse_request,
 )
-from mcp_sandbox.policy import CallBounds
-from mcp_sandbox.resources import load_seccomp
-from mcp_sandbox.service import SandboxService
-from mcp_sandbox.settings import Settings
 
 OK_ARGS = {"language": "python", "code": "print(1)"}
 
@@ -231,7 +231,7 @@ async def test_client_and_launcher_speak_the_same_protocol(tmp_path: Path) -> No
     async with serving(sock, _launcher(_service(api))):
         client = LauncherClient(sock)
         await client.ping()
-        from mcp_sandbox.requests import RunCodeArgs
+        from mcp_sandbox.policy.arguments import RunCodeArgs
 
         result = await client.run_code(RunCodeArgs(language="python", code="print(1)"))
         assert result.exit_code == 0 and result.stdout == "ok\n"
@@ -309,7 +309,7 @@ async def test_no_launcher_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def test_the_compose_healthcheck_speaks_the_launchers_protocol(tmp_path: Path) -> None:
-    from mcp_sandbox import healthcheck
+    from mcp_sandbox.transport import healthcheck
 
     sock = tmp_path / "l.sock"
     assert not await anyio.to_thread.run_sync(healthcheck.launcher_ok, str(sock))
@@ -328,7 +328,7 @@ async def test_host_busy_says_whether_memory_or_slots_held_the_call(
     settings_kw: dict[str, Any], needle: str
 ) -> None:
     """An operator must tell memory admission from contention."""
-    from mcp_sandbox.requests import ShellArgs
+    from mcp_sandbox.policy.arguments import ShellArgs
 
     api = RecordingDocker(hang=True)
     service = _service(api, **settings_kw)

@@ -21,16 +21,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mcp_sandbox.workspace import PathRules, WorkspacePolicy
-from mcp_sandbox.workspace_copy import (
-    _link_refusal,
-    _Rules,
-    apply_changes,
-    diff,
-    read_back,
-    scan_copy,
-    tar_stream,
-)
+from mcp_sandbox.config.workspace import WorkspacePolicy
+from mcp_sandbox.policy.paths import PathRules
+from mcp_sandbox.workspace.changes import diff
+from mcp_sandbox.workspace.copy_scan import scan_copy
+from mcp_sandbox.workspace.read_back import read_back
+from mcp_sandbox.workspace.tar_out import tar_stream
+from mcp_sandbox.workspace.write_back import _link_refusal, _Rules, apply_changes
 
 RW = WorkspacePolicy(modes=("ro", "copy", "rw"))
 SECRET = "outside-secret-9c41e0"

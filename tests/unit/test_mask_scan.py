@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcp_sandbox import mask_scan
-from mcp_sandbox.mask_scan import MaskScanner, find_masked
-from mcp_sandbox.workspace import DEFAULT_MASK, PathRules, filesystem_of
+from mcp_sandbox.policy.paths import DEFAULT_MASK, PathRules
+from mcp_sandbox.workspace import mask_scan
+from mcp_sandbox.workspace.mask_scan import MaskScanner, find_masked
+from mcp_sandbox.workspace.workdir import filesystem_of
 from special_files import SPECIALS, make_special
 
 RULES = PathRules(DEFAULT_MASK)

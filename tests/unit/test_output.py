@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp_sandbox.output import (
+from mcp_sandbox.output.result import RESULT_CHARS, RunResult
+from mcp_sandbox.output.shaping import (
     STOPPED_NOTE,
     ShapedStream,
     StreamCapture,
@@ -20,9 +21,8 @@ from mcp_sandbox.output import (
     safe_tail,
     shape,
 )
-from mcp_sandbox.policy import CallBounds
-from mcp_sandbox.results import RunResult
-from mcp_sandbox.tools import RESULT_CHARS, _tool_result, result_chars
+from mcp_sandbox.policy.limits import CallBounds
+from mcp_sandbox.transport.tools import _tool_result, result_chars
 
 SECRET = "SECRET-0123456789abcdef"
 MB_SECRET = "秘密-ключ-\U0001f511-0123456789"

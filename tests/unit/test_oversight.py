@@ -13,10 +13,10 @@ from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp_types import ElicitRequestParams, ElicitResult, LoggingMessageNotificationParams
 
-from mcp_sandbox.requests import RunCodeArgs, ShellArgs
-from mcp_sandbox.results import RunResult
-from mcp_sandbox.settings import Settings
-from mcp_sandbox.tools import build_server as build_sandbox_server
+from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.output.result import RunResult
+from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
+from mcp_sandbox.transport.tools import build_server as build_sandbox_server
 
 MODES = ("legacy", "auto")
 SECRET = "planted-secret-4c1a9e"  # pragma: allowlist secret
@@ -288,7 +288,7 @@ async def test_fifty_concurrent_calls_leave_fifty_whole_lines(
             for i in range(50):
                 args = {"command": f"echo {i}", **({"workspace": "rw"} if i % 2 else {})}
                 tg.start_soon(c.call_tool, "shell", args)
-    from mcp_sandbox.audit import AuditLog
+    from mcp_sandbox.oversight.audit import AuditLog
 
     records = list(AuditLog(settings.audit).records())
     assert len(records) == 50 and len(service.ran) == 50

@@ -6,8 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from mcp_sandbox.errors import RequestRejected
-from mcp_sandbox.languages import SUPPORTED
-from mcp_sandbox.policy import (
+from mcp_sandbox.policy.arguments import RunCodeArgs, describe_bad_arguments
+from mcp_sandbox.policy.languages import SUPPORTED
+from mcp_sandbox.policy.limits import (
     MIN_CPUS,
     MIN_TIMEOUT_S,
     CallBounds,
@@ -17,8 +18,7 @@ from mcp_sandbox.policy import (
     asked_limits,
     decide,
 )
-from mcp_sandbox.requests import RunCodeArgs, describe_bad_arguments
-from mcp_sandbox.spec import build_spec
+from mcp_sandbox.sandbox.spec import build_spec
 
 ARGV = ("python3", "-c", "print(1)")
 

@@ -12,11 +12,11 @@ import pytest
 import regex
 
 from fake_docker import RecordingDocker
-from mcp_sandbox import secrets as secrets_mod
 from mcp_sandbox.app import make_service
-from mcp_sandbox.requests import ShellArgs
-from mcp_sandbox.secrets import RULES, TIMEOUT_MARKER, Scrubber
-from mcp_sandbox.settings import Settings
+from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.output import scrubber as secrets_mod
+from mcp_sandbox.output.scrubber import RULES, TIMEOUT_MARKER, Scrubber
+from mcp_sandbox.policy.arguments import ShellArgs
 
 # The Authorization rule as it was when it was quadratic: a stand-in for the next rule that
 # turns out slow on some text.

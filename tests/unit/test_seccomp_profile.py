@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mcp_sandbox.errors import ConfigError
-from mcp_sandbox.seccomp_profile import (
+from mcp_sandbox.sandbox.seccomp_profile import (
     PROFILE_PATH,
     SOURCE_PATH,
     allowed_syscalls,
@@ -56,7 +56,7 @@ def _rules_for(profile: dict[str, Any], name: str) -> list[dict[str, Any]]:
 
 def test_committed_json_is_what_the_generator_writes(source: dict[str, Any]) -> None:
     assert PROFILE_PATH.read_text(encoding="utf-8") == render(generate(source)), (
-        "seccomp/default.json is stale: run python -m mcp_sandbox.seccomp_profile"
+        "seccomp/default.json is stale: run python -m mcp_sandbox.sandbox.seccomp_profile"
     )
 
 

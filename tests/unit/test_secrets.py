@@ -16,15 +16,15 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mcp_sandbox.secrets import (
+from mcp_sandbox.output.scrubber import (
     MIN_KNOWN_LENGTH,
     PATTERN_SPAN,
     RULES,
     Rule,
     Scrubber,
-    looks_secret_name,
     secret_values_from_env,
 )
+from mcp_sandbox.policy.secret_names import looks_secret_name
 
 ALNUM = string.ascii_letters + string.digits
 MARKER = re.compile(r"\[REDACTED:[^\]]*\]")

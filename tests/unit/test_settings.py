@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from mcp_sandbox.config.settings import Settings, load_settings
 from mcp_sandbox.errors import ConfigError
-from mcp_sandbox.settings import Settings, load_settings
 
 
 def test_toml_then_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,8 +7,9 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp_sandbox.policy import Limits, RunPlan
-from mcp_sandbox.spec import BASE_ENV, LABEL, OWNER_LABEL, ContainerSpec, build_spec
+from mcp_sandbox.constants import LABEL, OWNER_LABEL
+from mcp_sandbox.policy.limits import Limits, RunPlan
+from mcp_sandbox.sandbox.spec import BASE_ENV, ContainerSpec, build_spec
 
 limits_st = st.builds(
     Limits,

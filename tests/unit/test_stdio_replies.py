@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mcp import types
 
-from mcp_sandbox.stdio_replies import reply_to_unreadable
+from mcp_sandbox.transport.stdio_replies import reply_to_unreadable
 
 
 def _unreadable(line: str) -> Exception:

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mcp_sandbox.output import StreamCapture
-from mcp_sandbox.spec import ContainerSpec
-from mcp_sandbox.warm import SH_STUB_ARGV, STUB_ARGV, EndWatch, encode_request, shape_of
+from mcp_sandbox.output.shaping import StreamCapture
+from mcp_sandbox.sandbox.spec import ContainerSpec
+from mcp_sandbox.sandbox.warm import SH_STUB_ARGV, STUB_ARGV, EndWatch, encode_request, shape_of
 
 NONCE = "0123456789abcdef0123456789abcdef"
 MARK = f"\x00mcp-sandbox-end:{NONCE}:7\x00".encode()
@@ -217,8 +217,8 @@ def test_a_fake_marker_cannot_swallow_the_real_one() -> None:
 
 
 def _spec(**kw: object) -> ContainerSpec:
-    from mcp_sandbox.policy import Limits, RunPlan
-    from mcp_sandbox.spec import build_spec
+    from mcp_sandbox.policy.limits import Limits, RunPlan
+    from mcp_sandbox.sandbox.spec import build_spec
 
     limits = kw.pop("limits", Limits())
     plan = RunPlan(argv=("python3", "-c", "1"), limits=limits, stdin=None)  # type: ignore[arg-type]
@@ -235,8 +235,8 @@ def _spec(**kw: object) -> ContainerSpec:
 
 
 def test_a_warm_sandbox_matches_only_a_call_that_would_get_the_same_container() -> None:
-    from mcp_sandbox.policy import Limits
-    from mcp_sandbox.spec import Mount, with_workspace
+    from mcp_sandbox.policy.limits import Limits
+    from mcp_sandbox.sandbox.spec import Mount, with_workspace
 
     base = _spec()
     assert shape_of(base) == shape_of(_spec(run_id="b"))

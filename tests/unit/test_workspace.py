@@ -16,38 +16,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from mcp_sandbox.config.workspace import WorkspacePolicy, check_root, default_root
 from mcp_sandbox.errors import RequestRejected
-from mcp_sandbox.mask_scan import find_masked
-from mcp_sandbox.policy import Limits, RunPlan
-from mcp_sandbox.secrets import Scrubber
-from mcp_sandbox.spec import Mount, build_spec, with_workspace
-from mcp_sandbox.workspace import (
-    DEFAULT_MASK,
-    DEFAULT_PROTECT,
-    MAX_MASKS,
-    PathRules,
-    WorkspacePolicy,
-    WorkspaceReport,
-    check_root,
-    default_root,
-    resolve_workdir,
-)
-from mcp_sandbox.workspace_copy import (
+from mcp_sandbox.output.result import WorkspaceReport
+from mcp_sandbox.output.scrubber import Scrubber
+from mcp_sandbox.policy.limits import Limits, RunPlan
+from mcp_sandbox.policy.paths import DEFAULT_MASK, DEFAULT_PROTECT, MAX_MASKS, PathRules
+from mcp_sandbox.sandbox.spec import Mount, build_spec, with_workspace
+from mcp_sandbox.workspace.changes import (
     LISTED_CHARS,
     MAX_SHOWN_PATH,
     PATH_CUT,
     Change,
-    Readback,
-    apply_changes,
-    container_link,
     diff,
     listing,
-    read_back,
-    sandbox_may_read,
-    scan_copy,
     shown_path,
-    tar_stream,
 )
+from mcp_sandbox.workspace.copy_scan import sandbox_may_read, scan_copy
+from mcp_sandbox.workspace.mask_scan import find_masked
+from mcp_sandbox.workspace.read_back import Readback, read_back
+from mcp_sandbox.workspace.tar_out import container_link, tar_stream
+from mcp_sandbox.workspace.workdir import resolve_workdir
+from mcp_sandbox.workspace.write_back import apply_changes
 from special_files import SPECIALS, make_special
 
 RW = WorkspacePolicy(modes=("ro", "copy", "rw"))
@@ -714,7 +704,7 @@ def test_blanks_of_dead_servers_are_swept_and_live_ones_kept(
 ) -> None:
     import tempfile
 
-    from mcp_sandbox import workspace_session
+    from mcp_sandbox.workspace import session as workspace_session
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = tmp_path / "mcp-sandbox-mask-999999999-abc"

@@ -1,0 +1,335 @@
+"""The egress proxy and its networks as Docker objects: made on first use, reused, removed.
+
+One ``network="egress"`` call:
+
+    sandbox --(its own internal network: no host address, no route out)--> proxy
+    proxy   --(the outbound network)--> allowlisted names only
+
+- Each call gets an internal network of its own (``mcp-sandbox-net-<run_id>``) holding only
+  the sandbox and the proxy, so sandboxes never reach each other. ``inhibit_ipv4`` keeps the
+  host's address off the bridge: on a plain internal network the gateway address is the
+  host, and every service the host listens on answers there.
+- The sandbox's resolver is pinned: ``dns=["127.0.0.1"]`` makes Docker's embedded resolver
+  (127.0.0.11) forward inside the sandbox's own namespace, where nothing answers, instead of
+  to the host's resolvers (CVE-2024-29018 leaked through those on internal networks).
+- The proxy is one long-lived container per server, labelled with a digest of its rules: a
+  changed allowlist or image, or a proxy that died, gets a new one on the next call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio import CapacityLimiter, to_thread
+
+from mcp_sandbox.config.egress import EgressSettings
+from mcp_sandbox.constants import LABEL, MIB, OWNER_LABEL
+from mcp_sandbox.egress.link import EGRESS_SYSCTLS, EgressLink
+from mcp_sandbox.engine.docker_api import ContainerInfo, DockerApi
+from mcp_sandbox.engine.owners import owner_is_alive
+from mcp_sandbox.engine.steps import step
+from mcp_sandbox.errors import SandboxUnavailable
+from mcp_sandbox.policy.egress_rules import PROXY_PORT, make_password
+
+log = logging.getLogger("mcp_sandbox.egress")
+
+ROLE_LABEL = "mcp-sandbox.role"
+DIGEST_LABEL = "mcp-sandbox.egress.digest"
+CALL_NETWORK_PREFIX = "mcp-sandbox-net-"
+PROXY_USER = "65534:65534"
+PROXY_PROGRAM = ("python3", "-I", "/opt/mcp-sandbox-egress/egress_proxy.py")
+# Our own steps get these bounds; a call's deadline is separate.
+STEP_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 20.0
+# A credential outlives the call's deadline by this much (create and start come first).
+CREDENTIAL_SLACK_S = 300
+
+# The proxy must never route between its networks, only relay what it checked.
+PROXY_SYSCTLS: Mapping[str, str] = {
+    **EGRESS_SYSCTLS,
+    "net.ipv4.ip_forward": "0",
+    "net.ipv4.conf.all.forwarding": "0",
+    "net.ipv4.conf.default.forwarding": "0",
+}
+CALL_NETWORK_OPTIONS: Mapping[str, str] = {
+    "com.docker.network.bridge.inhibit_ipv4": "true",
+    "com.docker.network.bridge.enable_ip_masquerade": "false",
+}
+_FOREIGN_GRACE_S = 600.0
+
+
+@dataclass(frozen=True)
+class EgressTally:
+    """What the proxy decided for one call."""
+
+    allowed: int
+    denied: tuple[str, ...]
+
+
+UNREPORTED = EgressTally(0, ("egress report unavailable: the proxy did not answer",))
+
+
+@dataclass
+class EgressCall:
+    """One call's attachment; ``tally`` is filled in when the attachment ends."""
+
+    link: EgressLink
+    tally: EgressTally | None = None
+
+
+def rules_digest(settings: EgressSettings) -> str:
+    """Changes whenever what the proxy enforces or runs changes."""
+    text = json.dumps(
+        {
+            "rules": settings.proxy_rules(),
+            "image": settings.proxy_image,
+            "dns": settings.proxy_dns,
+            "outbound": settings.outbound_network,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def proxy_container(
+    settings: EgressSettings,
+    *,
+    name: str,
+    network: str,
+    key: bytes,
+    seccomp_json: str,
+    labels: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """PURE: create and host-config arguments of the proxy container; every wall it keeps."""
+    create = {
+        "name": name,
+        "image": settings.proxy_image,
+        "command": ["serve"],
+        "user": PROXY_USER,
+        "environment": [
+            "MCP_SANDBOX_EGRESS_CONFIG=" + json.dumps(settings.proxy_rules()),
+            "MCP_SANDBOX_EGRESS_KEY=" + key.hex(),
+        ],
+        "labels": dict(labels),
+        "hostname": "egress-proxy",
+        "networking_config": {"EndpointsConfig": {network: {}}},
+        "detach": True,
+        "use_config_proxy": False,
+    }
+    host = {
+        "network_mode": network,
+        "privileged": False,
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true", f"seccomp={seccomp_json}"],
+        "init": True,
+        "ipc_mode": "private",
+        "cgroupns": "private",
+        "pids_limit": 128,
+        "mem_limit": 256 * MIB,
+        "memswap_limit": 256 * MIB,
+        "nano_cpus": 1_000_000_000,
+        "ulimits": [
+            {"name": "nofile", "soft": 8192, "hard": 8192},
+            {"name": "core", "soft": 0, "hard": 0},
+        ],
+        "tmpfs": {"/run/egress": "rw,noexec,nosuid,nodev,size=1m,mode=0700,uid=65534,gid=65534"},
+        "sysctls": dict(PROXY_SYSCTLS),
+        **({"dns": list(settings.proxy_dns)} if settings.proxy_dns else {}),
+        # A sandbox can make the proxy log a line per request: bounded on disk.
+        "log_config": {"type": "json-file", "config": {"max-size": "5m", "max-file": "2"}},
+    }
+    return create, host
+
+
+class EgressProxy:
+    """This server's proxy, its outbound network, and the per-call internal networks."""
+
+    def __init__(
+        self,
+        settings: EgressSettings,
+        api: DockerApi,
+        *,
+        owner: str,
+        seccomp_json: Callable[[], str],
+        extra_labels: Mapping[str, str],
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.owner = owner
+        tag = hashlib.sha256(owner.encode()).hexdigest()[:12]
+        self.container = f"mcp-sandbox-egress-{tag}"
+        self.outbound = settings.outbound_network or f"mcp-sandbox-egress-out-{tag}"
+        self._own_outbound = settings.outbound_network is None
+        self._seccomp_json = seccomp_json
+        self._digest = rules_digest(settings)
+        self._key = secrets.token_bytes(32)
+        self._lock = anyio.Lock()
+        self._labels = {
+            **{k: v for k, v in extra_labels.items() if not k.startswith(LABEL)},
+            LABEL: "1",
+            OWNER_LABEL: owner,
+        }
+
+    @contextlib.asynccontextmanager
+    async def attached(
+        self, run_id: str, timeout_s: float, threads: CapacityLimiter
+    ) -> AsyncIterator[EgressCall]:
+        """A network for one call, with the proxy on it; on exit, the call's tally.
+
+        Raises SandboxUnavailable when the proxy or the network cannot be made.
+        """
+        await self._ensure(threads)
+        network = CALL_NETWORK_PREFIX + run_id
+        deadline = int(time.time() + timeout_s + CREDENTIAL_SLACK_S)
+        call: EgressCall | None = None
+        try:
+            await step(
+                threads,
+                "create the call's network",
+                lambda: self.api.create_network(
+                    network,
+                    internal=True,
+                    labels={**self._labels, ROLE_LABEL: "call-network"},
+                    options=dict(CALL_NETWORK_OPTIONS),
+                ),
+            )
+            address = await step(
+                threads,
+                "connect the egress proxy",
+                self.api.connect_network,
+                network,
+                self.container,
+            )
+            password = make_password(self._key, run_id, deadline)
+            call = EgressCall(
+                EgressLink(network, f"http://{run_id}:{password}@{address}:{PROXY_PORT}")
+            )
+            yield call
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(STEP_TIMEOUT_S):
+                tally = await self._take(run_id, deadline, threads)
+                if call is not None:
+                    call.tally = tally
+                with contextlib.suppress(SandboxUnavailable):
+                    await to_thread.run_sync(
+                        self.api.disconnect_network, network, self.container, limiter=threads
+                    )
+                    await to_thread.run_sync(self.api.remove_network, network, limiter=threads)
+
+    async def _ensure(self, threads: CapacityLimiter) -> None:
+        """The proxy runs with our current rules, or is made so. Raises SandboxUnavailable."""
+        async with self._lock:
+            state = await step(
+                threads, "inspect the egress proxy", self.api.container_state, self.container
+            )
+            if state is not None and state[0] and state[1].get(DIGEST_LABEL) == self._digest:
+                return
+            if state is not None:
+                log.info("replacing the egress proxy %s (stopped or rules changed)", self.container)
+                await step(threads, "remove the old egress proxy", self.api.remove, self.container)
+            if not await step(
+                threads, "inspect the outbound network", self.api.network_exists, self.outbound
+            ):
+                if not self._own_outbound:
+                    raise SandboxUnavailable(
+                        f"egress.outbound_network {self.outbound!r} does not exist"
+                    )
+                await step(
+                    threads,
+                    "create the outbound network",
+                    lambda: self.api.create_network(
+                        self.outbound,
+                        internal=False,
+                        labels={**self._labels, ROLE_LABEL: "egress-outbound"},
+                        options={"com.docker.network.bridge.enable_icc": "false"},
+                    ),
+                )
+            create, host = proxy_container(
+                self.settings,
+                name=self.container,
+                network=self.outbound,
+                key=self._key,
+                seccomp_json=self._seccomp_json(),
+                labels={**self._labels, ROLE_LABEL: "egress-proxy", DIGEST_LABEL: self._digest},
+            )
+            await step(threads, "start the egress proxy", self.api.run_detached, create, host)
+            await self._wait_ready(threads)
+            log.info("egress proxy %s is up on %s", self.container, self.outbound)
+
+    async def _wait_ready(self, threads: CapacityLimiter) -> None:
+        with anyio.move_on_after(READY_TIMEOUT_S):
+            while True:
+                code, out = await step(
+                    threads,
+                    "ask the egress proxy",
+                    self.api.exec_output,
+                    self.container,
+                    [*PROXY_PROGRAM, "ctl", "ping"],
+                    PROXY_USER,
+                )
+                if code == 0 and b'"ok"' in out:
+                    return
+                await anyio.sleep(0.1)
+        raise SandboxUnavailable(
+            "the egress proxy did not start; is its image built? (`mcp-sandbox images build`)"
+        )
+
+    async def _take(self, run_id: str, deadline: int, threads: CapacityLimiter) -> EgressTally:
+        """The call's tally from the proxy, which also closes its credential."""
+        try:
+            code, out = await to_thread.run_sync(
+                self.api.exec_output,
+                self.container,
+                [*PROXY_PROGRAM, "ctl", "take", run_id, str(deadline)],
+                PROXY_USER,
+                limiter=threads,
+                abandon_on_cancel=True,
+            )
+            data = json.loads(out)
+            allowed, denied = data["allowed"], data["denied"]
+            if code != 0 or not isinstance(allowed, int) or not isinstance(denied, list):
+                raise ValueError("bad tally")
+        except (SandboxUnavailable, ValueError, KeyError, TypeError):
+            log.warning("no egress tally for run %s", run_id)
+            return UNREPORTED
+        return EgressTally(allowed, tuple(str(d)[:200] for d in denied[:21]))
+
+
+async def reap_networks(
+    api: DockerApi, owner: str, threads: CapacityLimiter, *, own_too: bool
+) -> int:
+    """Remove labelled networks whose server is gone (and ours, with ``own_too``).
+
+    Runs after the containers are gone: a network with a container on it stays.
+    """
+    try:
+        found = await to_thread.run_sync(api.labelled_networks, limiter=threads)
+    except SandboxUnavailable:
+        return 0
+    now = time.time()
+    doomed = [n.name for n in found if _doomed(n, owner, now, own_too=own_too)]
+    for name in doomed:
+        with (
+            anyio.move_on_after(STEP_TIMEOUT_S, shield=True),
+            contextlib.suppress(SandboxUnavailable),
+        ):
+            await to_thread.run_sync(api.remove_network, name, limiter=threads)
+    return len(doomed)
+
+
+def _doomed(net: ContainerInfo, owner: str, now: float, *, own_too: bool) -> bool:
+    net_owner = net.labels.get(OWNER_LABEL, "")
+    if net_owner == owner:
+        return own_too
+    alive = owner_is_alive(net_owner)
+    return alive is False or (alive is None and now - net.created_unix > _FOREIGN_GRACE_S)

@@ -1,0 +1,129 @@
+"""The structured result of a call, and what it says of the workspace."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcp_sandbox.output.shaping import fit, json_chars
+from mcp_sandbox.policy.arguments import Mode
+
+
+class FileChange(BaseModel):
+    """One path a run created, changed or deleted in its copy of the workspace."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str = Field(description="relative to the workspace root")
+    change: Literal["created", "changed", "deleted"]
+    kind: Literal["file", "symlink", "dir", "other"]
+    size: int | None = Field(None, description="bytes: the new size, or the old one if deleted")
+    applied: bool | None = Field(None, description="rw only: whether it reached your files")
+    note: str | None = Field(None, description="why it was refused, or what was adjusted")
+
+
+class WorkspaceReport(BaseModel):
+    """What the run saw of the workspace and, in `copy` and `rw`, what it changed there."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: Mode
+    workdir: str = Field(description="the working directory, relative to the workspace root")
+    changes_total: int = Field(0, description="paths created, changed or deleted")
+    changes: list[FileChange] = Field(default_factory=list, description="the first few, by path")
+    applied: int | None = Field(None, description="rw only: changes written to your files")
+    note: str | None = Field(None, description="a limit that was reached, if any")
+
+
+# Characters of each stream the text block repeats, at most.
+PREVIEW_CHARS = 2_000
+
+
+# A whole result, as JSON on the wire, stays under this many characters (README, "Tools"):
+# Claude Code replaces results over about 50,000 with a preview.
+RESULT_CHARS = 40_000
+
+
+class RunResult(BaseModel):
+    """One finished run. A failing, timed-out or OOM-killed program is a result, not an error.
+
+    Field order is the JSON order: Claude Code shows the model compact JSON and cuts long
+    results, so the verdict comes before the output.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    exit_code: int | None = Field(description="the program's exit status; null if killed first")
+    timed_out: bool = Field(description="the wall-clock limit ended the run")
+    oom_killed: bool = Field(description="the memory limit ended a process of the run")
+    truncated: bool = Field(description="stdout or stderr was cut to fit the output budget")
+    duration_ms: int = Field(description="wall time from start to exit")
+    pooled: bool = Field(description="ran in a pre-started sandbox (still fresh: one call each)")
+    stdout_bytes: int = Field(description="bytes the program wrote to stdout, before any cut")
+    stderr_bytes: int = Field(description="bytes the program wrote to stderr, before any cut")
+    image: str = Field(description="the image the sandbox ran")
+    run_id: str = Field(description="this run's id, as in the server's log")
+    sandbox: str = Field(description="the container it ran in, removed since")
+    egress_allowed: int = Field(
+        0, description='network="egress": requests the proxy let through (0 without a network)'
+    )
+    egress_denied: list[str] = Field(
+        default_factory=list,
+        description='network="egress": what the proxy refused, as "host:port (reason)"',
+    )
+    workspace: WorkspaceReport | None = Field(
+        None, description="the workspace mode and, for copy and rw, the files the run changed"
+    )
+    stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
+    stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
+
+    def summary(self, room: int | None = None, preview_chars: int = PREVIEW_CHARS) -> str:
+        """A short text block for clients that ignore structured content.
+
+        It repeats the output's first ``preview_chars`` characters per stream. As JSON
+        (``json_chars``) it weighs at most ``room`` (but for the verdict line, always
+        there): the structured content comes first, and this takes what it leaves of the
+        result's size.
+        """
+        if self.timed_out:
+            verdict = "timed out"
+        elif self.oom_killed:
+            verdict = f"killed by the memory limit (exit {self.exit_code})"
+        else:
+            verdict = f"exit {self.exit_code}"
+        lines = [
+            f"{verdict} in {self.duration_ms} ms" + (" (output cut)" if self.truncated else "")
+        ]
+        if self.egress_allowed or self.egress_denied:
+            lines.append(
+                f"egress: {self.egress_allowed} allowed"
+                + (f"; refused: {', '.join(self.egress_denied)}" if self.egress_denied else "")
+            )
+        if self.workspace is not None and self.workspace.mode != "ro":
+            ws = self.workspace
+            lines.append(
+                f"workspace {ws.mode}: {ws.changes_total} path(s) changed"
+                + (f", {ws.applied} written back" if ws.applied is not None else "")
+                + (f" ({ws.note})" if ws.note else "")
+            )
+        if room is None:
+            room = 1 << 62  # no limit but the previews' own
+        # The verdict always; what follows it as far as the room goes.
+        text = lines[0]
+        text += fit(
+            "".join("\n" + line for line in lines[1:]), room - json_chars(text), weight=json_chars
+        )
+        left = room - json_chars(text)
+        streams = [(n, out) for n, out in (("stdout", self.stdout), ("stderr", self.stderr)) if out]
+        for i, (name, out) in enumerate(streams):
+            label = f"\n--- {name} ---\n"
+            # An even share of what is left, less the label and a "…".
+            share = (left - json_chars(label) - 1) // (len(streams) - i)
+            if share < 1:
+                continue
+            part = fit(out[:preview_chars], share, weight=json_chars)
+            piece = label + part + ("…" if len(part) < len(out) else "")
+            text += piece
+            left -= json_chars(piece)
+        return text

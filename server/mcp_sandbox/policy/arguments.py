@@ -1,0 +1,155 @@
+"""Tool arguments as the caller sends them: validated here, decided on in ``policy.limits``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+
+from mcp_sandbox.policy.languages import Language
+from mcp_sandbox.policy.limits import MIN_CPUS, MIN_MEMORY_MIB, MIN_OUTPUT_BYTES, MIN_TIMEOUT_S
+
+Mode = Literal["ro", "copy", "rw"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+
+
+MAX_WORKDIR_CHARS = 4096
+
+
+_LARGEST = 2**53  # the largest integer a JSON number holds exactly
+
+
+def _json_number(value: object) -> object:
+    """A limit is a JSON number: `true` is not 1 core, and "1e309" is not a number."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ValueError("must be a number")
+    if isinstance(value, int) and abs(value) > _LARGEST:  # past a float, `:g` overflows
+        raise ValueError(f"must be at most {_LARGEST}")
+    return value
+
+
+JsonNumber = BeforeValidator(_json_number)
+
+TimeoutArg = Annotated[
+    float | None,
+    Field(
+        ge=MIN_TIMEOUT_S,
+        allow_inf_nan=False,
+        description="wall-clock limit in seconds; the configured default when omitted, "
+        f"at least {MIN_TIMEOUT_S:g}, never above the configured maximum",
+    ),
+    JsonNumber,
+]
+StdinArg = Annotated[str | None, Field(description="text fed to the program's standard input")]
+NetworkArg = Annotated[
+    Literal["none", "egress"],
+    Field(
+        description='"none": no network at all. "egress": out only through the server\'s proxy, '
+        "to its allowlisted host names (when the server enables it)",
+    ),
+]
+
+MemoryArg = Annotated[
+    int | None,
+    Field(
+        ge=MIN_MEMORY_MIB,
+        description="memory limit in MiB; the configured default when omitted, never above the "
+        "configured maximum",
+    ),
+    JsonNumber,
+]
+CpusArg = Annotated[
+    float | None,
+    Field(
+        ge=MIN_CPUS,
+        allow_inf_nan=False,
+        description="CPU quota in cores; the configured default when omitted, "
+        f"at least {MIN_CPUS:g}, never above the configured maximum",
+    ),
+    JsonNumber,
+]
+OutputArg = Annotated[
+    int | None,
+    Field(
+        ge=MIN_OUTPUT_BYTES,
+        description="stdout+stderr bytes kept in the result; the configured default when omitted",
+    ),
+    JsonNumber,
+]
+ProfileArg = Annotated[
+    str | None,
+    Field(
+        max_length=64,
+        description="a named shape of work the server's config defines (limits, workspace mode, "
+        "network), which its operator may have pre-approved",
+    ),
+]
+
+WorkdirArg = Annotated[
+    str,
+    Field(
+        max_length=MAX_WORKDIR_CHARS,
+        description="working directory, relative to the workspace root (mounted at /workspace); "
+        "it must exist and stay inside the root",
+    ),
+]
+WorkspaceArg = Annotated[
+    Mode | None,
+    Field(
+        description='how the workspace is mounted: "ro" read-only; "copy" a throw-away '
+        'writable copy (the result lists what changed); "rw" changes are written back to '
+        "your files (only if the server enables it). Omitted: the server's default (ro)",
+    ),
+]
+
+
+class _SandboxArgs(BaseModel):
+    """What both tools take besides the program itself."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timeout_s: TimeoutArg = None
+    stdin: StdinArg = None
+    network: NetworkArg = "none"
+    workdir: WorkdirArg = "."
+    workspace: WorkspaceArg = None
+    profile: ProfileArg = None
+    memory_mib: MemoryArg = None
+    cpus: CpusArg = None
+    output_bytes: OutputArg = None
+
+
+class RunCodeArgs(_SandboxArgs):
+    language: Language = Field(description="which interpreter runs the code")
+    code: str = Field(description="the program text")
+
+
+class ShellArgs(_SandboxArgs):
+    command: str = Field(description="a /bin/sh command line")
+
+
+_SHOWN_KEY = 40
+
+
+def describe_bad_arguments(exc: ValidationError, *, supported_languages: tuple[str, ...]) -> str:
+    """One line for the caller, naming each bad argument; never echoes its value."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "arguments"
+        if len(key) > _SHOWN_KEY:  # the caller wrote it: a few characters name it enough
+            key = key[:_SHOWN_KEY] + "…"
+        if err["type"] == "missing":
+            parts.append(f"{key} is required")
+        elif err["type"] == "extra_forbidden":
+            parts.append(f"unknown argument {key!r}")
+        elif key == "language":
+            parts.append(f"unknown language; supported: {', '.join(supported_languages)}")
+        else:
+            parts.append(f"{key}: {err['msg']}")
+    return "invalid arguments: " + "; ".join(parts)

@@ -1,0 +1,165 @@
+"""PURE: the protocol of a pre-started sandbox: its stub, the request, the end marker.
+
+A warm container runs ``STUB_ARGV`` under tini with stdin attached. A call writes one request
+(text and base64 only, so no byte of it can be a Docker detach key), the stub runs the
+program, then writes an end marker carrying the call's random nonce and the exit code on
+both streams. Output after the marker is discarded; the container is killed and removed
+after the reply. A program that forges or suppresses the marker only ends its own call
+early or late: the container is still thrown away. Forging needs the nonce, which the program
+is never given: the stub reads it only after the fork, and the Python stub is not dumpable,
+so the program (the same user) cannot open its /proc/PID/mem or /proc/PID/fd/0. The sh stub
+cannot do that; a program under it could take the nonce and end its call early. Its sandbox
+then outlives the reply until the removal (``after_reply``: at most half a second, plus the
+removal itself), under the same limits and memory admission as any sandbox.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from mcp_sandbox.output.shaping import StreamCapture
+from mcp_sandbox.sandbox.spec import ContainerSpec
+
+# The sh stub, for an image without python3: no extra processes for small requests. Each
+# argument arrives as one line with backslashes doubled and control bytes as \0ooo, which
+# printf %b turns back; the "." keeps trailing newlines through the command substitution.
+# `read` takes one byte at a time from a pipe, so the nonce stays in the pipe until the
+# program's arguments are in; the program gets /dev/null or the decoded rest as stdin.
+SH_STUB = r"""
+mounts() {
+  m=
+  while IFS=' ' read -r _ _ _ _ point _; do m="$m $point"; done </proc/self/mountinfo
+  printf %s "$m"
+}
+oom_kills() {
+  for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events; do
+    [ -r "$f" ] || continue
+    while read -r k v; do [ "$k" = oom_kill ] && { echo "$v"; return; }; done <"$f"
+  done
+  echo -1
+}
+mounts0=$(mounts)
+IFS= read -r size || exit 97
+IFS= read -r cwd || exit 97
+IFS= read -r has_stdin || exit 97
+IFS= read -r n || exit 97
+set --
+i=0
+while [ "$i" -lt "$n" ]; do
+  IFS= read -r line || exit 97
+  arg=$(printf '%b.' "$line")
+  set -- "$@" "${arg%.}"
+  i=$((i + 1))
+done
+IFS= read -r nonce || exit 97
+if [ "$(mounts)" != "$mounts0" ]; then
+  printf '\000mcp-sandbox-end:%s:999\000' "$nonce"
+  printf '\000mcp-sandbox-end:%s:999\000' "$nonce" >&2
+  exit 95
+fi
+if [ "$cwd" != "$PWD" ]; then
+  cd -- "$cwd" 2>/dev/null || {
+    echo "mcp-sandbox: uid 65534 cannot enter $cwd; chmod o+rx the workspace" >&2
+    exit 96
+  }
+fi
+unset PWD OLDPWD
+kills=$(oom_kills)
+if [ "$has_stdin" = 1 ]; then base64 -d | "$@"; else "$@" </dev/null; fi
+code=$?
+oom=
+[ "$kills" -ge 0 ] && [ "$(oom_kills)" -gt "$kills" ] && oom=:oom
+printf '\000mcp-sandbox-end:%s:%s%s\000' "$nonce" "$code" "$oom"
+printf '\000mcp-sandbox-end:%s:%s%s\000' "$nonce" "$code" "$oom" >&2
+exit "$code"
+"""
+# The Python stub (``warm_stub``) when the image has python3: its interpreter has started
+# before the call, so a `python3 -c` call skips the start-up. Both speak the same protocol.
+PY_STUB = (Path(__file__).parent / "warm_stub.py").read_text(encoding="utf-8")
+# sh exports PWD, which a program started by the daemon does not get: it is unset.
+_LAUNCH = 'command -v python3 >/dev/null 2>&1 && { unset PWD; exec python3 -c "$1"; }\n' + SH_STUB
+STUB_ARGV: tuple[str, ...] = ("/bin/sh", "-c", _LAUNCH, "mcp-sandbox-stub", PY_STUB)
+SH_STUB_ARGV: tuple[str, ...] = ("/bin/sh", "-c", SH_STUB, "mcp-sandbox-stub")
+
+# The code in a marker that says the program never ran: a mount of the sandbox went away
+# while it waited (the host replaced a masked file: its overmount goes with the old file).
+STALE_CODE = 999
+_MARKER = b"\x00mcp-sandbox-end:"
+# `:oom` when a process of the program's was killed for memory (the daemon says so of a
+# cold sandbox, and a warm one's container lives on after its call).
+_MARKER_RE = re.compile(rb"\x00mcp-sandbox-end:([0-9a-f]{32}):(\d{1,3})(:oom)?\x00")
+
+
+def _line(arg: str) -> str:
+    """``arg`` on one line of printable text: backslashes doubled, control bytes as octal
+    escapes (so neither a newline nor a Docker detach key can appear raw)."""
+    out = arg.replace("\\", "\\\\")
+    return "".join(f"\\0{ord(c):03o}" if ord(c) < 0x20 or c == "\x7f" else c for c in out)
+
+
+def encode_request(nonce: str, argv: tuple[str, ...], cwd: str, stdin_b64: bytes | None) -> bytes:
+    """The bytes written to the stub's stdin. ``argv`` holds no NUL (policy refuses it).
+
+    Its byte length, the program block (working directory, whether stdin follows, argv),
+    then the nonce, then stdin as base64: a stub starts the program before it reads the nonce.
+    """
+    head = [_line(cwd), "1" if stdin_b64 is not None else "0", str(len(argv))]
+    block = ("\n".join([*head, *(_line(a) for a in argv)]) + "\n").encode(
+        "utf-8", "surrogateescape"
+    )
+    return b"%d\n%s%s\n%s" % (len(block), block, nonce.encode("ascii"), stdin_b64 or b"")
+
+
+def shape_of(spec: ContainerSpec) -> ContainerSpec:
+    """What must match for a warm container to stand in for a cold one: all but identity."""
+    # The timeout is the server's to enforce and the working directory is the stub's `cd`:
+    # neither is part of what the daemon was asked to build.
+    limits = spec.limits.model_copy(update={"timeout_s": 1.0})
+    return replace(spec, name="", argv=(), stdin=False, labels=(), limits=limits, working_dir="")
+
+
+@dataclass
+class EndWatch:
+    """Feeds a stream into its capture up to the end marker of ``nonce``."""
+
+    nonce: str
+    capture: StreamCapture
+    exit_code: int | None = None
+    ended: bool = False
+    oom: bool = False
+    _held: bytes = field(default=b"", repr=False)
+
+    _HOLD = len(_MARKER) + 32 + 1 + 3 + 4 + 1
+
+    def feed(self, chunk: bytes) -> bool:
+        """True once the marker has been seen; what follows it is dropped."""
+        if self.ended:
+            return True
+        data = self._held + chunk
+        m = _MARKER_RE.search(data)
+        while m is not None and m.group(1).decode() != self.nonce:
+            # A marker the program printed: plain output. Look again from just past its
+            # start, so that one without its closing NUL cannot swallow the real one's opening.
+            m = _MARKER_RE.search(data, m.start() + 1)
+        if m is not None:
+            self.capture.feed(data[: m.start()])
+            self.exit_code, self.ended, self._held = int(m.group(2)), True, b""
+            self.oom = m.group(3) is not None
+            return True
+        # Keep back what could be the start of a marker split across chunks.
+        cut = data.rfind(_MARKER[:1], max(len(data) - self._HOLD, 0))
+        if cut == -1:
+            self.capture.feed(data)
+            self._held = b""
+        else:
+            self.capture.feed(data[:cut])
+            self._held = data[cut:]
+        return False
+
+    def flush(self) -> None:
+        """The stream ended without a marker: what was held back is output too."""
+        if self._held:
+            self.capture.feed(self._held)
+            self._held = b""

@@ -1,0 +1,298 @@
+"""The launcher: the one process that holds the Docker API, behind a narrow request.
+
+Whoever holds the Docker API is root on the host, so a server that faces the network must not
+hold it. The server sends the launcher a tool's arguments (``run_code`` or ``shell``, exactly
+as the tool validated them) over a Unix socket; the launcher validates them again, decides
+them against *its own* settings and builds every container itself (``spec.build_spec``). No
+request can name an image, a mount, a capability, a namespace, a device or a profile: the
+request has no field for them, and an unknown field is refused.
+
+Wire format, both ways: a 4-byte big-endian length, then that many bytes of JSON. One request
+per connection. The caller keeps the connection open until the reply; when it closes early
+(its client cancelled, or it died), the launcher stops the run and removes the container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import stat
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+from anyio import to_thread
+from anyio.abc import SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
+from mcp_sandbox.output.result import RunResult
+from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
+from mcp_sandbox.policy.limits import CallBounds
+from mcp_sandbox.service import SandboxService
+
+log = logging.getLogger("mcp_sandbox.launcher")
+
+_HEADER = struct.Struct(">I")
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+# The request must arrive whole this soon after connecting: a slow sender holds no slot.
+REQUEST_READ_TIMEOUT_S = 30.0
+# Errors the server re-raises as they are; anything else is an internal error.
+_ERROR_KINDS: dict[str, type[SandboxError]] = {
+    "RequestRejected": RequestRejected,
+    "HostBusy": HostBusy,
+    "SandboxUnavailable": SandboxUnavailable,
+}
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunCodeRequest(_Request):
+    op: Literal["run_code"]
+    args: RunCodeArgs
+
+
+class ShellRequest(_Request):
+    op: Literal["shell"]
+    args: ShellArgs
+
+
+class PingRequest(_Request):
+    op: Literal["ping"]
+
+
+LauncherRequest = Annotated[RunCodeRequest | ShellRequest | PingRequest, Field(discriminator="op")]
+_REQUEST: TypeAdapter[RunCodeRequest | ShellRequest | PingRequest] = TypeAdapter(LauncherRequest)
+
+
+def max_request_bytes(bounds: CallBounds) -> int:
+    """Largest request frame: code and stdin at their bounds, every byte JSON-escaped."""
+    return 6 * (bounds.max_code_bytes + bounds.max_stdin_bytes) + 64 * 1024
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    """``message`` as one frame. ASCII JSON, so lone surrogates cross intact."""
+    body = json.dumps(message, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return _HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes, limit: int) -> int:
+    """The body length a 4-byte header announces. Raises RequestRejected past ``limit``.
+
+    Anything that is not our protocol (an HTTP request to the Docker API, say) reads as a
+    length in the gigabytes and ends here.
+    """
+    length: int = _HEADER.unpack(header)[0]
+    if length == 0 or length > limit:
+        raise RequestRejected(f"frame of {length} bytes; the limit is {limit}")
+    return length
+
+
+def parse_request(body: bytes) -> RunCodeRequest | ShellRequest | PingRequest:
+    """A request body, or RequestRejected. The message never echoes the request."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RequestRejected("the request is not JSON") from None
+    try:
+        return _REQUEST.validate_python(data)
+    except ValidationError as e:
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'request'}: {err['type']}"
+            for err in e.errors()[:5]
+        )
+        raise RequestRejected(
+            f"the launcher accepts run_code, shell or ping only ({where})"
+        ) from None
+
+
+async def _read_frame(stream: BufferedByteReceiveStream, limit: int) -> bytes:
+    length = frame_length(await stream.receive_exactly(_HEADER.size), limit)
+    return await stream.receive_exactly(length)
+
+
+class LauncherClient:
+    """What the tools call instead of ``SandboxService`` when a launcher holds Docker."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+
+    async def run_code(self, args: RunCodeArgs) -> RunResult:
+        return _result(await self._call({"op": "run_code", "args": args.model_dump(mode="json")}))
+
+    async def shell(self, args: ShellArgs) -> RunResult:
+        return _result(await self._call({"op": "shell", "args": args.model_dump(mode="json")}))
+
+    async def ping(self) -> None:
+        await self._call({"op": "ping"})
+
+    async def reap(self, *, own_too: bool) -> int:
+        """The launcher reaps what it made; closing a connection stops its run."""
+        return 0
+
+    async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            stream = await anyio.connect_unix(self.socket_path)
+        except OSError:
+            raise SandboxUnavailable(
+                f"the launcher is not reachable at {self.socket_path}; is it running?"
+            ) from None
+        async with stream:
+            try:
+                await stream.send(frame(request))
+                body = await _read_frame(BufferedByteReceiveStream(stream), MAX_REPLY_BYTES)
+                reply = json.loads(body)
+            except (anyio.EndOfStream, anyio.IncompleteRead, OSError, anyio.BrokenResourceError):
+                raise SandboxUnavailable("the launcher closed the connection mid-call") from None
+            except (RequestRejected, ValueError):
+                raise SandboxUnavailable("the launcher sent a malformed reply") from None
+        if not isinstance(reply, dict):
+            raise SandboxUnavailable("the launcher sent a malformed reply")
+        if "error" in reply:
+            error = reply["error"] if isinstance(reply["error"], dict) else {}
+            kind = _ERROR_KINDS.get(str(error.get("kind")), SandboxError)
+            message = str(error.get("message") or "internal error in the launcher")
+            raise kind(message.splitlines()[0][:500] if message else message)
+        return reply
+
+
+def _result(reply: dict[str, Any]) -> RunResult:
+    try:
+        return RunResult.model_validate(reply.get("result"))
+    except ValidationError:
+        raise SandboxUnavailable("the launcher sent a malformed result") from None
+
+
+async def _dispatch(
+    service: SandboxService, request: RunCodeRequest | ShellRequest | PingRequest
+) -> dict[str, Any]:
+    try:
+        if isinstance(request, PingRequest):
+            await to_thread.run_sync(service.api.ping)
+            return {"pong": True}
+        if isinstance(request, RunCodeRequest):
+            result = await service.run_code(request.args)
+        else:
+            result = await service.shell(request.args)
+        return {"result": result.model_dump(mode="json")}
+    except SandboxError as e:
+        kind = type(e).__name__ if type(e).__name__ in _ERROR_KINDS else "SandboxError"
+        return {"error": {"kind": kind, "message": str(e)}}
+    except Exception:
+        log.exception("%s failed", request.op)
+        return {"error": {"kind": "internal", "message": "internal error in the launcher"}}
+
+
+async def handle_connection(
+    stream: SocketStream, service: SandboxService, connections: anyio.CapacityLimiter
+) -> None:
+    """Serve one request on ``stream``; a hang-up before the reply stops the run."""
+    async with stream:
+        try:
+            connections.acquire_nowait()
+        except anyio.WouldBlock:
+            await _send_quietly(stream, _error(HostBusy("the launcher has too many connections")))
+            return
+        try:
+            await _serve_one(stream, service)
+        finally:
+            connections.release()
+
+
+async def _serve_one(stream: SocketStream, service: SandboxService) -> None:
+    buffered = BufferedByteReceiveStream(stream)
+    try:
+        with anyio.fail_after(REQUEST_READ_TIMEOUT_S):
+            body = await _read_frame(buffered, max_request_bytes(service.settings.bounds))
+        if buffered.buffer:
+            raise RequestRejected("one request per connection")
+        request = parse_request(body)
+    except RequestRejected as e:
+        log.warning("refused a request: %s", e)
+        await _send_quietly(stream, _error(e))
+        return
+    except (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, OSError):
+        return
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_hangup() -> None:
+            # The caller sends nothing more: data or end of stream both mean it is gone.
+            with contextlib.suppress(Exception):
+                await stream.receive(1)
+            log.info("caller hung up; stopping its %s", request.op)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(stop_on_hangup)
+        reply = await _dispatch(service, request)
+        await _send_quietly(stream, reply)
+        tg.cancel_scope.cancel()
+
+
+def _error(e: SandboxError) -> dict[str, Any]:
+    return {"error": {"kind": type(e).__name__, "message": str(e)}}
+
+
+async def _send_quietly(stream: SocketStream, message: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        await stream.send(frame(message))
+
+
+def _clear_stale_socket(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise SandboxUnavailable(f"{path} exists and is not a socket; refusing to replace it")
+    path.unlink()
+
+
+async def serve_launcher(
+    service: SandboxService,
+    socket_path: Path,
+    *,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Accept requests on ``socket_path`` until SIGTERM/SIGINT; then remove our sandboxes."""
+    _clear_stale_socket(socket_path)
+    # Only those who can reach the path (the server's container, through a shared volume)
+    # can connect; the server runs as another uid, so the socket itself is open to all.
+    listener = await anyio.create_unix_listener(socket_path, mode=0o666)
+    connections = anyio.CapacityLimiter(service.max_concurrent * 4 + 16)
+    try:
+        async with listener, anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for sig in signals:
+                        log.info(
+                            "%s: stopping runs and removing this launcher's sandboxes", sig.name
+                        )
+                        tg.cancel_scope.cancel()
+
+            async def reap_at_start() -> None:
+                removed = await service.reap(own_too=False)
+                if removed:
+                    log.info("removed %d sandbox(es) left by launchers that died", removed)
+
+            tg.start_soon(stop_on_signal)
+            tg.start_soon(reap_at_start)
+            log.info("launcher listening on %s", socket_path)
+            if ready is not None:
+                ready()
+            await listener.serve(
+                lambda stream: handle_connection(stream, service, connections), task_group=tg
+            )
+    finally:
+        with anyio.CancelScope(shield=True):
+            await service.reap(own_too=True)
+        with contextlib.suppress(OSError):
+            os.unlink(socket_path)

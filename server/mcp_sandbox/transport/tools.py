@@ -1,0 +1,268 @@
+"""The MCP surface: ``build_server()`` and thin tool functions over ``SandboxService``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import anyio
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resolve import Resolve
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, ValidationError
+
+from mcp_sandbox import __version__
+from mcp_sandbox.app import make_scrubber
+from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.config.workspace import default_root
+from mcp_sandbox.errors import SandboxError
+from mcp_sandbox.output.result import RESULT_CHARS, RunResult
+from mcp_sandbox.oversight.approval import Outcome, can_allow
+from mcp_sandbox.oversight.calls import Oversight, ask_run_code, ask_shell
+from mcp_sandbox.policy import languages
+from mcp_sandbox.policy.arguments import (
+    CpusArg,
+    MemoryArg,
+    NetworkArg,
+    OutputArg,
+    ProfileArg,
+    RunCodeArgs,
+    ShellArgs,
+    StdinArg,
+    TimeoutArg,
+    WorkdirArg,
+    WorkspaceArg,
+    describe_bad_arguments,
+)
+from mcp_sandbox.policy.languages import Language
+from mcp_sandbox.service import SandboxService
+from mcp_sandbox.transport.launcher import LauncherClient
+
+log = logging.getLogger("mcp_sandbox")
+
+ARGUMENT_MODELS: dict[str, type[BaseModel]] = {"run_code": RunCodeArgs, "shell": ShellArgs}
+
+INSTRUCTIONS = (
+    "Runs code in a fresh, throw-away Docker container per call: no network, read-only root, "
+    "only the project's workspace (read-only by default, secret files hidden), limited CPU, "
+    "memory, processes and time. Nothing persists between calls."
+)
+
+
+_WALLS = (
+    "Each call gets a new container that is removed afterwards: no network (unless "
+    'network="egress" and the server allows it: then only its allowlisted hosts, through a '
+    "proxy; refusals are listed in egress_denied), read-only root "
+    "(/tmp is a small scratch tmpfs). The workspace (the project) is at /workspace and is the "
+    'working directory (workdir: a path inside it): read-only by default; workspace="copy" '
+    "gives a throw-away writable copy and lists the files the run changed. Secret files "
+    "(.env, keys...) are hidden; no other host files or credentials, "
+    "limited CPU, memory, processes and time. Returns exit_code, timed_out, oom_killed, "
+    "truncated, and scrubbed stdout/stderr (long output is cut head+tail)."
+)
+RUN_CODE_DOC = "Run a snippet of python, javascript (Node.js) or bash in a sandbox. " + _WALLS
+SHELL_DOC = "Run `/bin/sh -c command` in a sandbox (Debian, with python3, node, git). " + _WALLS
+
+
+def _error(message: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+
+
+async def _check_arguments(
+    ctx: ServerRequestContext[Any, Any], call_next: CallNext
+) -> HandlerResult:
+    """Validate our tools' raw arguments first, so a bad one gets one plain line back."""
+    if ctx.method == "tools/call" and ctx.params is not None:
+        model = ARGUMENT_MODELS.get(str(ctx.params.get("name")))
+        if model is not None:
+            try:
+                model.model_validate(ctx.params.get("arguments") or {})
+            except ValidationError as e:
+                return _error(describe_bad_arguments(e, supported_languages=languages.SUPPORTED))
+    return await call_next(ctx)
+
+
+# The JSON-RPC message around a result gets this much of RESULT_CHARS.
+_ENVELOPE_CHARS = 100
+
+
+def result_chars(result: CallToolResult) -> int:
+    """Characters ``result`` takes as JSON on the wire."""
+    return len(result.model_dump_json(by_alias=True, exclude_none=True))
+
+
+def _tool_result(result: RunResult) -> CallToolResult:
+    """The structured result and a text block that takes what it leaves of the size."""
+    structured = result.model_dump(mode="json")
+    bare = CallToolResult(
+        content=[TextContent(type="text", text="")], structured_content=structured
+    )
+    room = RESULT_CHARS - _ENVELOPE_CHARS - result_chars(bare)
+    return CallToolResult(
+        content=[TextContent(type="text", text=result.summary(room))],
+        structured_content=structured,
+    )
+
+
+async def _guarded(scrub: Callable[[str], str], action: str, call: Any) -> CallToolResult:
+    """Our errors reach the caller as one scrubbed line; anything else stays in the log."""
+    try:
+        return _tool_result(await call)
+    except SandboxError as e:
+        log.info("%s refused: %s", action, e)
+        raise ToolError(scrub(str(e))) from None
+    except Exception:
+        log.exception("%s failed", action)
+        raise ToolError("internal error; details are in the server log") from None
+
+
+def build_server(
+    service: SandboxService | LauncherClient, settings: Settings | None = None
+) -> MCPServer[None]:
+    """The MCP server over ``service``; the lifespan reaps what dead servers left behind.
+
+    ``settings`` decide approvals and the audit (default: a local service's own).
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: MCPServer[None]) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            # Never delays the handshake, and a daemon that is down does not stop start-up.
+            tg.start_soon(_reap_at_start, service)
+            background = getattr(service, "run_background", None)  # the warm pool, if local
+            if background is not None:
+                tg.start_soon(background)
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True):
+                    shutdown = getattr(service, "shutdown", None)  # the pool first, if local
+                    if shutdown is not None:
+                        await shutdown()
+                    else:
+                        await service.reap(own_too=True)
+                tg.cancel_scope.cancel()
+
+    mcp: MCPServer[None] = MCPServer(
+        "mcp-sandbox",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        middleware=[_check_arguments],
+    )
+    # A launcher client's errors were scrubbed where they were made.
+    scrub: Callable[[str], str] = getattr(service, "scrub", lambda text: text)
+    if isinstance(service, SandboxService):
+        settings = settings or service.settings
+        oversight = Oversight(settings, service.scrub, service.workspace.root)
+    else:
+        settings = settings or Settings()
+        root = default_root(settings.workspace)
+        # A launcher checks its own workspace and what it enables.
+        local = not isinstance(service, LauncherClient)
+        oversight = Oversight(settings, make_scrubber(settings).scrub, root, local=local)
+    oversight.attach(mcp)
+    # When a call may be granted `rw`, it may write the user's files; otherwise nothing
+    # outside the throw-away container changes, and repeating a call adds no effect.
+    writes = can_allow(settings, "rw")
+    annotations = ToolAnnotations(
+        read_only_hint=not writes,
+        destructive_hint=writes,
+        idempotent_hint=not writes,
+        open_world_hint=can_allow(settings, "egress"),
+    )
+
+    @mcp.tool(title="Run code in a sandbox", annotations=annotations, description=RUN_CODE_DOC)
+    async def run_code(
+        language: Language,
+        code: str,
+        timeout_s: TimeoutArg = None,
+        stdin: StdinArg = None,
+        network: NetworkArg = "none",
+        workdir: WorkdirArg = ".",
+        workspace: WorkspaceArg = None,
+        profile: ProfileArg = None,
+        memory_mib: MemoryArg = None,
+        cpus: CpusArg = None,
+        output_bytes: OutputArg = None,
+        *,
+        ctx: Context[Any, Any],
+        approval: Annotated[Outcome, Resolve(ask_run_code)],
+    ) -> Annotated[CallToolResult, RunResult]:
+        """Run a snippet of python, javascript (Node.js) or bash in a fresh container."""
+        args = RunCodeArgs(
+            language=language,
+            code=code,
+            timeout_s=timeout_s,
+            stdin=stdin,
+            network=network,
+            workdir=workdir,
+            workspace=workspace,
+            profile=profile,
+            memory_mib=memory_mib,
+            cpus=cpus,
+            output_bytes=output_bytes,
+        )
+        call = oversight.run("run_code", args, approval, ctx, service.run_code)
+        return await _guarded(scrub, "run_code", call)
+
+    @mcp.tool(
+        title="Run a shell command in a sandbox", annotations=annotations, description=SHELL_DOC
+    )
+    async def shell(
+        command: str,
+        timeout_s: TimeoutArg = None,
+        stdin: StdinArg = None,
+        network: NetworkArg = "none",
+        workdir: WorkdirArg = ".",
+        workspace: WorkspaceArg = None,
+        profile: ProfileArg = None,
+        memory_mib: MemoryArg = None,
+        cpus: CpusArg = None,
+        output_bytes: OutputArg = None,
+        *,
+        ctx: Context[Any, Any],
+        approval: Annotated[Outcome, Resolve(ask_shell)],
+    ) -> Annotated[CallToolResult, RunResult]:
+        """Run `/bin/sh -c command` in a fresh container."""
+        args = ShellArgs(
+            command=command,
+            timeout_s=timeout_s,
+            stdin=stdin,
+            network=network,
+            workdir=workdir,
+            workspace=workspace,
+            profile=profile,
+            memory_mib=memory_mib,
+            cpus=cpus,
+            output_bytes=output_bytes,
+        )
+        call = oversight.run("shell", args, approval, ctx, service.shell)
+        return await _guarded(scrub, "shell", call)
+
+    @mcp.resource(
+        "sandbox://audit/session",
+        name="audit-session",
+        title="This session's recent sandbox calls",
+        description="The audit records of this session's recent calls (newest last), scrubbed",
+        mime_type="application/json",
+    )
+    def audit_session() -> str:
+        return json.dumps(oversight.recent(), ensure_ascii=False)
+
+    if not settings.tools.run_code.enabled:
+        mcp.remove_tool("run_code")
+    if not settings.tools.shell.enabled:
+        mcp.remove_tool("shell")
+    return mcp
+
+
+async def _reap_at_start(service: SandboxService | LauncherClient) -> None:
+    removed = await service.reap(own_too=False)
+    if removed:
+        log.info("removed %d sandbox(es) left by servers that died", removed)
