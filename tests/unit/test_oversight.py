@@ -361,3 +361,17 @@ async def test_a_disabled_tool_is_not_offered(tmp_path: Path, workspace: Path) -
     settings = _settings(tmp_path, workspace, tools={"shell": {"enabled": False}})
     async with Client(build_server(FakeService(), settings)) as client:
         assert [t.name for t in (await client.list_tools()).tools] == ["run_code"]
+
+
+SCHEMAS = Path(__file__).with_name("tool_input_schemas.json")
+
+
+async def test_the_tools_input_schemas_stay_flat_and_unchanged(
+    tmp_path: Path, workspace: Path
+) -> None:
+    """What a client sees of each tool's arguments, key order included: one flat object."""
+    async with Client(build_server(FakeService(), _settings(tmp_path, workspace))) as client:
+        tools = (await client.list_tools()).tools
+    got = {t.name: t.input_schema for t in tools}
+    expected = json.loads(SCHEMAS.read_text())
+    assert json.dumps(got, indent=2) == json.dumps(expected, indent=2)
