@@ -25,7 +25,7 @@ from mcp_sandbox.output.result import RESULT_CHARS, RunResult, WorkspaceReport
 from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
 from mcp_sandbox.policy import languages
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
-from mcp_sandbox.policy.limits import RunPlan, Sizes, decide
+from mcp_sandbox.policy.limits import LimitRequest, RunPlan, plan_run
 from mcp_sandbox.sandbox.after_reply import AfterReply
 from mcp_sandbox.sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.sandbox.runner import RawRun, run_once
@@ -119,37 +119,34 @@ class SandboxService:
         argv = languages.argv_for(args.language, args.code)
         where = WorkspaceAsk(args.workdir, args.workspace)
         return await self._run(
-            argv, args.code, args.timeout_s, args.stdin, args.network, where, _sizes(args)
+            argv, args.code, args.stdin, args.network, where, LimitRequest.of(args)
         )
 
     async def shell(self, args: ShellArgs) -> RunResult:
         argv = (*languages.SHELL_PREFIX, args.command)
         where = WorkspaceAsk(args.workdir, args.workspace)
         return await self._run(
-            argv, args.command, args.timeout_s, args.stdin, args.network, where, _sizes(args)
+            argv, args.command, args.stdin, args.network, where, LimitRequest.of(args)
         )
 
     async def _run(
         self,
         argv: tuple[str, ...],
         source: str,
-        timeout_s: float | None,
         stdin: str | None,
-        network: str = "none",
-        where: WorkspaceAsk | None = None,
-        sizes: Sizes | None = None,
+        network: str,
+        where: WorkspaceAsk,
+        request: LimitRequest,
     ) -> RunResult:
         s = self.settings
-        plan = decide(s.limits, s.bounds, argv, source, timeout_s, stdin, sizes)
+        plan = plan_run(s.limits, s.bounds, argv, source, stdin, request)
         if network != "none" and not s.egress.enabled:
             raise RequestRejected(
                 'network "egress" is not enabled on this server; its operator can turn it on '
                 "with egress.enabled = true (then calls reach only egress.allow)"
             )
         # Checked, and the tree read, before any container starts.
-        ws_plan = await to_thread.run_sync(
-            self.workspace.plan, where or WorkspaceAsk(), limiter=self._threads
-        )
+        ws_plan = await to_thread.run_sync(self.workspace.plan, where, limiter=self._threads)
         run_id = pysecrets.token_hex(6)
         spec = self._spec(plan, run_id)
         with self._after.call():  # removals and refills wait for the reply
@@ -397,8 +394,3 @@ class SandboxService:
 def _listed_chars(output_bytes: int) -> int:
     """What a result's workspace change list may take, beside streams of ``output_bytes``."""
     return max(0, min(LISTED_CHARS, RESULT_CHARS - RESERVE_CHARS - output_bytes))
-
-
-def _sizes(args: RunCodeArgs | ShellArgs) -> Sizes:
-    """The limits a call asks besides its timeout (approvals were decided before: oversight)."""
-    return Sizes(memory_mib=args.memory_mib, cpus=args.cpus, output_bytes=args.output_bytes)

@@ -18,11 +18,11 @@ from mcp_sandbox.policy.escalation import (
     EscalationRules,
     Kind,
     Rule,
-    decide,
+    decide_escalations,
     needs_human,
     question,
 )
-from mcp_sandbox.policy.limits import Sizes
+from mcp_sandbox.policy.limits import LimitRequest
 
 EGRESS = Escalation("egress", "Allow network access to pypi.org for this call?")
 RW = Escalation("rw", "Allow writes to /p for this call?")
@@ -66,12 +66,12 @@ def test_decision_table(
     e = Escalation("rw", RW.question, preapproved)
     grants: frozenset[Kind] = frozenset({"rw"}) if granted else NONE
     answers: dict[Kind, Answer] = {"rw": answer} if answer else {}
-    [d] = decide(_rules(rw=rule), [e], answers, grants)
+    [d] = decide_escalations(_rules(rw=rule), [e], answers, grants)
     assert (d.kind, d.allowed, d.by) == ("rw", allowed, by)
 
 
 def test_each_kind_follows_its_own_rule() -> None:
-    decisions = decide(
+    decisions = decide_escalations(
         _rules(egress="allow", rw="ask", limits="deny"),
         [EGRESS, RW, LIMITS],
         {"rw": "accept", "egress": "decline"},
@@ -153,7 +153,7 @@ def test_a_plain_call_asks_for_nothing(tmp_path: Path) -> None:
 
 
 def test_escalations_and_their_questions_come_from_config_only(tmp_path: Path) -> None:
-    asked = Asked("shell", network="egress", workspace="rw", sizes=Sizes(timeout_s=60))
+    asked = Asked("shell", network="egress", workspace="rw", limits=LimitRequest(timeout_s=60))
     s = screen(_settings(tmp_path), asked, tmp_path)
     assert [(e.kind, e.preapproved) for e in s.escalations] == [
         ("egress", False),
@@ -181,14 +181,14 @@ def test_a_profile_is_the_calls_defaults_and_preapproves_its_shape(tmp_path: Pat
 
 
 def test_asking_beyond_the_profile_is_an_escalation_again(tmp_path: Path) -> None:
-    asked = Asked("shell", profile="tests", workspace="rw", sizes=Sizes(cpus=2))
+    asked = Asked("shell", profile="tests", workspace="rw", limits=LimitRequest(cpus=2))
     s = screen(_settings(tmp_path), asked, tmp_path)
     assert [(e.kind, e.preapproved) for e in s.escalations] == [
         ("rw", False),
         ("limits", False),
     ]
     # Narrowing a profile is always fine.
-    narrow = Asked("shell", profile="tests", workspace="ro", sizes=Sizes(timeout_s=5))
+    narrow = Asked("shell", profile="tests", workspace="ro", limits=LimitRequest(timeout_s=5))
     s = screen(_settings(tmp_path), narrow, tmp_path)
     assert s.workspace == "ro" and s.limits.timeout_s == 5
 
@@ -204,9 +204,13 @@ PYTHON_ONLY: dict[str, Any] = {"tools": {"run_code": {"languages": ["python"]}}}
         ({}, Asked("shell", profile="nope"), "unknown profile; the server's profiles: deps, fix"),
         (NO_EGRESS, Asked("shell", network="egress"), "not enabled"),
         (NO_RW, Asked("shell", workspace="rw"), "'rw' is not enabled"),
-        ({}, Asked("shell", sizes=Sizes(memory_mib=4096)), "memory_mib 4096 is above"),
-        ({}, Asked("shell", sizes=Sizes(cpus=3)), "cpus 3 is above"),
-        ({}, Asked("shell", sizes=Sizes(output_bytes=64_000)), "output_bytes 64000 is above"),
+        ({}, Asked("shell", limits=LimitRequest(memory_mib=4096)), "memory_mib 4096 is above"),
+        ({}, Asked("shell", limits=LimitRequest(cpus=3)), "cpus 3 is above"),
+        (
+            {},
+            Asked("shell", limits=LimitRequest(output_bytes=64_000)),
+            "output_bytes 64000 is above",
+        ),
         (PYTHON_ONLY, Asked("run_code", "bash"), "enabled: python"),
         ({"tools": {"shell": {"enabled": False}}}, Asked("shell"), "shell is disabled"),
     ],

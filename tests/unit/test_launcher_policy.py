@@ -73,7 +73,7 @@ FORBIDDEN: list[tuple[str, object]] = [
     ("environment", {"op": "run_code", "args": {**OK_ARGS, "env": {"LD_PRELOAD": "/x"}}}),
     ("labels", {"op": "run_code", "args": {**OK_ARGS, "labels": {"mcp-sandbox": "x"}}}),
     # memory_mib, cpus and output_bytes are arguments now, bounded by the launcher's own
-    # settings when the run is decided (policy.decide); no other limit is.
+    # settings when the run is decided (policy.limits.plan_run); no other limit is.
     ("limits", {"op": "run_code", "args": {**OK_ARGS, "pids": 65536}}),
     ("language as a path", {"op": "run_code", "args": {**OK_ARGS, "language": "../../bin/sh"}}),
     ("args missing", {"op": "run_code"}),

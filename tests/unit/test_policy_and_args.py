@@ -12,11 +12,11 @@ from mcp_sandbox.policy.limits import (
     MIN_CPUS,
     MIN_TIMEOUT_S,
     CallBounds,
+    LimitRequest,
     Limits,
     RunPlan,
-    Sizes,
     asked_limits,
-    decide,
+    plan_run,
 )
 from mcp_sandbox.sandbox.spec import build_spec
 
@@ -24,12 +24,12 @@ ARGV = ("python3", "-c", "print(1)")
 
 
 def test_defaults_apply_when_the_call_asks_nothing() -> None:
-    plan = decide(Limits(), CallBounds(), ARGV, "print(1)", None, None)
+    plan = plan_run(Limits(), CallBounds(), ARGV, "print(1)", None, LimitRequest())
     assert plan.limits == Limits() and plan.stdin is None
 
 
 def test_a_call_may_ask_a_timeout_up_to_the_maximum() -> None:
-    plan = decide(Limits(), CallBounds(max_timeout_s=60), ARGV, "x", 60, None)
+    plan = plan_run(Limits(), CallBounds(max_timeout_s=60), ARGV, "x", None, LimitRequest(60))
     assert plan.limits.timeout_s == 60
 
 
@@ -49,16 +49,16 @@ def test_rejections_say_what_is_allowed(
 ) -> None:
     bounds = CallBounds(max_code_bytes=100, max_timeout_s=60, max_stdin_bytes=10)
     with pytest.raises(RequestRejected, match=needle):
-        decide(Limits(timeout_s=10), bounds, ARGV, source, timeout, stdin)
+        plan_run(Limits(timeout_s=10), bounds, ARGV, source, stdin, LimitRequest(timeout))
 
 
 def test_a_call_may_ask_other_limits_up_to_their_maxima() -> None:
-    sizes = Sizes(memory_mib=2048, cpus=2, output_bytes=32_000)
-    plan = decide(Limits(), CallBounds(), ARGV, "x", 90, None, sizes)
+    request = LimitRequest(timeout_s=90, memory_mib=2048, cpus=2, output_bytes=32_000)
+    plan = plan_run(Limits(), CallBounds(), ARGV, "x", None, request)
     assert (plan.limits.timeout_s, plan.limits.memory_mib) == (90, 2048)
     assert (plan.limits.cpus, plan.limits.output_bytes) == (2, 32_000)
     with pytest.raises(RequestRejected, match="memory_mib 2049 is above the configured maximum"):
-        decide(Limits(), CallBounds(), ARGV, "x", None, None, Sizes(memory_mib=2049))
+        plan_run(Limits(), CallBounds(), ARGV, "x", None, LimitRequest(memory_mib=2049))
 
 
 def _bad(args: dict[str, object]) -> str:
@@ -112,19 +112,19 @@ def test_the_minimum_limits_are_valid_arguments() -> None:
 
 
 @pytest.mark.parametrize(
-    ("sizes", "needle"),
+    ("asked", "needle"),
     [
-        (Sizes(cpus=1e-12), "cpus 1e-12 is below the minimum of 0.01"),
-        (Sizes(timeout_s=1e-300), "timeout_s 1e-300 is below the minimum of 0.1"),
-        (Sizes(memory_mib=8), "memory_mib 8 is below the minimum of 32"),
-        (Sizes(output_bytes=10), "output_bytes 10 is below the minimum of 1024"),
-        (Sizes(cpus=float("nan")), "cpus nan is below the minimum of 0.01"),
+        (LimitRequest(cpus=1e-12), "cpus 1e-12 is below the minimum of 0.01"),
+        (LimitRequest(timeout_s=1e-300), "timeout_s 1e-300 is below the minimum of 0.1"),
+        (LimitRequest(memory_mib=8), "memory_mib 8 is below the minimum of 32"),
+        (LimitRequest(output_bytes=10), "output_bytes 10 is below the minimum of 1024"),
+        (LimitRequest(cpus=float("nan")), "cpus nan is below the minimum of 0.01"),
     ],
 )
-def test_asked_limits_below_their_minimum_are_refused(sizes: Sizes, needle: str) -> None:
-    """What arrives without the argument models (a profile's sizes) is checked too."""
+def test_asked_limits_below_their_minimum_are_refused(asked: LimitRequest, needle: str) -> None:
+    """What arrives without the argument models (a profile's values) is checked too."""
     with pytest.raises(RequestRejected, match=needle):
-        asked_limits(Limits(), CallBounds(), sizes)
+        asked_limits(Limits(), CallBounds(), asked)
 
 
 @pytest.mark.parametrize("field", ["cpus", "timeout_s"])

@@ -19,6 +19,7 @@ from mcp_sandbox.policy.escalation import PROFILE_NAME, EscalationRules, Profile
 from mcp_sandbox.policy.languages import Language
 from mcp_sandbox.policy.limits import (
     CallBounds,
+    LimitRequest,
     Limits,
     asked_limits,
 )
@@ -237,7 +238,7 @@ def profile_problems(settings: Settings) -> list[str]:
         if not PROFILE_NAME.fullmatch(name):
             problems.append(f"{where}: a name is 1-32 of a-z, 0-9, _ and -, starting alnum")
         try:
-            limits = asked_limits(settings.limits, settings.bounds, p.sizes())
+            limits = asked_limits(settings.limits, settings.bounds, LimitRequest.of(p))
         except RequestRejected as e:
             problems.append(f"{where}: {e}")
             continue

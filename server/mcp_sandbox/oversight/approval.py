@@ -15,13 +15,10 @@ from mcp_sandbox.policy.arguments import Mode
 from mcp_sandbox.policy.escalation import (
     Escalation,
     Profile,
-    merged_sizes,
     raised_limits,
     shown_number,
 )
-from mcp_sandbox.policy.limits import (
-    asked_limits,
-)
+from mcp_sandbox.policy.limits import LimitRequest, asked_limits
 
 if TYPE_CHECKING:
     from mcp_sandbox.config.settings import Settings
@@ -96,8 +93,8 @@ def screen(
                 f"workspace mode {effective!r} is not enabled; allowed: {', '.join(wp.modes)}"
             )
 
-    sizes = merged_sizes(asked.sizes, profile.sizes())
-    limits = asked_limits(settings.limits, settings.bounds, sizes)
+    request = asked.limits.filled_from(LimitRequest.of(profile))  # the one place they merge
+    limits = asked_limits(settings.limits, settings.bounds, request)
 
     escalations = []
     if network == "egress":
@@ -131,7 +128,7 @@ def screen(
                 within,
             )
         )
-    return Screening(asked.profile, network, effective, mode, limits, sizes, tuple(escalations))
+    return Screening(asked.profile, network, effective, mode, limits, request, tuple(escalations))
 
 
 def _hosts(allow: tuple[str, ...]) -> str:

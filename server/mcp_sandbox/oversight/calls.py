@@ -56,12 +56,12 @@ from mcp_sandbox.policy.escalation import (
     Kind,
     Network,
     Screening,
-    decide,
+    decide_escalations,
     needs_human,
     question,
 )
 from mcp_sandbox.policy.languages import Language
-from mcp_sandbox.policy.limits import Sizes
+from mcp_sandbox.policy.limits import LimitRequest
 from mcp_sandbox.workspace.workdir import resolve_workdir
 
 log = logging.getLogger("mcp_sandbox.audit")
@@ -209,7 +209,7 @@ class Oversight:
             needed = needs_human(self.rules, screening.escalations, grants)
             answer = answer_of(outcome)
             answers = {e.kind: answer for e in needed} if answer is not None else {}
-            decisions = decide(self.rules, screening.escalations, answers, grants)
+            decisions = decide_escalations(self.rules, screening.escalations, answers, grants)
             refused = [d for d in decisions if not d.allowed]
             if refused:
                 raise ApprovalRefused(refused[0].refusal())
@@ -348,14 +348,14 @@ def asked_of(tool: str, args: RunCodeArgs | ShellArgs) -> Asked:
         args.profile,
         args.network,
         args.workspace,
-        Sizes(args.timeout_s, args.memory_mib, args.cpus, args.output_bytes),
+        LimitRequest.of(args),
         args.workdir,
     )
 
 
 def _effective(args: Args, screening: Screening) -> Args:
     """The call as it runs: its profile's values filled in, so the service needs no profile."""
-    s = screening.sizes
+    s = screening.request
     return args.model_copy(
         update={
             "profile": None,
@@ -386,8 +386,8 @@ async def ask_run_code(
     output_bytes: int | None,
 ) -> Elicit[Approval] | Verdict:
     """Resolver of run_code's approval (its parameters are the tool's, by name)."""
-    sizes = Sizes(timeout_s, memory_mib, cpus, output_bytes)
-    asked = Asked("run_code", language, profile, network, workspace, sizes, workdir)
+    request = LimitRequest(timeout_s, memory_mib, cpus, output_bytes)
+    asked = Asked("run_code", language, profile, network, workspace, request, workdir)
     return await _of(ctx).ask(ctx, asked)
 
 
@@ -403,6 +403,6 @@ async def ask_shell(
     output_bytes: int | None,
 ) -> Elicit[Approval] | Verdict:
     """Resolver of shell's approval."""
-    sizes = Sizes(timeout_s, memory_mib, cpus, output_bytes)
-    asked = Asked("shell", None, profile, network, workspace, sizes, workdir)
+    request = LimitRequest(timeout_s, memory_mib, cpus, output_bytes)
+    asked = Asked("shell", None, profile, network, workspace, request, workdir)
     return await _of(ctx).ask(ctx, asked)

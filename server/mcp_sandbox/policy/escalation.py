@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,13 +24,9 @@ from mcp_sandbox.policy.limits import (
     MIN_MEMORY_MIB,
     MIN_OUTPUT_BYTES,
     MIN_TIMEOUT_S,
+    LimitRequest,
     Limits,
-    Sizes,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 Rule = Literal["deny", "allow", "ask"]
 Kind = Literal["egress", "rw", "limits"]
@@ -88,9 +84,6 @@ class Profile(BaseModel):
     workspace: Mode | None = Field(None, description="workspace mode")
     network: Network | None = Field(None, description='"egress" pre-approves the network')
 
-    def sizes(self) -> Sizes:
-        return Sizes(self.timeout_s, self.memory_mib, self.cpus, self.output_bytes)
-
 
 @dataclass(frozen=True)
 class Asked:
@@ -101,7 +94,7 @@ class Asked:
     profile: str | None = None
     network: Network = "none"
     workspace: Mode | None = None
-    sizes: Sizes = field(default_factory=Sizes)
+    limits: LimitRequest = field(default_factory=LimitRequest)
     workdir: str = "."
 
 
@@ -121,7 +114,7 @@ class Screening:
     workspace: Mode | None  # the mode it runs in; None: there is no workspace
     asked_workspace: Mode | None  # what the call or its profile asked, to pass on
     limits: Limits
-    sizes: Sizes  # what the call and its profile ask, to pass on (None: the default)
+    request: LimitRequest  # what the call and its profile ask, to pass on
     escalations: tuple[Escalation, ...]
 
     @property
@@ -160,15 +153,6 @@ class Decision:
         return {"kind": self.kind, "allowed": self.allowed, "by": self.by, "answer": self.answer}
 
 
-def merged_sizes(call: Sizes, profile: Sizes) -> Sizes:
-    return Sizes(
-        call.timeout_s if call.timeout_s is not None else profile.timeout_s,
-        call.memory_mib if call.memory_mib is not None else profile.memory_mib,
-        call.cpus if call.cpus is not None else profile.cpus,
-        call.output_bytes if call.output_bytes is not None else profile.output_bytes,
-    )
-
-
 def raised_limits(defaults: Limits, limits: Limits) -> list[tuple[str, str]]:
     return [(n, unit) for n, unit in _SIZE_NAMES if getattr(limits, n) > getattr(defaults, n)]
 
@@ -197,7 +181,7 @@ def needs_human(
     ]
 
 
-def decide(
+def decide_escalations(
     rules: EscalationRules,
     escalations: Iterable[Escalation],
     answers: Mapping[Kind, Answer],

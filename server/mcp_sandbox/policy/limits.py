@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,13 +75,23 @@ class CallBounds(BaseModel):
 
 
 @dataclass(frozen=True)
-class Sizes:
+class LimitRequest:
     """The limits a call asks for; None keeps the configured default."""
 
     timeout_s: float | None = None
     memory_mib: int | None = None
     cpus: float | None = None
     output_bytes: int | None = None
+
+    @classmethod
+    def of(cls, source: BaseModel) -> LimitRequest:
+        """What ``source`` asks: a call's arguments, or a profile (both name these four)."""
+        return cls(**{f.name: getattr(source, f.name) for f in fields(cls)})
+
+    def filled_from(self, profile: LimitRequest) -> LimitRequest:
+        """This request, with ``profile``'s values where it asks nothing itself."""
+        theirs = asdict(profile)
+        return LimitRequest(**{k: theirs[k] if v is None else v for k, v in asdict(self).items()})
 
 
 @dataclass(frozen=True)
@@ -93,17 +103,17 @@ class RunPlan:
     stdin: bytes | None
 
 
-def asked_limits(limits: Limits, bounds: CallBounds, sizes: Sizes) -> Limits:
+def asked_limits(limits: Limits, bounds: CallBounds, request: LimitRequest) -> Limits:
     """``limits`` with what the call asks, each between its minimum and configured maximum.
 
-    Raises RequestRejected naming the bound. (A profile's sizes come here too, and
+    Raises RequestRejected naming the bound. (A profile's values come here too, and
     ``model_copy`` validates nothing: the minima are checked here, not only in the models.)
     """
     checks = (
-        ("timeout_s", sizes.timeout_s, MIN_TIMEOUT_S, bounds.max_timeout_s),
-        ("memory_mib", sizes.memory_mib, MIN_MEMORY_MIB, bounds.max_memory_mib),
-        ("cpus", sizes.cpus, MIN_CPUS, bounds.max_cpus),
-        ("output_bytes", sizes.output_bytes, MIN_OUTPUT_BYTES, bounds.max_output_bytes),
+        ("timeout_s", request.timeout_s, MIN_TIMEOUT_S, bounds.max_timeout_s),
+        ("memory_mib", request.memory_mib, MIN_MEMORY_MIB, bounds.max_memory_mib),
+        ("cpus", request.cpus, MIN_CPUS, bounds.max_cpus),
+        ("output_bytes", request.output_bytes, MIN_OUTPUT_BYTES, bounds.max_output_bytes),
     )
     update: dict[str, float] = {}
     for name, value, least, most in checks:
@@ -117,19 +127,15 @@ def asked_limits(limits: Limits, bounds: CallBounds, sizes: Sizes) -> Limits:
     return limits.model_copy(update=update) if update else limits
 
 
-def decide(
+def plan_run(
     limits: Limits,
     bounds: CallBounds,
     argv: tuple[str, ...],
     source: str,
-    timeout_s: float | None,
     stdin: str | None,
-    sizes: Sizes | None = None,
+    request: LimitRequest,
 ) -> RunPlan:
-    """Check one call against the configured bounds. Raises RequestRejected.
-
-    ``sizes`` carries the limits a call asks beyond ``timeout_s`` (which wins over its own).
-    """
+    """Check one call against the configured bounds. Raises RequestRejected."""
     size = len(source.encode("utf-8", "surrogatepass"))
     if not source.strip():
         raise RequestRejected("the code or command is empty")
@@ -146,8 +152,5 @@ def decide(
             raise RequestRejected(
                 f"stdin is {len(stdin_bytes)} bytes; the limit is {bounds.max_stdin_bytes}"
             )
-    sizes = sizes or Sizes()
-    if timeout_s is not None:
-        sizes = replace(sizes, timeout_s=timeout_s)
-    limits = asked_limits(limits, bounds, sizes)
+    limits = asked_limits(limits, bounds, request)
     return RunPlan(argv=argv, limits=limits, stdin=stdin_bytes)
