@@ -23,8 +23,7 @@ from mcp_sandbox.engine.steps import remove_quietly
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.output.result import RESULT_CHARS, RunResult, WorkspaceReport
 from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
-from mcp_sandbox.policy import languages
-from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
+from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs, ShellArgs
 from mcp_sandbox.policy.limits import LimitRequest, RunPlan, plan_run
 from mcp_sandbox.sandbox.after_reply import AfterReply
 from mcp_sandbox.sandbox.pool import StaleSandbox, WarmPool, run_warm
@@ -116,30 +115,18 @@ class SandboxService:
         return self._scrub(text)
 
     async def run_code(self, args: RunCodeArgs) -> RunResult:
-        argv = languages.argv_for(args.language, args.code)
-        where = WorkspaceAsk(args.workdir, args.workspace)
-        return await self._run(
-            argv, args.code, args.stdin, args.network, where, LimitRequest.of(args)
-        )
+        return await self._run(args)
 
     async def shell(self, args: ShellArgs) -> RunResult:
-        argv = (*languages.SHELL_PREFIX, args.command)
-        where = WorkspaceAsk(args.workdir, args.workspace)
-        return await self._run(
-            argv, args.command, args.stdin, args.network, where, LimitRequest.of(args)
-        )
+        return await self._run(args)
 
-    async def _run(
-        self,
-        argv: tuple[str, ...],
-        source: str,
-        stdin: str | None,
-        network: str,
-        where: WorkspaceAsk,
-        request: LimitRequest,
-    ) -> RunResult:
+    async def _run(self, args: CallArgs) -> RunResult:
+        """``args`` as oversight passes them on: their profile (if any) already applied."""
         s = self.settings
-        plan = plan_run(s.limits, s.bounds, argv, source, stdin, request)
+        request = LimitRequest.of(args)
+        plan = plan_run(s.limits, s.bounds, args.argv, args.source, args.stdin, request)
+        network = args.network
+        where = WorkspaceAsk(args.workdir, args.workspace)
         if network != "none" and not s.egress.enabled:
             raise RequestRejected(
                 'network "egress" is not enabled on this server; its operator can turn it on '

@@ -10,9 +10,9 @@ import pytest
 from mcp_sandbox.config.settings import Settings, load_settings
 from mcp_sandbox.errors import ConfigError, RequestRejected
 from mcp_sandbox.oversight.approval import can_allow, screen
+from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs, ShellArgs
 from mcp_sandbox.policy.escalation import (
     Answer,
-    Asked,
     Decision,
     Escalation,
     EscalationRules,
@@ -22,7 +22,6 @@ from mcp_sandbox.policy.escalation import (
     needs_human,
     question,
 )
-from mcp_sandbox.policy.limits import LimitRequest
 
 EGRESS = Escalation("egress", "Allow network access to pypi.org for this call?")
 RW = Escalation("rw", "Allow writes to /p for this call?")
@@ -147,13 +146,17 @@ def _settings(tmp_path: Path, **kw: Any) -> Settings:
     return Settings(**{**base, **kw})
 
 
+def _shell(**asked: Any) -> ShellArgs:
+    return ShellArgs(command="true", **asked)
+
+
 def test_a_plain_call_asks_for_nothing(tmp_path: Path) -> None:
-    s = screen(_settings(tmp_path), Asked("shell"), tmp_path)
+    s = screen(_settings(tmp_path), _shell(), tmp_path)
     assert s.escalations == () and s.workspace == "ro" and s.network == "none"
 
 
 def test_escalations_and_their_questions_come_from_config_only(tmp_path: Path) -> None:
-    asked = Asked("shell", network="egress", workspace="rw", limits=LimitRequest(timeout_s=60))
+    asked = _shell(network="egress", workspace="rw", timeout_s=60)
     s = screen(_settings(tmp_path), asked, tmp_path)
     assert [(e.kind, e.preapproved) for e in s.escalations] == [
         ("egress", False),
@@ -170,10 +173,12 @@ def test_escalations_and_their_questions_come_from_config_only(tmp_path: Path) -
 
 
 def test_a_profile_is_the_calls_defaults_and_preapproves_its_shape(tmp_path: Path) -> None:
-    s = screen(_settings(tmp_path), Asked("run_code", "python", profile="tests"), tmp_path)
+    s = screen(
+        _settings(tmp_path), RunCodeArgs(language="python", code="1", profile="tests"), tmp_path
+    )
     assert (s.workspace, s.limits.timeout_s, s.limits.memory_mib) == ("copy", 120, 2048)
     assert [(e.kind, e.preapproved) for e in s.escalations] == [("limits", True)]
-    deps = screen(_settings(tmp_path), Asked("shell", profile="deps"), tmp_path)
+    deps = screen(_settings(tmp_path), _shell(profile="deps"), tmp_path)
     assert [(e.kind, e.preapproved) for e in deps.escalations] == [
         ("egress", True),
         ("limits", True),
@@ -181,14 +186,14 @@ def test_a_profile_is_the_calls_defaults_and_preapproves_its_shape(tmp_path: Pat
 
 
 def test_asking_beyond_the_profile_is_an_escalation_again(tmp_path: Path) -> None:
-    asked = Asked("shell", profile="tests", workspace="rw", limits=LimitRequest(cpus=2))
+    asked = _shell(profile="tests", workspace="rw", cpus=2)
     s = screen(_settings(tmp_path), asked, tmp_path)
     assert [(e.kind, e.preapproved) for e in s.escalations] == [
         ("rw", False),
         ("limits", False),
     ]
     # Narrowing a profile is always fine.
-    narrow = Asked("shell", profile="tests", workspace="ro", limits=LimitRequest(timeout_s=5))
+    narrow = _shell(profile="tests", workspace="ro", timeout_s=5)
     s = screen(_settings(tmp_path), narrow, tmp_path)
     assert s.workspace == "ro" and s.limits.timeout_s == 5
 
@@ -201,22 +206,22 @@ PYTHON_ONLY: dict[str, Any] = {"tools": {"run_code": {"languages": ["python"]}}}
 @pytest.mark.parametrize(
     ("overrides", "asked", "needle"),
     [
-        ({}, Asked("shell", profile="nope"), "unknown profile; the server's profiles: deps, fix"),
-        (NO_EGRESS, Asked("shell", network="egress"), "not enabled"),
-        (NO_RW, Asked("shell", workspace="rw"), "'rw' is not enabled"),
-        ({}, Asked("shell", limits=LimitRequest(memory_mib=4096)), "memory_mib 4096 is above"),
-        ({}, Asked("shell", limits=LimitRequest(cpus=3)), "cpus 3 is above"),
+        ({}, _shell(profile="nope"), "unknown profile; the server's profiles: deps, fix"),
+        (NO_EGRESS, _shell(network="egress"), "not enabled"),
+        (NO_RW, _shell(workspace="rw"), "'rw' is not enabled"),
+        ({}, _shell(memory_mib=4096), "memory_mib 4096 is above"),
+        ({}, _shell(cpus=3), "cpus 3 is above"),
         (
             {},
-            Asked("shell", limits=LimitRequest(output_bytes=64_000)),
+            _shell(output_bytes=64_000),
             "output_bytes 64000 is above",
         ),
-        (PYTHON_ONLY, Asked("run_code", "bash"), "enabled: python"),
-        ({"tools": {"shell": {"enabled": False}}}, Asked("shell"), "shell is disabled"),
+        (PYTHON_ONLY, RunCodeArgs(language="bash", code="1"), "enabled: python"),
+        ({"tools": {"shell": {"enabled": False}}}, _shell(), "shell is disabled"),
     ],
 )
 def test_what_config_does_not_enable_is_refused_before_any_question(
-    tmp_path: Path, overrides: dict[str, Any], asked: Asked, needle: str
+    tmp_path: Path, overrides: dict[str, Any], asked: CallArgs, needle: str
 ) -> None:
     with pytest.raises(RequestRejected, match=needle):
         screen(_settings(tmp_path, **overrides), asked, tmp_path)
@@ -224,14 +229,14 @@ def test_what_config_does_not_enable_is_refused_before_any_question(
 
 def test_without_a_workspace_no_mode_can_be_asked(tmp_path: Path) -> None:
     s = _settings(tmp_path)
-    assert screen(s, Asked("shell"), None).workspace is None
+    assert screen(s, _shell(), None).workspace is None
     with pytest.raises(RequestRejected, match="no workspace"):
-        screen(s, Asked("shell", profile="tests"), None)
+        screen(s, _shell(profile="tests"), None)
 
 
 def test_behind_a_launcher_what_is_enabled_is_the_launchers_to_check(tmp_path: Path) -> None:
     s = _settings(tmp_path, egress={"enabled": False}, profiles={})
-    asked = Asked("shell", network="egress", workspace="rw")
+    asked = _shell(network="egress", workspace="rw")
     with pytest.raises(RequestRejected):
         screen(s, asked, None)
     remote = screen(s, asked, None, local=False)
@@ -241,7 +246,7 @@ def test_behind_a_launcher_what_is_enabled_is_the_launchers_to_check(tmp_path: P
 
 def test_a_default_mode_of_rw_is_still_an_escalation(tmp_path: Path) -> None:
     s = _settings(tmp_path, workspace_policy={"mode": "rw", "modes": ["ro", "rw"]}, profiles={})
-    assert screen(s, Asked("shell"), tmp_path).kinds == ("rw",)
+    assert screen(s, _shell(), tmp_path).kinds == ("rw",)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from mcp_sandbox.errors import RequestRejected
-from mcp_sandbox.policy.arguments import Mode
+from mcp_sandbox.policy.arguments import CallArgs, Mode, RunCodeArgs
 from mcp_sandbox.policy.escalation import (
     Escalation,
     Profile,
@@ -33,13 +33,13 @@ from mcp.server.elicitation import (
 from mcp.server.mcpserver import Context
 
 from mcp_sandbox.config.settings import Settings
-from mcp_sandbox.policy.escalation import Answer, Asked, Kind, Network, Screening
+from mcp_sandbox.policy.escalation import Answer, Kind, Network, Screening
 
 _SHOWN_HOSTS = 6
 
 
 def screen(
-    settings: Settings, asked: Asked, workspace_root: Path | None, *, local: bool = True
+    settings: Settings, args: CallArgs, workspace_root: Path | None, *, local: bool = True
 ) -> Screening:
     """Apply the profile, check what is enabled and bounded, and list the escalations.
 
@@ -48,26 +48,26 @@ def screen(
     Raises RequestRejected (the caller can fix it) naming what is allowed.
     """
     tools = settings.tools
-    if asked.tool == "run_code":
+    if isinstance(args, RunCodeArgs):
         if not tools.run_code.enabled:
             raise RequestRejected("run_code is disabled on this server (tools.run_code.enabled)")
-        if asked.language is not None and asked.language not in tools.run_code.languages:
+        if args.language not in tools.run_code.languages:
             raise RequestRejected(
-                f"language {asked.language!r} is not enabled on this server; enabled: "
+                f"language {args.language!r} is not enabled on this server; enabled: "
                 f"{', '.join(tools.run_code.languages) or 'none'}"
             )
-    elif asked.tool == "shell" and not tools.shell.enabled:
+    elif not tools.shell.enabled:
         raise RequestRejected("shell is disabled on this server (tools.shell.enabled)")
 
     profile = Profile()
-    if asked.profile is not None:
-        found = settings.profiles.get(asked.profile)
+    if args.profile is not None:
+        found = settings.profiles.get(args.profile)
         if found is None:
             names = ", ".join(sorted(settings.profiles)) or "none are configured"
             raise RequestRejected(f"unknown profile; the server's profiles: {names}")
         profile = found
 
-    network: Network = asked.network if asked.network != "none" else (profile.network or "none")
+    network: Network = args.network if args.network != "none" else (profile.network or "none")
     if network == "egress" and local and not settings.egress.enabled:
         raise RequestRejected(
             'network "egress" is not enabled on this server; its operator can turn it on '
@@ -75,7 +75,7 @@ def screen(
         )
 
     wp = settings.workspace_policy
-    mode = asked.workspace or profile.workspace
+    mode = args.workspace or profile.workspace
     effective: Mode | None
     if not local:
         effective = mode
@@ -93,7 +93,9 @@ def screen(
                 f"workspace mode {effective!r} is not enabled; allowed: {', '.join(wp.modes)}"
             )
 
-    request = asked.limits.filled_from(LimitRequest.of(profile))  # the one place they merge
+    request = LimitRequest.of(args).filled_from(
+        LimitRequest.of(profile)
+    )  # the one place they merge
     limits = asked_limits(settings.limits, settings.bounds, request)
 
     escalations = []
@@ -128,7 +130,7 @@ def screen(
                 within,
             )
         )
-    return Screening(asked.profile, network, effective, mode, limits, request, tuple(escalations))
+    return Screening(args.profile, network, effective, mode, limits, request, tuple(escalations))
 
 
 def _hosts(allow: tuple[str, ...]) -> str:

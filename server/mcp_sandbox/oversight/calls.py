@@ -5,7 +5,9 @@ for ``ask`` this module puts one plain question to the human through the client 
 elicitation, in both protocol eras), with an answer timeout. After it, one audit record and
 its anomaly flags (also sent to the client as a warning).
 
-The question rides a resolver (``Annotated[..., Resolve(ask_run_code)]``): on 2026-07-28
+The call's arguments are built once, into one ``RunCodeArgs`` or ``ShellArgs``, by a resolver
+(``run_code_args``): the approval resolver and the tool read that object, and the SDK runs a
+resolver once per call. The question rides a resolver too (``ask_run_code``): on 2026-07-28
 connections the SDK returns it inside an ``InputRequiredResult`` and only a reply to the
 exact question it sealed into ``requestState`` counts; on older ones we send it mid-call.
 Anything the resolver concludes by itself (no question needed, no answer in time, a client
@@ -27,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any
 
 import anyio
 from anyio import to_thread
@@ -37,7 +39,7 @@ from mcp.server.elicitation import (
     DeclinedElicitation,
 )
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.resolve import Elicit
+from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types.version import is_version_at_least
 
@@ -48,20 +50,17 @@ from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES
 from mcp_sandbox.oversight.anomalies import SessionHistory
 from mcp_sandbox.oversight.approval import Approval, Verdict, _can_elicit, answer_of, screen
 from mcp_sandbox.oversight.audit import AuditLog, code_digest, scrubbed, shown_code
-from mcp_sandbox.policy.arguments import Mode, RunCodeArgs, ShellArgs
+from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs, ShellArgs, takes_arguments_of
 from mcp_sandbox.policy.escalation import (
     Answer,
-    Asked,
+    Args,
     Decision,
     Kind,
-    Network,
     Screening,
     decide_escalations,
     needs_human,
     question,
 )
-from mcp_sandbox.policy.languages import Language
-from mcp_sandbox.policy.limits import LimitRequest
 from mcp_sandbox.workspace.workdir import resolve_workdir
 
 log = logging.getLogger("mcp_sandbox.audit")
@@ -70,9 +69,6 @@ log = logging.getLogger("mcp_sandbox.audit")
 _INPUT_REQUIRED_VERSION = "2026-07-28"
 # Questions asked on 2026-07-28 connections whose answers have not come back yet.
 _MAX_PENDING_QUESTIONS = 1_000
-
-Args = TypeVar("Args", RunCodeArgs, ShellArgs)
-
 
 _OVERSIGHT: weakref.WeakKeyDictionary[MCPServer[Any], Oversight] = weakref.WeakKeyDictionary()
 
@@ -112,18 +108,18 @@ class Oversight:
     def grants(self, session: str) -> frozenset[Kind]:
         return frozenset(self._grants.get(session, ()))
 
-    def screen(self, asked: Asked) -> Screening:
+    def screen(self, args: CallArgs) -> Screening:
         """Raises RequestRejected; a bad ``workdir`` too, so no human is asked in vain."""
-        screening = screen(self.settings, asked, self.root, local=self.local)
+        screening = screen(self.settings, args, self.root, local=self.local)
         if self.local and self.root is not None:
-            resolve_workdir(self.root, asked.workdir)
+            resolve_workdir(self.root, args.workdir)
         return screening
 
-    async def ask(self, ctx: Context[Any, Any], asked: Asked) -> Elicit[Approval] | Verdict:
+    async def ask(self, ctx: Context[Any, Any], args: CallArgs) -> Elicit[Approval] | Verdict:
         """The resolver's body: the question for a human, or a Verdict without one."""
         try:
             await to_thread.run_sync(self.audit.check)
-            screening = self.screen(asked)
+            screening = self.screen(args)
         except SandboxError:
             return Verdict()  # the tool refuses it, and records why
         session = self.session()
@@ -189,7 +185,6 @@ class Oversight:
 
     async def run(
         self,
-        tool: Literal["run_code", "shell"],
         args: Args,
         outcome: object,
         ctx: Context[Any, Any],
@@ -200,11 +195,11 @@ class Oversight:
         started = time.monotonic()
         session = self.session()
         await to_thread.run_sync(self.audit.check)  # fail closed before anything runs
-        asked = asked_of(tool, args)
+        tool = args.tool
         screening: Screening | None = None
         decisions: list[Decision] = []
         try:
-            screening = self.screen(asked)
+            screening = self.screen(args)
             grants = self.grants(session)
             needed = needs_human(self.rules, screening.escalations, grants)
             answer = answer_of(outcome)
@@ -216,7 +211,7 @@ class Oversight:
             for d in decisions:
                 if d.answer == "accept_session":
                     self._grants.setdefault(session, set()).add(d.kind)
-            result = await execute(_effective(args, screening))
+            result = await execute(screening.applied(args))
         except SandboxError as e:
             await self._record(ctx, session, tool, args, screening, decisions, started, error=e)
             raise
@@ -239,7 +234,7 @@ class Oversight:
         ctx: Context[Any, Any],
         session: str,
         tool: str,
-        args: RunCodeArgs | ShellArgs,
+        args: CallArgs,
         screening: Screening | None,
         decisions: list[Decision],
         started: float,
@@ -248,7 +243,7 @@ class Oversight:
         error: SandboxError | None = None,
         failed: str | None = None,
     ) -> None:
-        source = args.code if isinstance(args, RunCodeArgs) else args.command
+        source = args.source
         if result is not None:
             outcome = (
                 "timed_out" if result.timed_out else "oom_killed" if result.oom_killed else "exited"
@@ -341,68 +336,31 @@ class Oversight:
         return self.history.recent_records(self.session())
 
 
-def asked_of(tool: str, args: RunCodeArgs | ShellArgs) -> Asked:
-    return Asked(
-        tool,
-        args.language if isinstance(args, RunCodeArgs) else None,
-        args.profile,
-        args.network,
-        args.workspace,
-        LimitRequest.of(args),
-        args.workdir,
-    )
-
-
-def _effective(args: Args, screening: Screening) -> Args:
-    """The call as it runs: its profile's values filled in, so the service needs no profile."""
-    s = screening.request
-    return args.model_copy(
-        update={
-            "profile": None,
-            "network": screening.network,
-            "workspace": screening.asked_workspace,
-            "timeout_s": s.timeout_s,
-            "memory_mib": s.memory_mib,
-            "cpus": s.cpus,
-            "output_bytes": s.output_bytes,
-        }
-    )
-
-
 def _of(ctx: Context[Any, Any]) -> Oversight:
     return _OVERSIGHT[ctx.mcp_server]
 
 
+@takes_arguments_of(RunCodeArgs)
+async def run_code_args(**arguments: Any) -> RunCodeArgs:
+    """Resolver of run_code's arguments, as one object (its parameters are the tool's)."""
+    return RunCodeArgs(**arguments)
+
+
+@takes_arguments_of(ShellArgs)
+async def shell_args(**arguments: Any) -> ShellArgs:
+    """Resolver of shell's arguments, as one object."""
+    return ShellArgs(**arguments)
+
+
 async def ask_run_code(
-    ctx: Context[Any, Any],
-    language: Language,
-    network: Network,
-    workdir: str,
-    workspace: Mode | None,
-    profile: str | None,
-    timeout_s: float | None,
-    memory_mib: int | None,
-    cpus: float | None,
-    output_bytes: int | None,
+    ctx: Context[Any, Any], args: Annotated[RunCodeArgs, Resolve(run_code_args)]
 ) -> Elicit[Approval] | Verdict:
-    """Resolver of run_code's approval (its parameters are the tool's, by name)."""
-    request = LimitRequest(timeout_s, memory_mib, cpus, output_bytes)
-    asked = Asked("run_code", language, profile, network, workspace, request, workdir)
-    return await _of(ctx).ask(ctx, asked)
+    """Resolver of run_code's approval."""
+    return await _of(ctx).ask(ctx, args)
 
 
 async def ask_shell(
-    ctx: Context[Any, Any],
-    network: Network,
-    workdir: str,
-    workspace: Mode | None,
-    profile: str | None,
-    timeout_s: float | None,
-    memory_mib: int | None,
-    cpus: float | None,
-    output_bytes: int | None,
+    ctx: Context[Any, Any], args: Annotated[ShellArgs, Resolve(shell_args)]
 ) -> Elicit[Approval] | Verdict:
     """Resolver of shell's approval."""
-    request = LimitRequest(timeout_s, memory_mib, cpus, output_bytes)
-    asked = Asked("shell", None, profile, network, workspace, request, workdir)
-    return await _of(ctx).ask(ctx, asked)
+    return await _of(ctx).ask(ctx, args)

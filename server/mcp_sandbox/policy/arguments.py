@@ -1,8 +1,13 @@
-"""Tool arguments as the caller sends them: validated here, decided on in ``policy.limits``."""
+"""Tool arguments as the caller sends them: validated here, once per call, into the one
+object (``RunCodeArgs`` or ``ShellArgs``) that oversight, policy and the service all read.
+Decided on in ``policy.limits``."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -12,10 +17,12 @@ from pydantic import (
     ValidationError,
 )
 
+from mcp_sandbox.policy import languages
 from mcp_sandbox.policy.languages import Language
 from mcp_sandbox.policy.limits import MIN_CPUS, MIN_MEMORY_MIB, MIN_OUTPUT_BYTES, MIN_TIMEOUT_S
 
 Mode = Literal["ro", "copy", "rw"]
+Tool = Literal["run_code", "shell"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 
 
@@ -126,12 +133,72 @@ class _SandboxArgs(BaseModel):
 
 
 class RunCodeArgs(_SandboxArgs):
+    tool: ClassVar[Tool] = "run_code"
+
     language: Language = Field(description="which interpreter runs the code")
     code: str = Field(description="the program text")
 
+    @property
+    def source(self) -> str:
+        """What the caller wrote: what the bounds measure and the audit records."""
+        return self.code
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The command that runs it. KeyError for a language we do not have."""
+        return languages.argv_for(self.language, self.code)
+
 
 class ShellArgs(_SandboxArgs):
+    tool: ClassVar[Tool] = "shell"
+
     command: str = Field(description="a /bin/sh command line")
+
+    @property
+    def source(self) -> str:
+        return self.command
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return (*languages.SHELL_PREFIX, self.command)
+
+
+CallArgs = RunCodeArgs | ShellArgs  # one call's arguments, validated
+
+
+def flat_parameters(model: type[CallArgs]) -> list[inspect.Parameter]:
+    """``model``'s fields as keyword parameters, the required ones first, each typed as its
+    field is declared (constraints and description included, a ``Field()`` default not):
+    what a function's signature must say for the SDK to offer them as flat tool arguments."""
+    hints = typing.get_type_hints(model, include_extras=True)
+    empty = inspect.Parameter.empty
+    params = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=hints[name],
+            default=empty if info.is_required() else info.default,
+        )
+        for name, info in model.model_fields.items()
+    ]
+    return sorted(params, key=lambda p: p.default is not empty)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def takes_arguments_of(model: type[CallArgs]) -> Callable[[F], F]:
+    """Give a tool or a resolver ``model``'s fields as parameters, before its own keyword-only
+    ones (it takes them as ``**``): the SDK reads a tool's flat input schema, and the
+    arguments a resolver takes by name, off the signature."""
+
+    def give(fn: F) -> F:
+        own = inspect.signature(fn, eval_str=True)
+        kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        fn.__signature__ = own.replace(parameters=[*flat_parameters(model), *kept])  # type: ignore[attr-defined]
+        return fn
+
+    return give
 
 
 _SHOWN_KEY = 40

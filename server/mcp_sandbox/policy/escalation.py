@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mcp_sandbox.policy.arguments import Mode
+from mcp_sandbox.policy.arguments import Mode, RunCodeArgs, ShellArgs
 from mcp_sandbox.policy.limits import (
     MIN_CPUS,
     MIN_MEMORY_MIB,
@@ -36,6 +36,8 @@ Network = Literal["none", "egress"]
 # What came back from the human: the client's answer, or why there was none.
 Answer = Literal["accept", "accept_session", "decline", "cancel", "timeout", "unsupported"]
 DecidedBy = Literal["config", "profile", "session", "human"]
+
+Args = TypeVar("Args", RunCodeArgs, ShellArgs)
 
 PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
@@ -86,19 +88,6 @@ class Profile(BaseModel):
 
 
 @dataclass(frozen=True)
-class Asked:
-    """What a call asks for, as the tool received it (every field attacker-written)."""
-
-    tool: str
-    language: str | None = None
-    profile: str | None = None
-    network: Network = "none"
-    workspace: Mode | None = None
-    limits: LimitRequest = field(default_factory=LimitRequest)
-    workdir: str = "."
-
-
-@dataclass(frozen=True)
 class Escalation:
     kind: Kind
     question: str  # one plain sentence, shown to the human as is; built from config only
@@ -120,6 +109,11 @@ class Screening:
     @property
     def kinds(self) -> tuple[Kind, ...]:
         return tuple(e.kind for e in self.escalations)
+
+    def applied(self, args: Args) -> Args:
+        """``args`` as they run: the profile's values filled in, so the service needs none."""
+        update = {"network": self.network, "workspace": self.asked_workspace}
+        return args.model_copy(update={"profile": None, **update, **asdict(self.request)})
 
 
 @dataclass(frozen=True)

@@ -23,23 +23,20 @@ from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.output.result import RESULT_CHARS, RunResult
 from mcp_sandbox.oversight.approval import Outcome, can_allow
-from mcp_sandbox.oversight.calls import Oversight, ask_run_code, ask_shell
+from mcp_sandbox.oversight.calls import (
+    Oversight,
+    ask_run_code,
+    ask_shell,
+    run_code_args,
+    shell_args,
+)
 from mcp_sandbox.policy import languages
 from mcp_sandbox.policy.arguments import (
-    CpusArg,
-    MemoryArg,
-    NetworkArg,
-    OutputArg,
-    ProfileArg,
     RunCodeArgs,
     ShellArgs,
-    StdinArg,
-    TimeoutArg,
-    WorkdirArg,
-    WorkspaceArg,
     describe_bad_arguments,
+    takes_arguments_of,
 )
-from mcp_sandbox.policy.languages import Language
 from mcp_sandbox.service import SandboxService
 from mcp_sandbox.transport.launcher import LauncherClient
 
@@ -177,72 +174,34 @@ def build_server(
         open_world_hint=can_allow(settings, "egress"),
     )
 
+    # Each tool's parameters are its arguments' fields, one by one (``takes_arguments_of``):
+    # that is its flat input schema. The body reads them as one object, ``args``.
     @mcp.tool(title="Run code in a sandbox", annotations=annotations, description=RUN_CODE_DOC)
+    @takes_arguments_of(RunCodeArgs)
     async def run_code(
-        language: Language,
-        code: str,
-        timeout_s: TimeoutArg = None,
-        stdin: StdinArg = None,
-        network: NetworkArg = "none",
-        workdir: WorkdirArg = ".",
-        workspace: WorkspaceArg = None,
-        profile: ProfileArg = None,
-        memory_mib: MemoryArg = None,
-        cpus: CpusArg = None,
-        output_bytes: OutputArg = None,
         *,
         ctx: Context[Any, Any],
+        args: Annotated[RunCodeArgs, Resolve(run_code_args)],
         approval: Annotated[Outcome, Resolve(ask_run_code)],
+        **_: object,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run a snippet of python, javascript (Node.js) or bash in a fresh container."""
-        args = RunCodeArgs(
-            language=language,
-            code=code,
-            timeout_s=timeout_s,
-            stdin=stdin,
-            network=network,
-            workdir=workdir,
-            workspace=workspace,
-            profile=profile,
-            memory_mib=memory_mib,
-            cpus=cpus,
-            output_bytes=output_bytes,
-        )
-        call = oversight.run("run_code", args, approval, ctx, service.run_code)
+        call = oversight.run(args, approval, ctx, service.run_code)
         return await _guarded(scrub, "run_code", call)
 
     @mcp.tool(
         title="Run a shell command in a sandbox", annotations=annotations, description=SHELL_DOC
     )
+    @takes_arguments_of(ShellArgs)
     async def shell(
-        command: str,
-        timeout_s: TimeoutArg = None,
-        stdin: StdinArg = None,
-        network: NetworkArg = "none",
-        workdir: WorkdirArg = ".",
-        workspace: WorkspaceArg = None,
-        profile: ProfileArg = None,
-        memory_mib: MemoryArg = None,
-        cpus: CpusArg = None,
-        output_bytes: OutputArg = None,
         *,
         ctx: Context[Any, Any],
+        args: Annotated[ShellArgs, Resolve(shell_args)],
         approval: Annotated[Outcome, Resolve(ask_shell)],
+        **_: object,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run `/bin/sh -c command` in a fresh container."""
-        args = ShellArgs(
-            command=command,
-            timeout_s=timeout_s,
-            stdin=stdin,
-            network=network,
-            workdir=workdir,
-            workspace=workspace,
-            profile=profile,
-            memory_mib=memory_mib,
-            cpus=cpus,
-            output_bytes=output_bytes,
-        )
-        call = oversight.run("shell", args, approval, ctx, service.shell)
+        call = oversight.run(args, approval, ctx, service.shell)
         return await _guarded(scrub, "shell", call)
 
     @mcp.resource(
