@@ -13,13 +13,19 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mcp_sandbox.config.audit import AuditSettings, default_audit_path
-from mcp_sandbox.errors import SandboxUnavailable
+from mcp_sandbox.errors import ApprovalRefused, RequestRejected, SandboxError, SandboxUnavailable
+from mcp_sandbox.output.result import RunResult
 from mcp_sandbox.output.shaping import neutralise
+from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs
+from mcp_sandbox.policy.escalation import Decision, Kind, Screening
 
 SHOWN_CODE_CHARS = 400
 
@@ -138,6 +144,89 @@ class AuditLog:
                     bad += 1
             if bad:
                 log.warning("%d unreadable audit lines skipped in %s", bad, path)
+
+
+Outcome = Literal["exited", "timed_out", "oom_killed", "refused", "failed", "cancelled"]
+
+
+@dataclass
+class CallRecord:
+    """One call's audit record, filled in as the call proceeds: what it asked, how it was
+    screened and decided, then its result or why it has none. ``fields()`` is the JSON line."""
+
+    session: str
+    args: CallArgs  # as the caller sent them: the profile not applied
+    image: str  # the configured one, until a result names the one that ran
+    started: float = field(default_factory=time.monotonic)
+    screening: Screening | None = None
+    decisions: list[Decision] = field(default_factory=list)
+    result: RunResult | None = None
+    outcome: Outcome = "failed"
+    error: str | None = None
+
+    def finished(self, result: RunResult) -> None:
+        self.result = result
+        self.outcome = (
+            "timed_out" if result.timed_out else "oom_killed" if result.oom_killed else "exited"
+        )
+
+    def failed(self, error: BaseException) -> None:
+        """Why the call has no result: refused, failed (our words, or "internal error" for
+        anything else) or cancelled (the client gave up, the server is stopping)."""
+        if isinstance(error, RequestRejected | ApprovalRefused):
+            self.outcome, self.error = "refused", str(error)
+        elif isinstance(error, SandboxError):
+            self.outcome, self.error = "failed", str(error)
+        elif isinstance(error, Exception):
+            self.outcome, self.error = "failed", "internal error"
+        else:
+            self.outcome, self.error = "cancelled", "cancelled"
+
+    @property
+    def kinds(self) -> tuple[Kind, ...]:
+        """The escalations the call asked for (none known before it was screened)."""
+        return self.screening.kinds if self.screening is not None else ()
+
+    def fields(self, code: str, flags: list[str]) -> dict[str, Any]:
+        """The record as the log keeps it, ``code`` already shown (scrubbed and cut)."""
+        args, screening, result = self.args, self.screening, self.result
+        limits = screening.limits if screening is not None else None
+        return {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "session": self.session,
+            "tool": args.tool,
+            "profile": args.profile,
+            "language": args.language if isinstance(args, RunCodeArgs) else None,
+            "code_sha256": code_digest(args.source),
+            "code": code,
+            "workdir": args.workdir,
+            "network": screening.network if screening is not None else args.network,
+            "workspace": screening.workspace if screening is not None else args.workspace,
+            "limits": None
+            if limits is None
+            else {
+                "timeout_s": limits.timeout_s,
+                "memory_mib": limits.memory_mib,
+                "cpus": limits.cpus,
+                "output_bytes": limits.output_bytes,
+            },
+            "decisions": [d.as_record() for d in self.decisions],
+            "outcome": self.outcome,
+            "error": self.error,
+            "run_id": result.run_id if result is not None else None,
+            "sandbox": getattr(result, "sandbox", None),
+            "image": result.image if result is not None else self.image,
+            "exit_code": result.exit_code if result is not None else None,
+            "duration_ms": result.duration_ms if result is not None else None,
+            "call_ms": int((time.monotonic() - self.started) * 1000),
+            "peak_memory_mib": None,  # not measured yet: the container is gone at the end
+            "truncated": result.truncated if result is not None else None,
+            "timed_out": result.timed_out if result is not None else None,
+            "oom_killed": result.oom_killed if result is not None else None,
+            "egress_allowed": result.egress_allowed if result is not None else None,
+            "egress_denied": list(result.egress_denied) if result is not None else [],
+            "flags": flags,
+        }
 
 
 def code_digest(source: str) -> str:

@@ -27,7 +27,6 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,17 +43,16 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types.version import is_version_at_least
 
 from mcp_sandbox.config.settings import Settings
-from mcp_sandbox.errors import ApprovalRefused, RequestRejected, SandboxError
+from mcp_sandbox.errors import ApprovalRefused, SandboxError
 from mcp_sandbox.output.result import RunResult
 from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES
 from mcp_sandbox.oversight.anomalies import SessionHistory
 from mcp_sandbox.oversight.approval import Approval, Verdict, _can_elicit, answer_of, screen
-from mcp_sandbox.oversight.audit import AuditLog, code_digest, scrubbed, shown_code
+from mcp_sandbox.oversight.audit import AuditLog, CallRecord, scrubbed, shown_code
 from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs, ShellArgs, takes_arguments_of
 from mcp_sandbox.policy.escalation import (
     Answer,
     Args,
-    Decision,
     Kind,
     Screening,
     decide_escalations,
@@ -192,122 +190,58 @@ class Oversight:
     ) -> RunResult:
         """Decide the call's escalations, run it, and record it. Raises SandboxError (the
         refusal or the failure, after recording it; AuditUnavailable when it cannot be)."""
-        started = time.monotonic()
-        session = self.session()
+        record = CallRecord(self.session(), args, self.settings.image)
         await to_thread.run_sync(self.audit.check)  # fail closed before anything runs
-        tool = args.tool
-        screening: Screening | None = None
-        decisions: list[Decision] = []
         try:
-            screening = self.screen(args)
-            grants = self.grants(session)
+            record.screening = screening = self.screen(args)
+            grants = self.grants(record.session)
             needed = needs_human(self.rules, screening.escalations, grants)
             answer = answer_of(outcome)
             answers = {e.kind: answer for e in needed} if answer is not None else {}
-            decisions = decide_escalations(self.rules, screening.escalations, answers, grants)
-            refused = [d for d in decisions if not d.allowed]
+            record.decisions = decide_escalations(
+                self.rules, screening.escalations, answers, grants
+            )
+            refused = [d for d in record.decisions if not d.allowed]
             if refused:
                 raise ApprovalRefused(refused[0].refusal())
-            for d in decisions:
+            for d in record.decisions:
                 if d.answer == "accept_session":
-                    self._grants.setdefault(session, set()).add(d.kind)
+                    self._grants.setdefault(record.session, set()).add(d.kind)
             result = await execute(screening.applied(args))
-        except SandboxError as e:
-            await self._record(ctx, session, tool, args, screening, decisions, started, error=e)
+        except Exception as e:  # ours, or an internal error: recorded, then raised
+            record.failed(e)
+            await self._write(ctx, record)
             raise
-        except Exception:
-            await self._record(
-                ctx, session, tool, args, screening, decisions, started, failed="internal error"
-            )
-            raise
-        except BaseException:  # cancelled: the client gave up, the server is stopping
+        except BaseException as e:  # cancelled: the client gave up, the server is stopping
+            record.failed(e)
             with anyio.CancelScope(shield=True):
-                await self._record(
-                    ctx, session, tool, args, screening, decisions, started, failed="cancelled"
-                )
+                await self._write(ctx, record)
             raise
-        await self._record(ctx, session, tool, args, screening, decisions, started, result=result)
+        record.finished(result)
+        await self._write(ctx, record)
         return result
 
-    async def _record(
-        self,
-        ctx: Context[Any, Any],
-        session: str,
-        tool: str,
-        args: CallArgs,
-        screening: Screening | None,
-        decisions: list[Decision],
-        started: float,
-        *,
-        result: RunResult | None = None,
-        error: SandboxError | None = None,
-        failed: str | None = None,
-    ) -> None:
-        source = args.source
-        if result is not None:
-            outcome = (
-                "timed_out" if result.timed_out else "oom_killed" if result.oom_killed else "exited"
-            )
-        elif isinstance(error, RequestRejected | ApprovalRefused):
-            outcome = "refused"
-        elif failed == "cancelled":
-            outcome = "cancelled"
-        else:
-            outcome = "failed"
+    async def _write(self, ctx: Context[Any, Any], record: CallRecord) -> None:
+        """Flag, scrub and append ``record``; the flags also go to the client as a warning."""
+        result = record.result
         flags = self.history.flags(
-            session,
-            screening.kinds if screening is not None else (),
-            outcome,
+            record.session,
+            record.kinds,
+            record.outcome,
             result.egress_denied if result is not None else (),
             result.stderr if result is not None else "",
         )
-        limits = screening.limits if screening is not None else None
+        source = record.args.source
         # The code is scrubbed whole (then cut): for long code, off the event loop.
         if len(source) <= SHAPE_ON_LOOP_BYTES:
             code = shown_code(source, self._scrub)
         else:
             code = await to_thread.run_sync(shown_code, source, self._scrub)
-        record: dict[str, Any] = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "session": session,
-            "tool": tool,
-            "profile": args.profile,
-            "language": args.language if isinstance(args, RunCodeArgs) else None,
-            "code_sha256": code_digest(source),
-            "code": code,
-            "workdir": args.workdir,
-            "network": screening.network if screening is not None else args.network,
-            "workspace": screening.workspace if screening is not None else args.workspace,
-            "limits": None
-            if limits is None
-            else {
-                "timeout_s": limits.timeout_s,
-                "memory_mib": limits.memory_mib,
-                "cpus": limits.cpus,
-                "output_bytes": limits.output_bytes,
-            },
-            "decisions": [d.as_record() for d in decisions],
-            "outcome": outcome,
-            "error": str(error) if error is not None else failed,
-            "run_id": result.run_id if result is not None else None,
-            "sandbox": getattr(result, "sandbox", None),
-            "image": result.image if result is not None else self.settings.image,
-            "exit_code": result.exit_code if result is not None else None,
-            "duration_ms": result.duration_ms if result is not None else None,
-            "call_ms": int((time.monotonic() - started) * 1000),
-            "peak_memory_mib": None,  # not measured yet: the container is gone at the end
-            "truncated": result.truncated if result is not None else None,
-            "timed_out": result.timed_out if result is not None else None,
-            "oom_killed": result.oom_killed if result is not None else None,
-            "egress_allowed": result.egress_allowed if result is not None else None,
-            "egress_denied": list(result.egress_denied) if result is not None else [],
-            "flags": flags,
-        }
-        record = scrubbed(record, self._scrub)
-        self.history.remember(session, record)
-        await to_thread.run_sync(self.audit.write, record)
+        line = scrubbed(record.fields(code, flags), self._scrub)
+        self.history.remember(record.session, line)
+        await to_thread.run_sync(self.audit.write, line)
         if flags:
-            await self._warn(ctx, record)
+            await self._warn(ctx, line)
 
     async def _warn(self, ctx: Context[Any, Any], record: dict[str, Any]) -> None:
         """The flags as a log message to the client (best effort) and in the server's log."""
