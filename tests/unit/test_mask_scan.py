@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mcp_sandbox.policy.paths import DEFAULT_MASK, PathRules
 from mcp_sandbox.workspace import mask_scan
-from mcp_sandbox.workspace.mask_scan import MaskScanner, find_masked
+from mcp_sandbox.workspace.mask_scan import MaskScanner
 from mcp_sandbox.workspace.workdir import filesystem_of
 from special_files import SPECIALS, make_special
 
@@ -213,7 +213,9 @@ def test_reusing_listings_gives_what_a_full_scan_gives(
                     path.unlink()
             except (FileExistsError, NotADirectoryError, IsADirectoryError):
                 continue
-            assert scanner.scan(max_entries=1000) == find_masked(root, RULES, max_entries=1000)
+            assert scanner.scan(max_entries=1000) == MaskScanner(root, RULES, reuse=False).scan(
+                max_entries=1000
+            )
     finally:
         mask_scan.RACY_S = mask_scan_racy
 

@@ -33,7 +33,7 @@ from mcp_sandbox.workspace.changes import (
     shown_path,
 )
 from mcp_sandbox.workspace.copy_scan import sandbox_may_read, scan_copy
-from mcp_sandbox.workspace.mask_scan import find_masked
+from mcp_sandbox.workspace.mask_scan import MaskScanner
 from mcp_sandbox.workspace.read_back import Readback, read_back
 from mcp_sandbox.workspace.tar_out import container_link, tar_stream
 from mcp_sandbox.workspace.workdir import resolve_workdir
@@ -229,7 +229,7 @@ def test_masks_are_found_and_links_left_alone(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("s")
     (tmp_path / "app" / "tls.key").write_text("k")
     (tmp_path / ".env.link").symlink_to(".env")
-    masks = find_masked(tmp_path, PathRules(DEFAULT_MASK), max_entries=100)
+    masks = MaskScanner(tmp_path, PathRules(DEFAULT_MASK), reuse=False).scan(max_entries=100)
     assert masks.files == (".env", "app/tls.key")
     assert masks.dirs == ("app/.ssh",)
 
@@ -243,7 +243,7 @@ def test_special_files_are_masked_whatever_their_name(tmp_path: Path) -> None:
         make_special(tmp_path / "run" / "deep" / kind, kind)
     (tmp_path / "plain.txt").write_text("x")
     (tmp_path / "to_fifo").symlink_to("fifo.x")  # resolves in the container: to the mask
-    masks = find_masked(tmp_path, PathRules(()), max_entries=100)
+    masks = MaskScanner(tmp_path, PathRules(()), reuse=False).scan(max_entries=100)
     assert masks.files == tuple(
         sorted([f"{k}.x" for k in SPECIALS] + [f"run/deep/{k}" for k in SPECIALS])
     )
@@ -256,17 +256,17 @@ def test_special_files_count_against_the_mount_bound_like_secrets(tmp_path: Path
     for i in range(MAX_MASKS - MAX_MASKS // 2):
         os.mkfifo(tmp_path / f"p{i}")
     rules = PathRules(DEFAULT_MASK)
-    assert len(find_masked(tmp_path, rules, max_entries=1000).files) == MAX_MASKS
+    assert len(MaskScanner(tmp_path, rules, reuse=False).scan(max_entries=1000).files) == MAX_MASKS
     os.mkfifo(tmp_path / "one-more")
     with pytest.raises(RequestRejected, match=f"at most {MAX_MASKS}: use workspace='copy'"):
-        find_masked(tmp_path, rules, max_entries=1000)
+        MaskScanner(tmp_path, rules, reuse=False).scan(max_entries=1000)
 
 
 def test_a_huge_tree_is_refused_not_walked_forever(tmp_path: Path) -> None:
     for i in range(20):
         (tmp_path / f"f{i}").write_text("")
     with pytest.raises(RequestRejected, match="more than 10 entries"):
-        find_masked(tmp_path, PathRules(DEFAULT_MASK), max_entries=10)
+        MaskScanner(tmp_path, PathRules(DEFAULT_MASK), reuse=False).scan(max_entries=10)
 
 
 # --- copies -------------------------------------------------------------------------------------
@@ -695,7 +695,7 @@ def test_a_directory_we_cannot_list_is_masked_whole(
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    masks = find_masked(tmp_path, PathRules(DEFAULT_MASK), max_entries=100)
+    masks = MaskScanner(tmp_path, PathRules(DEFAULT_MASK), reuse=False).scan(max_entries=100)
     assert masks.dirs == ("locked",) and masks.files == ()
 
 

@@ -72,8 +72,6 @@ class WarmPool:
         self._starting = 0
         self._wake = anyio.Event()
         self._last_take = time.monotonic()
-        self.served = 0
-        self.misses = 0
         self.closed = False
 
     def take(self, cold: ContainerSpec) -> Warm | None:
@@ -93,10 +91,7 @@ class WarmPool:
             else:
                 self.discard(candidate)
         if warm is None:
-            self.misses += 1
             self.target = min(self.target + 1, self.max_size)
-        else:
-            self.served += 1
         self._wake.set()
         return warm
 

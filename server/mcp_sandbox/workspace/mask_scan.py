@@ -175,11 +175,6 @@ class MaskScanner:
         )
 
 
-def find_masked(root: Path, mask: PathRules, *, max_entries: int) -> MaskSet:
-    """One scan of ``root``, with nothing reused."""
-    return MaskScanner(root, mask, reuse=False).scan(max_entries=max_entries)
-
-
 def _mountable(rel: str) -> bool:
     try:
         rel.encode("utf-8")
