@@ -166,7 +166,7 @@ class ShellArgs(_SandboxArgs):
 CallArgs = RunCodeArgs | ShellArgs  # one call's arguments, validated
 
 
-def flat_parameters(model: type[CallArgs]) -> list[inspect.Parameter]:
+def _flat_parameters(model: type[CallArgs]) -> list[inspect.Parameter]:
     """``model``'s fields as keyword parameters, the required ones first, each typed as its
     field is declared (constraints and description included, a ``Field()`` default not):
     what a function's signature must say for the SDK to offer them as flat tool arguments."""
@@ -195,7 +195,7 @@ def takes_arguments_of(model: type[CallArgs]) -> Callable[[F], F]:
     def give(fn: F) -> F:
         own = inspect.signature(fn, eval_str=True)
         kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        fn.__signature__ = own.replace(parameters=[*flat_parameters(model), *kept])  # type: ignore[attr-defined]
+        fn.__signature__ = own.replace(parameters=[*_flat_parameters(model), *kept])  # type: ignore[attr-defined]
         return fn
 
     return give
