@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.engine.owners import process_identity
-from mcp_sandbox.output.scrubber import Scrubber, secret_values_from_env
+from mcp_sandbox.output.scrubber import Scrubber
 from mcp_sandbox.sandbox.admission import default_max_concurrent
 from mcp_sandbox.sandbox.seccomp import load_seccomp
-from mcp_sandbox.service import SandboxService
+from mcp_sandbox.service import SandboxService, make_scrubber
 
 
 class ScrubbingFilter(logging.Filter):
@@ -32,13 +32,6 @@ class ScrubbingFilter(logging.Filter):
             record.exc_text = None
         record.msg, record.args = self._scrub(message), None
         return True
-
-
-def make_scrubber(settings: Settings, environ: Mapping[str, str] | None = None) -> Scrubber:
-    """Known values: the server's secret-looking variables and `scrub_values`."""
-    known = secret_values_from_env(os.environ if environ is None else environ)
-    known.update({f"scrub_values[{i}]": v for i, v in enumerate(settings.scrub_values)})
-    return Scrubber(known)
 
 
 def configure_logging(level: str, scrub: Callable[[str], str] = lambda s: s) -> None:

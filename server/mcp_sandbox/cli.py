@@ -13,7 +13,7 @@ import anyio
 from pydantic import ValidationError
 
 from mcp_sandbox import __version__
-from mcp_sandbox.app import configure_logging, make_scrubber, make_service
+from mcp_sandbox.app import configure_logging, make_service
 from mcp_sandbox.config.http import HttpSettings
 from mcp_sandbox.config.settings import (
     Settings,
@@ -23,7 +23,7 @@ from mcp_sandbox.config.settings import (
 )
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.errors import ConfigError, SandboxError
-from mcp_sandbox.service import SandboxService
+from mcp_sandbox.service import SandboxService, make_scrubber
 from mcp_sandbox.transport.launcher import LauncherClient
 
 log = logging.getLogger("mcp_sandbox")

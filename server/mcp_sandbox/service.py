@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets as pysecrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -22,6 +23,7 @@ from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import remove_quietly
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.output.result import RESULT_CHARS, RunResult, WorkspaceReport
+from mcp_sandbox.output.scrubber import Scrubber, secret_values_from_env
 from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
 from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs, ShellArgs
 from mcp_sandbox.policy.limits import LimitRequest, RunPlan, plan_run
@@ -55,6 +57,13 @@ SHUTDOWN_WAIT_S = 10.0
 # of its fields and the text block's first lines RESERVE_CHARS, and the workspace change
 # list what is left, up to LISTED_CHARS.
 RESERVE_CHARS = 4_000
+
+
+def make_scrubber(settings: Settings, environ: Mapping[str, str] | None = None) -> Scrubber:
+    """Known values: the server's secret-looking variables and `scrub_values`."""
+    known = secret_values_from_env(os.environ if environ is None else environ)
+    known.update({f"scrub_values[{i}]": v for i, v in enumerate(settings.scrub_values)})
+    return Scrubber(known)
 
 
 class SandboxService:

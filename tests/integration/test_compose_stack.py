@@ -29,6 +29,8 @@ from sandbox_http import free_port, http_client
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("server_container_probe.py")
+# The first test carries the build (wheels, image) and `up --wait`: more than the default.
+pytestmark = pytest.mark.timeout(900)
 
 
 def compose_command() -> list[str]:

@@ -17,7 +17,6 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
 from mcp_sandbox import __version__
-from mcp_sandbox.app import make_scrubber
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.errors import SandboxError
@@ -37,7 +36,7 @@ from mcp_sandbox.policy.arguments import (
     describe_bad_arguments,
     takes_arguments_of,
 )
-from mcp_sandbox.service import SandboxService
+from mcp_sandbox.service import SandboxService, make_scrubber
 from mcp_sandbox.transport.launcher import LauncherClient
 
 log = logging.getLogger("mcp_sandbox")
