@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Mapping
 
 from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.egress.credentials import load_credentials, scrub_values
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.engine.owners import process_identity
 from mcp_sandbox.output.scrubber import Scrubber, secret_values_from_env
@@ -35,9 +36,12 @@ class ScrubbingFilter(logging.Filter):
 
 
 def make_scrubber(settings: Settings, environ: Mapping[str, str] | None = None) -> Scrubber:
-    """Known values: the server's secret-looking variables and `scrub_values`."""
-    known = secret_values_from_env(os.environ if environ is None else environ)
+    """Known values: the server's secret-looking variables, `scrub_values` and the egress
+    credentials' values. Raises ConfigError when a credential's value is missing."""
+    environ = os.environ if environ is None else environ
+    known = secret_values_from_env(environ)
     known.update({f"scrub_values[{i}]": v for i, v in enumerate(settings.scrub_values)})
+    known.update(scrub_values(load_credentials(settings.egress, environ)))
     return Scrubber(known)
 
 

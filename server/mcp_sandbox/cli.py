@@ -198,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         if getattr(args, "workspace", None) is not None:
             settings = with_workspace_root(settings, args.workspace)
+        scrub = make_scrubber(settings).scrub
     except ConfigError as e:
         print(f"mcp-sandbox: {e}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, make_scrubber(settings).scrub)
+    configure_logging(settings.log_level, scrub)
     try:
         if args.command == "serve":
             if args.transport == "http":

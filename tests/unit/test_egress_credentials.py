@@ -1,0 +1,321 @@
+"""Credentials injected at the proxy: the pure substitution rules, config and values."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from mcp_sandbox.app import make_scrubber
+from mcp_sandbox.config.egress import CredentialEntry, EgressSettings
+from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.egress.credentials import (
+    header_value,
+    load_credentials,
+    placeholder_env,
+    scrub_values,
+)
+from mcp_sandbox.errors import ConfigError
+from mcp_sandbox.policy import egress_rules as ep
+
+KEY = b"k" * 32
+RUN = "0123456789ab"
+OTHER_RUN = "ba9876543210"
+TOKEN = "ghp_realSecretValue0123456789abcdefXYZ"
+GH = ep.CredentialRule("github", "api.github.test", "authorization", f"Bearer {TOKEN}", False)
+KEYED = ep.CredentialRule("other", "api.other.test", "x-api-key", "k-" + TOKEN, True)
+RULES = (GH, KEYED)
+
+
+def ph(name: str = "github", run: str = RUN) -> str:
+    return ep.make_placeholder(KEY, run, name)
+
+
+def inject(
+    host: str,
+    headers: list[tuple[str, str]],
+    *,
+    tls: bool = True,
+    elsewhere: tuple[str, ...] = (),
+    run: str = RUN,
+) -> ep.Injected:
+    return ep.inject_credentials(
+        KEY,
+        run,
+        host,
+        tls=tls,
+        headers=headers,
+        seen_elsewhere=elsewhere,
+        credentials=RULES,
+    )
+
+
+# --- placeholders -----------------------------------------------------------------------
+
+
+def test_a_placeholder_is_per_call_per_name_and_holds_no_part_of_the_value() -> None:
+    assert ph() != ph(run=OTHER_RUN) != ph("other")
+    assert ph().startswith(ep.PLACEHOLDER_PREFIX) and TOKEN not in ph()
+    assert ep.placeholders_in(f"Bearer {ph().upper()}") == {ph()}
+    assert ep.make_placeholder(b"x" * 32, RUN, "github") != ph()
+
+
+def test_a_placeholder_fits_one_dns_label() -> None:
+    assert ep.normalize_host(ph() + ".wild.test") is not None
+
+
+# --- substitution: exact header, exact host ---------------------------------------------
+
+
+def test_the_configured_header_to_the_exact_host_gets_the_real_value() -> None:
+    out = inject("api.github.test", [("Authorization", f"Bearer {ph()}"), ("Accept", "*/*")])
+    assert out.headers == (("Authorization", f"Bearer {TOKEN}"), ("Accept", "*/*"))
+    assert out.used == ("github",)
+
+
+def test_the_whole_header_is_the_configured_value_whatever_surrounds_the_placeholder() -> None:
+    out = inject("api.github.test", [("authorization", f"token {ph()} extra")])
+    assert out.headers == (("authorization", f"Bearer {TOKEN}"),)
+
+
+def test_a_placeholder_as_a_basic_auth_password_is_found() -> None:
+    basic = base64.b64encode(f"x-access-token:{ph()}".encode()).decode()
+    out = inject("api.github.test", [("Authorization", f"Basic {basic}")])
+    assert out.headers == (("Authorization", f"Bearer {TOKEN}"),)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("X-Token", f"Bearer {ph()}")],  # another header
+        [("Authorization", "Bearer ghp_notaplaceholder")],  # no placeholder at all
+        [],
+    ],
+)
+def test_nothing_is_substituted_outside_the_configured_header(
+    headers: list[tuple[str, str]],
+) -> None:
+    out = inject("api.github.test", headers)
+    assert out.headers == tuple(headers) and out.used == ()
+    assert all(TOKEN not in v for _, v in out.headers)
+
+
+def test_no_substitution_in_the_url_or_the_body() -> None:
+    out = inject(
+        "api.github.test",
+        [("Accept", "*/*")],
+        elsewhere=(f"/repos?token={ph()}", f'{{"token": "{ph()}"}}'),
+    )
+    assert out.headers == (("Accept", "*/*"),) and out.used == ()
+
+
+def test_a_host_that_only_resembles_the_entry_gets_nothing_and_is_refused() -> None:
+    for host in ("api.github.test.evil.test", "github.test", "x.api.github.test"):
+        with pytest.raises(ep.PlaceholderRefused, match="credential placeholder to another"):
+            inject(host, [("Authorization", f"Bearer {ph()}")])
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["header", "other-header", "url", "body", "basic", "upper"],
+)
+def test_a_placeholder_to_another_host_is_refused_wherever_it_rides(where: str) -> None:
+    p = ph()
+    basic = base64.b64encode(f"u:{p}".encode()).decode()
+    headers = {
+        "header": [("Authorization", f"Bearer {p}")],
+        "other-header": [("User-Agent", f"x/{p}")],
+        "basic": [("Authorization", f"Basic {basic}")],
+        "upper": [("Authorization", p.upper())],
+    }.get(where, [])
+    elsewhere = {"url": (f"/?q={p}",), "body": (f"data={p}",)}.get(where, ())
+    with pytest.raises(ep.PlaceholderRefused):
+        inject("evil.test", headers, elsewhere=elsewhere)
+
+
+def test_one_credentials_placeholder_to_another_credentials_host_is_refused() -> None:
+    with pytest.raises(ep.PlaceholderRefused):
+        inject("api.other.test", [("X-Api-Key", ph("github"))])
+
+
+def test_another_calls_placeholder_or_a_forgery_is_refused_even_to_the_right_host() -> None:
+    for fake in (ph(run=OTHER_RUN), ep.PLACEHOLDER_PREFIX + RUN + "-" + "0" * 32):
+        with pytest.raises(ep.PlaceholderRefused):
+            inject("api.github.test", [("Authorization", f"Bearer {fake}")])
+
+
+def test_plain_http_gets_a_value_only_when_its_entry_allows_it() -> None:
+    kept = inject("api.github.test", [("Authorization", f"Bearer {ph()}")], tls=False)
+    assert kept.used == () and TOKEN not in kept.headers[0][1]
+    sent = inject("api.other.test", [("X-Api-Key", ph("other"))], tls=False)
+    assert sent.headers == (("X-Api-Key", "k-" + TOKEN),) and sent.used == ("other",)
+
+
+def test_the_credential_header_twice_is_a_bad_request() -> None:
+    with pytest.raises(ep.BadRequest):
+        inject("api.github.test", [("Authorization", ph()), ("authorization", ph())])
+
+
+def test_a_connect_head_holding_a_placeholder_for_another_host_is_refused() -> None:
+    assert ep.placeholder_refusal([f"CONNECT {ph()}.wild.test:443"], "x.wild.test", KEY, RUN, RULES)
+    assert (
+        ep.placeholder_refusal(["CONNECT api.github.test:443"], "api.github.test", KEY, RUN, RULES)
+        is None
+    )
+    assert (
+        ep.placeholder_refusal([f"User-Agent: {ph()}"], "api.github.test", KEY, RUN, RULES) is None
+    )
+
+
+@given(text=st.text(max_size=200))
+def test_without_a_placeholder_nothing_changes(text: str) -> None:
+    headers = [("Authorization", text), ("X", text)]
+    if ep.PLACEHOLDER_PREFIX in text.lower():
+        return
+    out = inject("api.github.test", headers, elsewhere=(text,))
+    assert out.headers == tuple(headers) and out.used == ()
+
+
+def test_the_upstream_head_carries_the_substituted_headers_and_drops_hop_by_hop() -> None:
+    req = ep.parse_origin_request_head(
+        f"GET /user HTTP/1.1\r\nHost: api.github.test\r\nAuthorization: {ph()}\r\n"
+        "Proxy-Authorization: Basic eDp5\r\n\r\n".encode(),
+        "api.github.test",
+        443,
+    )
+    out = inject(req.host, list(req.headers))
+    head = ep.upstream_head(req, req.host, 0, headers=out.headers, default_port=443).decode()
+    assert head.startswith("GET /user HTTP/1.1\r\nHost: api.github.test\r\n")
+    assert f"Authorization: Bearer {TOKEN}\r\n" in head
+    assert "Proxy-Authorization" not in head and ph() not in head
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET http://api.github.test/ HTTP/1.1\r\n\r\n",  # absolute form: the tunnel names it
+        b"CONNECT api.github.test:443 HTTP/1.1\r\n\r\n",
+        b"GET * HTTP/1.1\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nBad Header\r\n\r\n",
+    ],
+)
+def test_a_request_inside_the_tunnel_is_origin_form_and_strict(head: bytes) -> None:
+    with pytest.raises(ep.BadRequest):
+        ep.parse_origin_request_head(head, "api.github.test", 443)
+
+
+def test_a_proxy_credential_rule_refuses_what_could_split_a_request() -> None:
+    good = {"name": "g", "host": "api.test", "header": "Authorization", "value": "Bearer x"}
+    assert ep.CredentialRule.from_json(good).header == "authorization"
+    for bad in ({"value": "x\r\nHost: evil.test"}, {"header": "Host"}, {"host": "1.2.3.4"}):
+        with pytest.raises((ValueError, TypeError)):
+            ep.CredentialRule.from_json({**good, **bad})
+
+
+# --- config -----------------------------------------------------------------------------
+
+
+def entry(**kw: object) -> dict[str, object]:
+    return {"name": "github", "host": "api.github.test", "value_env": "GH_TOKEN", **kw}
+
+
+def settings(*credentials: dict[str, object], **kw: object) -> EgressSettings:
+    return EgressSettings(allow=["api.github.test", "*.wild.test"], credentials=credentials, **kw)
+
+
+def test_a_credential_host_must_be_allowed() -> None:
+    with pytest.raises(ValidationError, match=r"not in egress.allow"):
+        settings(entry(host="api.elsewhere.test"))
+    assert settings(entry(host="a.wild.test")).credentials[0].host == "a.wild.test"
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"host": "*.wild.test"}, "one exact host"),
+        ({"host": "10.0.0.1"}, "one exact host"),
+        ({"name": "GitHub"}, "lower-case"),
+        ({"header": "Host"}, "cannot carry a credential"),
+        ({"header": "Proxy-Authorization"}, "cannot carry a credential"),
+        ({"header": "Bad Header"}, "cannot carry a credential"),
+        ({"format": "Bearer"}, r"\{value\} once"),
+        ({"format": "{value}{value}"}, r"\{value\} once"),
+        ({"format": "Bearer {value}\r\nX: y"}, "printable ASCII"),
+        ({"value_file": "/x"}, "exactly one of value_env, value_file"),
+        ({"value_env": None}, "exactly one of value_env, value_file"),
+        ({"basic_user": "a:b"}, "without ':'"),
+        ({"basic_user": "u", "format": "X {value}"}, "exclude each other"),
+        ({"typo": 1}, "Extra inputs"),
+    ],
+)
+def test_a_bad_credential_entry_stops_start_up_saying_why(
+    bad: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        settings(entry(**bad))
+
+
+def test_names_and_places_are_unique() -> None:
+    with pytest.raises(ValidationError, match="used twice"):
+        settings(entry(), entry(value_env="OTHER"))
+    with pytest.raises(ValidationError, match="same header of the same host"):
+        settings(entry(), entry(name="second", header="authorization"))
+
+
+def test_credentials_come_from_the_environment_as_a_json_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MCP_SANDBOX_EGRESS__ALLOW", '["api.github.test"]')
+    monkeypatch.setenv(
+        "MCP_SANDBOX_EGRESS__CREDENTIALS",
+        '[{"name": "github", "host": "api.github.test", "value_env": "GH_TOKEN"}]',
+    )
+    assert Settings().egress.credentials[0].variable == "MCP_SANDBOX_CREDENTIAL_GITHUB"
+
+
+# --- values -----------------------------------------------------------------------------
+
+
+def test_a_missing_value_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"egress.credentials\[0\] \(github\).*GH_TOKEN"):
+        load_credentials(settings(entry()), {})
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigError, match=r"value_file .*nope cannot be read"):
+        load_credentials(settings(entry(value_env=None, value_file=str(missing))), {})
+    with pytest.raises(ConfigError, match="line break"):
+        load_credentials(settings(entry()), {"GH_TOKEN": "a\nb"})
+
+
+def test_values_come_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "token"
+    f.write_text(TOKEN + "\n")
+    (env,) = load_credentials(settings(entry()), {"GH_TOKEN": TOKEN})
+    (file,) = load_credentials(settings(entry(value_env=None, value_file=str(f))), {})
+    assert env.value == file.value == TOKEN
+    assert env.header_value == f"Bearer {TOKEN}"
+
+
+def test_header_values_follow_the_format_or_basic_auth() -> None:
+    assert header_value(CredentialEntry(**entry(format="token {value}")), "s") == "token s"
+    basic = header_value(CredentialEntry(**entry(basic_user="bob")), "s3cret")
+    assert basic == "Basic " + base64.b64encode(b"bob:s3cret").decode()
+
+
+def test_the_sandbox_sees_placeholders_only() -> None:
+    loaded = load_credentials(settings(entry()), {"GH_TOKEN": TOKEN})
+    env = placeholder_env(loaded, KEY, RUN)
+    assert env == {"MCP_SANDBOX_CREDENTIAL_GITHUB": ph()}
+    assert TOKEN not in repr(env)
+
+
+def test_the_real_values_join_the_scrubber_plain_and_encoded() -> None:
+    loaded = load_credentials(settings(entry(basic_user="bob")), {"GH_TOKEN": TOKEN})
+    assert set(scrub_values(loaded).values()) == {TOKEN, loaded[0].header_value}
+    s = Settings(egress=settings(entry()))
+    scrub = make_scrubber(s, {"GH_TOKEN": TOKEN}).scrub
+    for shown in (TOKEN, base64.b64encode(TOKEN.encode()).decode(), TOKEN.encode().hex()):
+        assert TOKEN not in scrub(f"got {shown}") and shown not in scrub(f"got {shown}")
