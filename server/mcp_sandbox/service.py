@@ -363,6 +363,7 @@ class SandboxService:
             egress_allowed=tally.allowed if tally else 0,
             # The sandbox picks these names: a secret can ride in one, as in its output.
             egress_denied=[neutralise(self._scrub(d)) for d in tally.denied] if tally else [],
+            egress_credentials=list(tally.credentials) if tally else [],
             workspace=workspace,  # its paths were scrubbed before they were cut
             stdout=out.text,
             stderr=err.text,

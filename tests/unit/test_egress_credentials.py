@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import json
+import ssl
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,14 +20,21 @@ from pydantic import ValidationError
 from mcp_sandbox.app import make_scrubber
 from mcp_sandbox.config.egress import CredentialEntry, EgressSettings
 from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.egress import ca
 from mcp_sandbox.egress.credentials import (
     header_value,
     load_credentials,
     placeholder_env,
     scrub_values,
 )
+from mcp_sandbox.egress.link import CA_BUNDLE_TARGET, CA_BUNDLE_VARIABLES, EgressLink
+from mcp_sandbox.egress.proxy import EgressProxy
+from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.errors import ConfigError
+from mcp_sandbox.oversight.anomalies import SessionHistory
 from mcp_sandbox.policy import egress_rules as ep
+from mcp_sandbox.policy.limits import Limits, RunPlan
+from mcp_sandbox.sandbox.spec import build_spec, with_egress
 
 KEY = b"k" * 32
 RUN = "0123456789ab"
@@ -319,3 +333,176 @@ def test_the_real_values_join_the_scrubber_plain_and_encoded() -> None:
     scrub = make_scrubber(s, {"GH_TOKEN": TOKEN}).scrub
     for shown in (TOKEN, base64.b64encode(TOKEN.encode()).decode(), TOKEN.encode().hex()):
         assert TOKEN not in scrub(f"got {shown}") and shown not in scrub(f"got {shown}")
+
+
+# --- the CA, the leaves, what the proxy and the sandbox get ------------------------------
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, name: str) -> None:
+    """A TLS handshake between two in-memory ends. Raises ssl.SSLError."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = client.wrap_bio(c_in, c_out, server_hostname=name)
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    done = {"c": False, "s": False}
+    for _ in range(10):
+        for end, key in ((c, "c"), (s, "s")):
+            if not done[key]:
+                try:
+                    end.do_handshake()
+                    done[key] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return
+    raise AssertionError("handshake did not finish")
+
+
+def _server(leaf: ca.Leaf, tmp_path: Path) -> ssl.SSLContext:
+    path = tmp_path / "leaf.pem"
+    path.write_text(leaf.key_pem + leaf.cert_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(path)
+    return context
+
+
+def test_a_leaf_verifies_for_its_one_host_against_our_ca_only(tmp_path: Path) -> None:
+    authority = ca.load_or_create(tmp_path / "ca")
+    leaf = ca.mint_leaf(authority, "api.github.test")
+    server = _server(leaf, tmp_path)
+    _handshake(server, ssl.create_default_context(cadata=authority.cert_pem), "api.github.test")
+    with pytest.raises(ssl.SSLCertVerificationError):  # another name
+        _handshake(server, ssl.create_default_context(cadata=authority.cert_pem), "evil.test")
+    other = ca.new_authority()
+    with pytest.raises(ssl.SSLCertVerificationError):  # a program that pins another CA
+        _handshake(server, ssl.create_default_context(cadata=other.cert_pem), "api.github.test")
+    assert leaf.not_after - datetime.datetime.now(datetime.UTC) <= ca.LEAF_LIFETIME
+
+
+def test_the_ca_is_made_once_with_a_private_key_and_rotated_on_demand(tmp_path: Path) -> None:
+    where = tmp_path / "state" / "egress-ca"
+    first = ca.load_or_create(where)
+    assert ca.load_or_create(where) == first
+    assert stat.S_IMODE(where.stat().st_mode) == 0o700
+    assert stat.S_IMODE((where / ca.CA_KEY).stat().st_mode) == 0o600
+    assert "PRIVATE KEY" not in (where / ca.CA_CERT).read_text()
+    bundle = ca.write_bundle(where, first, "ROOTS\n")
+    assert bundle.read_text() == "ROOTS\n" + first.cert_pem
+    assert "PRIVATE" not in bundle.read_text()
+    rotated = ca.rotate(where)
+    assert rotated != first and ca.load_or_create(where) == rotated
+    assert ca.write_bundle(where, rotated, "") != bundle  # the old server's bundle stays
+
+
+def test_cli_ca_rotate_replaces_the_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp_sandbox import cli
+
+    monkeypatch.setenv("MCP_SANDBOX_EGRESS__CA_DIR", str(tmp_path))
+    first = ca.load_or_create(tmp_path)
+    assert cli.main(["ca", "rotate"]) == 0
+    assert ca.load_or_create(tmp_path) != first
+
+
+@dataclass
+class RecordingDocker:
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    state: dict[str, tuple[bool, dict[str, str]]] = field(default_factory=dict)
+
+    def container_state(self, name: str) -> tuple[bool, dict[str, str]] | None:
+        return self.state.get(name)
+
+    def remove(self, name: str) -> None:
+        self.state.pop(name, None)
+
+    def network_exists(self, name: str) -> bool:
+        return True
+
+    def connect_network(self, network: str, container: str) -> str:
+        return "10.9.0.2"
+
+    def create_network(self, name: str, **kw: Any) -> None:
+        pass
+
+    def disconnect_network(self, network: str, container: str) -> None:
+        pass
+
+    def remove_network(self, name: str) -> None:
+        pass
+
+    def run_detached(self, create: dict[str, Any], host: dict[str, Any]) -> None:
+        self.runs.append(create)
+        self.state[create["name"]] = (True, create["labels"])
+
+    def exec_output(self, container: str, argv: list[str], user: str) -> tuple[int, bytes]:
+        if argv[-1] == "ping":
+            return 0, b'{"ok": true}'
+        return 0, b'{"allowed": 1, "denied": [], "credentials": ["github", "forged"]}'
+
+
+async def test_the_proxy_gets_values_and_leaves_and_the_sandbox_placeholders_and_a_bundle(
+    tmp_path: Path,
+) -> None:
+    docker = RecordingDocker()
+    proxy = EgressProxy(
+        settings(entry(basic_user="bob"), enabled=True, ca_dir=tmp_path),
+        cast(DockerApi, docker),
+        owner="h:1:2",
+        seccomp_json=lambda: "{}",
+        extra_labels={},
+        credentials=load_credentials(settings(entry(basic_user="bob")), {"GH_TOKEN": TOKEN}),
+    )
+    async with proxy.attached(RUN, 30, anyio.CapacityLimiter(4)) as call:
+        link = call.link
+    assert call.tally is not None and call.tally.credentials == ("github",)
+    (create,) = docker.runs
+    env = dict(e.split("=", 1) for e in create["environment"])
+    secrets = json.loads(env["MCP_SANDBOX_EGRESS_SECRETS"])
+    (sent,) = secrets["credentials"]
+    assert ep.CredentialRule.from_json(sent).value == header_value(
+        CredentialEntry(**entry(basic_user="bob")), TOKEN
+    )
+    assert set(secrets["leaves"]) == {"api.github.test"}
+    authority = ca.load_or_create(tmp_path)
+    assert authority.key_pem not in json.dumps(create)  # the CA key stays with the server
+    assert TOKEN not in json.dumps(create["labels"])
+    # The sandbox: a placeholder, the bundle read-only, no value, no key.
+    sandbox = with_egress(
+        build_spec(
+            RunPlan(argv=("true",), limits=Limits(), stdin=None),
+            image="i",
+            run_id=RUN,
+            owner="h:1:2",
+            seccomp_json="{}",
+            extra_env={},
+            runtime=None,
+        ),
+        link,
+    )
+    kwargs = json.dumps([sandbox.create_kwargs(), sandbox.host_config_kwargs()])
+    assert TOKEN not in kwargs and base64.b64encode(TOKEN.encode()).decode() not in kwargs
+    assert "PRIVATE KEY" not in kwargs
+    sandbox_env = dict(sandbox.env)
+    assert sandbox_env["MCP_SANDBOX_CREDENTIAL_GITHUB"] == ep.make_placeholder(
+        proxy._key, RUN, "github"
+    )
+    for variable in CA_BUNDLE_VARIABLES:
+        assert sandbox_env[variable] == CA_BUNDLE_TARGET
+    (mount,) = sandbox.mounts
+    assert mount.target == CA_BUNDLE_TARGET and mount.read_only
+    assert (await anyio.Path(mount.source).read_text()).endswith(authority.cert_pem)
+
+
+def test_without_credentials_the_sandbox_trust_is_left_alone() -> None:
+    link = EgressLink("net", "http://u:p@10.0.0.2:3128")
+    assert not any(v in link.env() for v in CA_BUNDLE_VARIABLES)
+    assert not any(k.startswith(ep.CREDENTIAL_ENV_PREFIX) for k in link.env())
+
+
+def test_a_placeholder_refusal_is_flagged_in_the_audit() -> None:
+    history = SessionHistory()
+    flags = history.flags("s", (), "exited", [f"evil.test:443 ({ep.PLACEHOLDER_REFUSAL})"], "")
+    assert "credential_placeholder_to_another_host" in flags
+    assert "credential_placeholder_to_another_host" not in history.flags(
+        "s", (), "exited", ["evil.test:443 (not in allowlist)"], ""
+    )
