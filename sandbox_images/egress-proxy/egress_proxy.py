@@ -322,6 +322,10 @@ class Proxy:
         if refusal is not None:
             raise Refused(ep.display_target(host, req.port), refusal)
 
+    def mask(self, host: str) -> ep.ResponseMask:
+        """A host that reflects what it got must not hand the code its credential."""
+        return ep.ResponseMask(v for c in self.credentials if c.host == host for v in c.masked)
+
     def inject(
         self, req: ep.ProxyRequest, host: str, tally: Tally, *, tls: bool, body_head: bytes
     ) -> ep.Injected:
@@ -399,9 +403,10 @@ class Proxy:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
+        # Before any lookup: a placeholder in a name would reach a resolver.
+        self.refuse_placeholders(req, ep.normalize_host(req.host) or req.host, tally)
         host, addresses = await self.checked_addresses(req, tls=True)
         target = ep.display_target(host, req.port)
-        self.refuse_placeholders(req, host, tally)
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await writer.drain()
         hello = b""
@@ -510,8 +515,10 @@ class Proxy:
                 body_left -= len(chunk)
                 await server.write(chunk)
             # One request per connection: the client's further bytes are never read.
+            mask = self.mask(host)
             while chunk := await asyncio.wait_for(server.read(), IDLE_TIMEOUT_S):
-                await client.write(chunk)
+                await client.write(mask.feed(chunk))
+            await client.write(mask.end())
         finally:
             up_writer.close()
 
@@ -527,6 +534,7 @@ class Proxy:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
+        self.refuse_placeholders(req, ep.normalize_host(req.host) or req.host, tally)
         host, addresses = await self.checked_addresses(req, tls=False)
         target = ep.display_target(host, req.port)
         refusal = ep.host_header_refusal(req, host)
@@ -561,9 +569,12 @@ class Proxy:
                 up_writer.write(chunk)
                 await up_writer.drain()
             # One request per connection: the client's further bytes are never read.
+            mask = self.mask(host)
             while chunk := await asyncio.wait_for(up_reader.read(CHUNK), IDLE_TIMEOUT_S):
-                writer.write(chunk)
+                writer.write(mask.feed(chunk))
                 await writer.drain()
+            writer.write(mask.end())
+            await writer.drain()
         finally:
             up_writer.close()
 

@@ -5,7 +5,8 @@
     python3 -c "$(cat fake_outside.py)" api NAME   an API on 80 and 443 (its certificate and key
                                                    in $FAKE_CERT, $FAKE_KEY: a test CA's) that
                                                    logs every header; /echo answers the
-                                                   Authorization header back
+                                                   Authorization header back, /echo64 in
+                                                   base64
     python3 -c "$(cat fake_outside.py)" dns        a DNS server on 53 (UDP and TCP) that logs
                                                    every query and answers NXDOMAIN
 
@@ -136,6 +137,8 @@ async def web(name: str, api: bool = False) -> None:
                 )
                 if api and path == "/echo":
                     ctype, body = "text/plain", f"you sent {auth}\n".encode()
+                elif api and path == "/echo64":  # a reflection no byte match can see
+                    ctype, body = "text/plain", base64.b64encode(auth.encode()) + b"\n"
                 elif api:
                     ctype, body = "text/plain", f"api {name} {port} path={path}\n".encode()
                 else:

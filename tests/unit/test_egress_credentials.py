@@ -43,6 +43,8 @@ TOKEN = "ghp_realSecretValue0123456789abcdefXYZ"
 GH = ep.CredentialRule("github", "api.github.test", "authorization", f"Bearer {TOKEN}", False)
 KEYED = ep.CredentialRule("other", "api.other.test", "x-api-key", "k-" + TOKEN, True)
 RULES = (GH, KEYED)
+# Asked of a credential host, so that the proxy can mask a value the host reflects.
+IDENTITY = ("Accept-Encoding", "identity")
 
 
 def ph(name: str = "github", run: str = RUN) -> str:
@@ -87,19 +89,19 @@ def test_a_placeholder_fits_one_dns_label() -> None:
 
 def test_the_configured_header_to_the_exact_host_gets_the_real_value() -> None:
     out = inject("api.github.test", [("Authorization", f"Bearer {ph()}"), ("Accept", "*/*")])
-    assert out.headers == (("Authorization", f"Bearer {TOKEN}"), ("Accept", "*/*"))
+    assert out.headers == (("Authorization", f"Bearer {TOKEN}"), ("Accept", "*/*"), IDENTITY)
     assert out.used == ("github",)
 
 
 def test_the_whole_header_is_the_configured_value_whatever_surrounds_the_placeholder() -> None:
     out = inject("api.github.test", [("authorization", f"token {ph()} extra")])
-    assert out.headers == (("authorization", f"Bearer {TOKEN}"),)
+    assert out.headers == (("authorization", f"Bearer {TOKEN}"), IDENTITY)
 
 
 def test_a_placeholder_as_a_basic_auth_password_is_found() -> None:
     basic = base64.b64encode(f"x-access-token:{ph()}".encode()).decode()
     out = inject("api.github.test", [("Authorization", f"Basic {basic}")])
-    assert out.headers == (("Authorization", f"Bearer {TOKEN}"),)
+    assert out.headers == (("Authorization", f"Bearer {TOKEN}"), IDENTITY)
 
 
 @pytest.mark.parametrize(
@@ -114,7 +116,7 @@ def test_nothing_is_substituted_outside_the_configured_header(
     headers: list[tuple[str, str]],
 ) -> None:
     out = inject("api.github.test", headers)
-    assert out.headers == tuple(headers) and out.used == ()
+    assert out.headers == (*headers, IDENTITY) and out.used == ()
     assert all(TOKEN not in v for _, v in out.headers)
 
 
@@ -124,7 +126,7 @@ def test_no_substitution_in_the_url_or_the_body() -> None:
         [("Accept", "*/*")],
         elsewhere=(f"/repos?token={ph()}", f'{{"token": "{ph()}"}}'),
     )
-    assert out.headers == (("Accept", "*/*"),) and out.used == ()
+    assert out.headers == (("Accept", "*/*"), IDENTITY) and out.used == ()
 
 
 def test_a_host_that_only_resembles_the_entry_gets_nothing_and_is_refused() -> None:
@@ -166,12 +168,42 @@ def test_plain_http_gets_a_value_only_when_its_entry_allows_it() -> None:
     kept = inject("api.github.test", [("Authorization", f"Bearer {ph()}")], tls=False)
     assert kept.used == () and TOKEN not in kept.headers[0][1]
     sent = inject("api.other.test", [("X-Api-Key", ph("other"))], tls=False)
-    assert sent.headers == (("X-Api-Key", "k-" + TOKEN),) and sent.used == ("other",)
+    assert sent.headers == (("X-Api-Key", "k-" + TOKEN), IDENTITY) and sent.used == ("other",)
 
 
 def test_the_credential_header_twice_is_a_bad_request() -> None:
     with pytest.raises(ep.BadRequest):
         inject("api.github.test", [("Authorization", ph()), ("authorization", ph())])
+    with pytest.raises(ep.BadRequest):  # the code's own value beside the real one
+        inject("api.github.test", [("Authorization", ph()), ("authorization", "mine")])
+
+
+def test_a_credential_host_is_asked_for_uncompressed_answers() -> None:
+    out = inject("api.github.test", [("Accept-Encoding", "gzip, br")])
+    assert out.headers == (IDENTITY,)
+
+
+@given(
+    parts=st.lists(
+        st.sampled_from(["a", "Bearer ", TOKEN[:7], TOKEN[7:], TOKEN, "\n"]), max_size=12
+    ),
+    cuts=st.lists(st.integers(0, 400), max_size=6),
+)
+def test_a_reflected_value_is_masked_wherever_the_stream_is_cut(
+    parts: list[str], cuts: list[int]
+) -> None:
+    data = "".join(parts).encode()
+    mask = ep.ResponseMask((*GH.masked, TOKEN))
+    out = b""
+    last = 0
+    for cut in sorted(c for c in cuts if c <= len(data)):
+        out += mask.feed(data[last:cut])
+        last = cut
+    out += mask.feed(data[last:]) + mask.end()
+    assert len(out) == len(data) and TOKEN.encode() not in out
+    whole = f"Bearer {TOKEN}".encode()  # the header value first: the longest wins
+    stars = data.replace(whole, b"*" * len(whole)).replace(TOKEN.encode(), b"*" * len(TOKEN))
+    assert out == stars
 
 
 def test_a_connect_head_holding_a_placeholder_for_another_host_is_refused() -> None:
@@ -191,7 +223,8 @@ def test_without_a_placeholder_nothing_changes(text: str) -> None:
     if ep.PLACEHOLDER_PREFIX in text.lower():
         return
     out = inject("api.github.test", headers, elsewhere=(text,))
-    assert out.headers == tuple(headers) and out.used == ()
+    assert out.headers == (*headers, IDENTITY) and out.used == ()
+    assert inject("elsewhere.test", headers, elsewhere=(text,)).headers == tuple(headers)
 
 
 def test_the_upstream_head_carries_the_substituted_headers_and_drops_hop_by_hop() -> None:

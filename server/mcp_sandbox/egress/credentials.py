@@ -35,6 +35,7 @@ class LoadedCredential:
             "host": self.entry.host,
             "header": self.entry.header,
             "value": self.header_value,
+            "secret": self.value,
             "plain_http": self.entry.allow_plain_http,
         }
 

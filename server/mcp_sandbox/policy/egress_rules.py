@@ -608,6 +608,12 @@ class CredentialRule:
     header: str  # lower case
     value: str  # the whole header value, e.g. "Bearer <token>"
     plain_http: bool  # also put it in plain-HTTP requests (sent in the clear upstream)
+    secret: str = ""  # the bare value inside ``value``: masked in answers too
+
+    @property
+    def masked(self) -> tuple[str, ...]:
+        """What is masked in the answers of this credential's host."""
+        return tuple(v for v in (self.value, self.secret) if v)
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> CredentialRule:
@@ -622,9 +628,14 @@ class CredentialRule:
             raise ValueError(f"credential {name}: {host!r} is not a host name")
         if not _TOKEN_CHARS.match(header) or header.lower() in RESERVED_HEADERS:
             raise ValueError(f"credential {name}: header {header!r} cannot carry a credential")
-        if not value.isascii() or not value.isprintable():
-            raise ValueError(f"credential {name}: the value is not printable ASCII")
-        return cls(name, canonical, header.lower(), value, bool(data.get("plain_http", False)))
+        secret = data.get("secret", "")
+        if not isinstance(secret, str):
+            raise TypeError("credential fields are strings")
+        for text in (value, secret):
+            if not text.isascii() or not text.isprintable():
+                raise ValueError(f"credential {name}: the value is not printable ASCII")
+        plain = bool(data.get("plain_http", False))
+        return cls(name, canonical, header.lower(), value, plain, secret)
 
 
 class PlaceholderRefused(ValueError):
@@ -698,7 +709,42 @@ def inject_credentials(
             out.append((name, value))
     if found - mine.keys():
         raise PlaceholderRefused(PLACEHOLDER_REFUSAL)
+    for c in credentials:
+        if c.name in used and sum(k.lower() == c.header for k, _ in out) > 1:
+            raise BadRequest(f"repeated {c.header} header")
+    if mine:
+        # Uncompressed answers, so that ResponseMask can find a value the host reflects.
+        out = [(k, v) for k, v in out if k.lower() != "accept-encoding"]
+        out.append(("Accept-Encoding", "identity"))
     return Injected(tuple(out), tuple(used))
+
+
+class ResponseMask:
+    """Masks known values in a byte stream cut anywhere, each by as many ``*``.
+
+    The length stays, so a Content-Length stays true. ``feed`` holds back the last bytes that
+    could start a value cut in two; ``end`` gives them up.
+    """
+
+    def __init__(self, values: Iterable[str]) -> None:
+        found = {v.encode("ascii") for v in values if v}
+        self._values = sorted(found, key=len, reverse=True)
+        self._keep = max((len(v) for v in self._values), default=1) - 1
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self._values:
+            return chunk
+        data = self._carry + chunk
+        for value in self._values:
+            data = data.replace(value, b"*" * len(value))
+        cut = max(len(data) - self._keep, 0)
+        out, self._carry = data[:cut], data[cut:]
+        return out
+
+    def end(self) -> bytes:
+        out, self._carry = self._carry, b""
+        return out
 
 
 def placeholder_refusal(
