@@ -539,3 +539,19 @@ def test_a_placeholder_refusal_is_flagged_in_the_audit() -> None:
     assert "credential_placeholder_to_another_host" not in history.flags(
         "s", (), "exited", ["evil.test:443 (not in allowlist)"], ""
     )
+
+
+def test_start_up_stops_naming_the_key_when_a_value_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mcp_sandbox import cli
+
+    monkeypatch.setenv("MCP_SANDBOX_EGRESS__ALLOW", '["api.github.test"]')
+    monkeypatch.setenv(
+        "MCP_SANDBOX_EGRESS__CREDENTIALS",
+        '[{"name": "github", "host": "api.github.test", "value_env": "NOT_SET_ANYWHERE"}]',
+    )
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    assert cli.main(["doctor"]) == 2
+    err = capsys.readouterr().err
+    assert "egress.credentials[0] (github): value_env NOT_SET_ANYWHERE is not set" in err
