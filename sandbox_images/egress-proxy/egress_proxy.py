@@ -189,6 +189,13 @@ class TlsStream:
         data, self.buffer = self.buffer[:n], self.buffer[n:]
         return data
 
+    async def close(self) -> None:
+        """Send close_notify; the peer's is not waited for."""
+        with contextlib.suppress(ssl.SSLError):
+            self.tls.unwrap()
+        with contextlib.suppress(OSError):
+            await self._flush()
+
     async def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
@@ -459,6 +466,21 @@ class Proxy:
         except ssl.SSLError as e:
             log(f"no request {target}: the client refused the proxy's TLS ({e.reason})")
             return
+        try:
+            await self.after_handshake(req, tally, host, addresses, client)
+        finally:
+            await client.close()
+
+    async def after_handshake(
+        self,
+        req: ep.ProxyRequest,
+        tally: Tally,
+        host: str,
+        addresses: list[str],
+        client: TlsStream,
+    ) -> None:
+        """The one request of a terminated connection: checked, credential in, relayed."""
+        target = ep.display_target(host, req.port)
         try:
             head = await asyncio.wait_for(
                 client.readuntil(b"\r\n\r\n", ep.MAX_HEAD_BYTES), HEAD_TIMEOUT_S

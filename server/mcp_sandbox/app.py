@@ -41,7 +41,9 @@ def make_scrubber(settings: Settings, environ: Mapping[str, str] | None = None) 
     environ = os.environ if environ is None else environ
     known = secret_values_from_env(environ)
     known.update({f"scrub_values[{i}]": v for i, v in enumerate(settings.scrub_values)})
-    known.update(scrub_values(load_credentials(settings.egress, environ)))
+    # With a launcher, the launcher runs the proxy: the values are its to hold (and scrub).
+    remote = settings.launcher_socket is not None
+    known.update(scrub_values(load_credentials(settings.egress, environ, skip_missing=remote)))
     return Scrubber(known)
 
 

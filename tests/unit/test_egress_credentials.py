@@ -555,3 +555,10 @@ def test_start_up_stops_naming_the_key_when_a_value_is_missing(
     assert cli.main(["doctor"]) == 2
     err = capsys.readouterr().err
     assert "egress.credentials[0] (github): value_env NOT_SET_ANYWHERE is not set" in err
+
+
+def test_a_server_whose_runs_are_a_launchers_starts_without_the_values(tmp_path: Path) -> None:
+    s = Settings(egress=settings(entry()), launcher_socket=tmp_path / "sock")
+    assert make_scrubber(s, {}).scrub("x") == "x"
+    with pytest.raises(ConfigError):
+        make_scrubber(Settings(egress=settings(entry())), {})

@@ -49,12 +49,18 @@ def header_value(entry: CredentialEntry, value: str) -> str:
 
 
 def load_credentials(
-    settings: EgressSettings, environ: Mapping[str, str]
+    settings: EgressSettings, environ: Mapping[str, str], *, skip_missing: bool = False
 ) -> tuple[LoadedCredential, ...]:
-    """Every configured credential with its value. Raises ConfigError naming the key."""
+    """Every configured credential with its value. Raises ConfigError naming the key.
+
+    ``skip_missing``: leave out a value that is not there (a server whose runs, and so its
+    proxy, are a launcher's: the launcher holds the values and scrubs its results).
+    """
     loaded = []
     for i, entry in enumerate(settings.credentials):
         key = f"egress.credentials[{i}] ({entry.name})"
+        if skip_missing and not _present(entry, environ):
+            continue
         if entry.value_env is not None:
             value = environ.get(entry.value_env)
             if value is None:
@@ -79,6 +85,13 @@ def load_credentials(
             )
         loaded.append(LoadedCredential(entry, value, header_value(entry, value)))
     return tuple(loaded)
+
+
+def _present(entry: CredentialEntry, environ: Mapping[str, str]) -> bool:
+    if entry.value_env is not None:
+        return entry.value_env in environ
+    assert entry.value_file is not None
+    return entry.value_file.is_file()
 
 
 def scrub_values(credentials: Sequence[LoadedCredential]) -> dict[str, str]:
