@@ -10,6 +10,9 @@ the server's unit tests check the very code that runs in the proxy. Nothing here
   one, unless it lies in an explicitly configured CIDR (tests, air-gapped mirrors).
 - TLS: the ClientHello's server name (SNI) must be the CONNECT line's host.
 - Attribution: each call gets a credential ``run_id:deadline.mac`` in its proxy URL.
+- Credentials: a sandbox sees a placeholder per call and credential; the real header value
+  goes only in the configured header of requests to that entry's exact host, and a
+  placeholder anywhere else is refused.
 """
 
 from __future__ import annotations
