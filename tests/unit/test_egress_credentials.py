@@ -562,3 +562,15 @@ def test_a_server_whose_runs_are_a_launchers_starts_without_the_values(tmp_path:
     assert make_scrubber(s, {}).scrub("x") == "x"
     with pytest.raises(ConfigError):
         make_scrubber(Settings(egress=settings(entry())), {})
+
+
+def test_servers_sharing_a_state_dir_make_one_ca(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda _: ca.load_or_create(tmp_path), range(8)))
+    assert len(set(made)) == 1 and ca.load_or_create(tmp_path) == made[0]
+
+
+def test_the_sandboxes_bundle_holds_system_roots_beside_our_ca() -> None:
+    assert "BEGIN CERTIFICATE" in ca.system_roots()  # the test host has roots

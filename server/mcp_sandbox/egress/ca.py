@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import os
 import ssl
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,18 +165,30 @@ def _private_dir(directory: Path) -> None:
     os.chmod(directory, 0o700)
 
 
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Servers sharing a state dir make one CA, never a key of one beside another's cert."""
+    _private_dir(directory)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def load_or_create(directory: Path) -> Authority:
     """The CA in ``directory``; made there at first use. Raises SandboxUnavailable."""
     try:
-        _private_dir(directory)
-        key_path, cert_path = directory / CA_KEY, directory / CA_CERT
-        if key_path.exists() and cert_path.exists():
-            if key_path.stat().st_mode & 0o077:
-                os.chmod(key_path, 0o600)
-            ca = Authority(cert_path.read_text("ascii"), key_path.read_text("ascii"))
-            x509.load_pem_x509_certificate(ca.cert_pem.encode())
-            return ca
-        return _store(directory, new_authority())
+        with _locked(directory):
+            key_path, cert_path = directory / CA_KEY, directory / CA_CERT
+            if key_path.exists() and cert_path.exists():
+                if key_path.stat().st_mode & 0o077:
+                    os.chmod(key_path, 0o600)
+                ca = Authority(cert_path.read_text("ascii"), key_path.read_text("ascii"))
+                x509.load_pem_x509_certificate(ca.cert_pem.encode())
+                return ca
+            return _store(directory, new_authority())
     except (OSError, ValueError) as e:
         raise SandboxUnavailable(
             f"the egress CA in {directory} cannot be read or made ({type(e).__name__}); "
@@ -191,17 +205,25 @@ def _store(directory: Path, ca: Authority) -> Authority:
 
 def rotate(directory: Path) -> Authority:
     """A new CA in ``directory``, replacing the old one. Raises OSError."""
-    _private_dir(directory)
-    return _store(directory, new_authority())
+    with _locked(directory):
+        return _store(directory, new_authority())
 
 
 def system_roots() -> str:
-    """The host's trusted roots as PEM text ("" when it has none we can find)."""
+    """The host's trusted roots as PEM text: OpenSSL's default file, else certifi's (a server
+    in a slim container may have only that); "" when there are none."""
     paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
+    candidates = [paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"]
+    with contextlib.suppress(ImportError):
+        import certifi  # optional: not a dependency of ours
+
+        candidates.append(certifi.where())
+    for candidate in candidates:
         if candidate and os.path.isfile(candidate):
             with contextlib.suppress(OSError, UnicodeDecodeError):
-                return Path(candidate).read_text("ascii")
+                text = Path(candidate).read_text("ascii")
+                if "BEGIN CERTIFICATE" in text:
+                    return text
     return ""
 
 
