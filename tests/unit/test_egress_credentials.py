@@ -574,3 +574,10 @@ def test_servers_sharing_a_state_dir_make_one_ca(tmp_path: Path) -> None:
 
 def test_the_sandboxes_bundle_holds_system_roots_beside_our_ca() -> None:
     assert "BEGIN CERTIFICATE" in ca.system_roots()  # the test host has roots
+
+
+def test_a_redacted_credential_is_named_by_its_entry() -> None:
+    # A name that does not look secret: the entry alone makes the value known.
+    s = Settings(egress=settings(entry(value_env="GH_VALUE")))
+    scrub = make_scrubber(s, {"GH_VALUE": TOKEN}).scrub
+    assert scrub(f"x {TOKEN} y") == "x [REDACTED:known:egress.credentials.github] y"

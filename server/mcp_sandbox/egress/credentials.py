@@ -98,9 +98,9 @@ def scrub_values(credentials: Sequence[LoadedCredential]) -> dict[str, str]:
     """Known values for the scrubber: each secret, and the header value made of it."""
     known = {}
     for c in credentials:
-        known[f"egress.credentials[{c.entry.name}]"] = c.value
+        known[f"egress.credentials.{c.entry.name}"] = c.value
         if c.header_value != c.value:
-            known[f"egress.credentials[{c.entry.name}].header"] = c.header_value
+            known[f"egress.credentials.{c.entry.name}.header"] = c.header_value
     return known
 
 
