@@ -144,6 +144,20 @@ def headers_seen(outside: Outside, who: str, port: int) -> list[str]:
     return [e.split(" ", 2)[2] for e in outside.events(who) if e.startswith(f"hdr {port} ")]
 
 
+def headers_of(outside: Outside, path: str) -> list[str]:
+    """The headers of the API's last request for ``path``."""
+    found: list[str] = []
+    current: list[str] | None = None
+    for event in outside.events("api"):
+        if event.startswith("req "):
+            current = [] if event.split(" ")[2] == path else None
+            if current is not None:
+                found = current
+        elif event.startswith("hdr ") and current is not None:
+            current.append(event.split(" ", 2)[2])
+    return found
+
+
 def audit_record(run_id: object) -> dict[str, object]:
     lines = Path(AUDIT_DIR, "audit.jsonl").read_text().splitlines()
     return next(r for r in map(json.loads, lines) if r.get("run_id") == run_id)
@@ -209,6 +223,15 @@ http.request({host: p.hostname, port: p.port, method: 'CONNECT', path: 'api.test
     )
     assert result["stdout"] == "api api.test 443 path=/node\n", result
     assert result["egress_credentials"] == ["api"]
+
+
+async def test_the_placeholder_as_a_basic_auth_password_works_too(
+    cred: Client, outside: Outside
+) -> None:
+    result = await shell(cred, f'curl -sS --max-time 20 -u "x-token:{PH}" https://api.test/basic')
+    assert result["stdout"] == "api api.test 443 path=/basic\n", result
+    assert result["egress_credentials"] == ["api"]
+    assert f"Authorization: Bearer {TOKEN}" in headers_of(outside, "/basic")
 
 
 async def test_a_request_without_the_placeholder_passes_unchanged(
