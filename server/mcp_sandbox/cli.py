@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("action", choices=["new"])
     token.add_argument("name", help="the name logs show for this token")
     token.add_argument("--file", type=Path, help="append its hashed entry to this tokens file")
+    ca = sub.add_parser("ca", help="the egress CA that signs certificates for credential hosts")
+    ca.add_argument("action", choices=["rotate"], help="rotate: replace it with a new one")
     sub.add_parser("doctor", help="check what a first run needs")
     audit = sub.add_parser("audit", help="show the audit log's records (setting audit.path)")
     audit.add_argument("-n", "--last", type=int, default=20, help="how many, newest last")
@@ -70,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--flag", help="only records with this flag (or its prefix: new_escalation)")
     audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     return p
+
+
+def _rotate_ca(settings: Settings) -> int:
+    from mcp_sandbox.config.egress import default_ca_dir
+    from mcp_sandbox.egress import ca
+
+    directory = settings.egress.ca_dir or default_ca_dir()
+    try:
+        authority = ca.rotate(directory)
+    except OSError as e:
+        raise ConfigError(f"cannot write the egress CA in {directory} ({e.strerror})") from None
+    print(f"new egress CA {authority.fingerprint[:16]} in {directory / ca.CA_CERT}")
+    print("restart running servers: until then they serve certificates of the old one")
+    return 0
 
 
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
@@ -198,10 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         if getattr(args, "workspace", None) is not None:
             settings = with_workspace_root(settings, args.workspace)
+        scrub = make_scrubber(settings).scrub
     except ConfigError as e:
         print(f"mcp-sandbox: {e}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, make_scrubber(settings).scrub)
+    configure_logging(settings.log_level, scrub)
     try:
         if args.command == "serve":
             if args.transport == "http":
@@ -215,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             return _new_token(args.name, args.file)
         if args.command == "audit":
             return _audit(settings, args)
+        if args.command == "ca":
+            return _rotate_ca(settings)
         if args.command == "images":
             from mcp_sandbox.images.build import build_images
 

@@ -17,6 +17,7 @@ from anyio import CapacityLimiter, to_thread
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.constants import OWNER_LABEL, WORKDIR
+from mcp_sandbox.egress.credentials import load_credentials, scrub_values
 from mcp_sandbox.egress.proxy import EgressProxy, EgressTally, reap_networks
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.engine.owners import owner_is_alive
@@ -60,9 +61,14 @@ RESERVE_CHARS = 4_000
 
 
 def make_scrubber(settings: Settings, environ: Mapping[str, str] | None = None) -> Scrubber:
-    """Known values: the server's secret-looking variables and `scrub_values`."""
-    known = secret_values_from_env(os.environ if environ is None else environ)
+    """Known values: the server's secret-looking variables, `scrub_values` and the egress
+    credentials' values. Raises ConfigError when a credential's value is missing."""
+    environ = os.environ if environ is None else environ
+    known = secret_values_from_env(environ)
     known.update({f"scrub_values[{i}]": v for i, v in enumerate(settings.scrub_values)})
+    # With a launcher, the launcher runs the proxy: the values are its to hold (and scrub).
+    remote = settings.launcher_socket is not None
+    known.update(scrub_values(load_credentials(settings.egress, environ, skip_missing=remote)))
     return Scrubber(known)
 
 
@@ -356,6 +362,7 @@ class SandboxService:
             egress_allowed=tally.allowed if tally else 0,
             # The sandbox picks these names: a secret can ride in one, as in its output.
             egress_denied=[neutralise(self._scrub(d)) for d in tally.denied] if tally else [],
+            egress_credentials=list(tally.credentials) if tally else [],
             workspace=workspace,  # its paths were scrubbed before they were cut
             stdout=out.text,
             stderr=err.text,

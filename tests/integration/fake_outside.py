@@ -2,11 +2,17 @@
 
     python3 -c "$(cat fake_outside.py)" web NAME   HTTP on 80 and TLS on 443 as NAME, plus a
                                                    PEP 503 index serving one wheel (somepkg)
+    python3 -c "$(cat fake_outside.py)" api NAME   an API on 80 and 443 (its certificate and key
+                                                   in $FAKE_CERT, $FAKE_KEY: a test CA's) that
+                                                   logs every header; /echo answers the
+                                                   Authorization header back, /echo64 in
+                                                   base64
     python3 -c "$(cat fake_outside.py)" dns        a DNS server on 53 (UDP and TCP) that logs
                                                    every query and answers NXDOMAIN
 
 Each line on stdout is an event a test reads with `docker logs`:
-``conn <port> <peer>``, ``req <host header> <path>``, ``query <name>``.
+``conn <port> <peer>``, ``req <host header> <path>``, ``hdr <port> <name>: <value>``,
+``query <name>``.
 Standard library only (and the image's openssl, for a self-signed certificate).
 """
 
@@ -14,6 +20,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import os
 import socket
 import ssl
 import subprocess
@@ -78,9 +85,18 @@ def make_certificate(name: str) -> None:
     )  # fmt: skip
 
 
-async def web(name: str) -> None:
+def write_given_certificate() -> None:
+    for var, path in (("FAKE_CERT", "/tmp/cert.pem"), ("FAKE_KEY", "/tmp/key.pem")):
+        with open(path, "w") as f:
+            f.write(os.environ[var])
+
+
+async def web(name: str, api: bool = False) -> None:
     wheel = build_wheel()
-    make_certificate(name)
+    if api:
+        write_given_certificate()
+    else:
+        make_certificate(name)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain("/tmp/cert.pem", "/tmp/key.pem")
 
@@ -97,7 +113,36 @@ async def web(name: str) -> None:
                     "",
                 )
                 say(f"req {host} {path}")
-                ctype, body = page(name, host, path, wheel)
+                for ln in lines[1:]:
+                    if ln:
+                        say(f"hdr {port} {ln}")
+                length = next(
+                    (
+                        int(ln.split(":", 1)[1])
+                        for ln in lines
+                        if ln.lower().startswith("content-length:")
+                    ),
+                    0,
+                )
+                if length:
+                    body_in = await asyncio.wait_for(reader.readexactly(length), 10)
+                    say(f"body {port} {body_in.decode('latin-1')}")
+                auth = next(
+                    (
+                        ln.split(":", 1)[1].strip()
+                        for ln in lines
+                        if ln.lower().startswith("authorization:")
+                    ),
+                    "",
+                )
+                if api and path == "/echo":
+                    ctype, body = "text/plain", f"you sent {auth}\n".encode()
+                elif api and path == "/echo64":  # a reflection no byte match can see
+                    ctype, body = "text/plain", base64.b64encode(auth.encode()) + b"\n"
+                elif api:
+                    ctype, body = "text/plain", f"api {name} {port} path={path}\n".encode()
+                else:
+                    ctype, body = page(name, host, path, wheel)
                 writer.write(
                     f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
@@ -166,4 +211,4 @@ async def dns() -> None:
 
 if __name__ == "__main__":
     role = sys.argv[1]
-    asyncio.run(web(sys.argv[2]) if role == "web" else dns())
+    asyncio.run(web(sys.argv[2], role == "api") if role in ("web", "api") else dns())

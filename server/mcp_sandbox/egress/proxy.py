@@ -19,20 +19,25 @@ One ``network="egress"`` call:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import logging
+import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio import CapacityLimiter, to_thread
 
-from mcp_sandbox.config.egress import EgressSettings
+from mcp_sandbox.config.egress import EgressSettings, default_ca_dir
 from mcp_sandbox.constants import LABEL, MIB, OWNER_LABEL
+from mcp_sandbox.egress import ca
+from mcp_sandbox.egress.credentials import LoadedCredential, load_credentials, placeholder_env
 from mcp_sandbox.egress.link import EGRESS_SYSCTLS, EgressLink
 from mcp_sandbox.engine.docker_api import ContainerInfo, DockerApi
 from mcp_sandbox.engine.owners import owner_is_alive
@@ -73,6 +78,7 @@ class EgressTally:
 
     allowed: int
     denied: tuple[str, ...]
+    credentials: tuple[str, ...] = ()  # names of the credentials the proxy put in requests
 
 
 UNREPORTED = EgressTally(0, ("egress report unavailable: the proxy did not answer",))
@@ -86,14 +92,77 @@ class EgressCall:
     tally: EgressTally | None = None
 
 
-def rules_digest(settings: EgressSettings) -> str:
-    """Changes whenever what the proxy enforces or runs changes."""
+@dataclass(frozen=True)
+class ProxyTls:
+    """What terminating TLS for credential hosts needs: made from the CA at first use."""
+
+    leaves: tuple[ca.Leaf, ...]
+    bundle: Path  # the sandboxes' bundle (host path): system roots + our CA certificate
+    upstream_ca: str | None  # egress.upstream_ca_file's text; None: the proxy's system roots
+
+    @property
+    def renew_after(self) -> float:
+        """Past this time the leaves are renewed (a new proxy): an hour before they end."""
+        end = min(leaf.not_after for leaf in self.leaves)
+        return (end - datetime.timedelta(hours=1)).timestamp()
+
+
+def prepare_tls(settings: EgressSettings) -> ProxyTls:
+    """The CA (made at first use), a leaf for each credential host, the sandboxes' bundle.
+
+    Blocking file work. Raises SandboxUnavailable.
+    """
+    directory = settings.ca_dir or default_ca_dir()
+    authority = ca.load_or_create(directory)
+    hosts = sorted({c.host for c in settings.credentials})
+    upstream = None
+    if settings.upstream_ca_file is not None:
+        try:
+            upstream = settings.upstream_ca_file.read_text("ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SandboxUnavailable(
+                f"egress.upstream_ca_file {settings.upstream_ca_file} cannot be read"
+            ) from e
+    try:
+        bundle = ca.write_bundle(directory, authority, ca.system_roots())
+    except OSError as e:
+        raise SandboxUnavailable(f"the CA bundle cannot be written in {directory}") from e
+    return ProxyTls(tuple(ca.mint_leaf(authority, h) for h in hosts), bundle, upstream)
+
+
+def proxy_secrets(credentials: Sequence[LoadedCredential], tls: ProxyTls | None) -> str:
+    """The proxy's MCP_SANDBOX_EGRESS_SECRETS: the credentials' header values and the leaves
+    (never the CA key); "" without credentials."""
+    if not credentials or tls is None:
+        return ""
+    return json.dumps(
+        {
+            "credentials": [c.proxy_json() for c in credentials],
+            "leaves": {
+                leaf.host: {"cert": leaf.cert_pem, "key": leaf.key_pem} for leaf in tls.leaves
+            },
+            "upstream_ca": tls.upstream_ca,
+        }
+    )
+
+
+def rules_digest(settings: EgressSettings, tls: ProxyTls | None = None) -> str:
+    """Changes whenever what the proxy enforces or runs changes (never holds a value)."""
     text = json.dumps(
         {
             "rules": settings.proxy_rules(),
             "image": settings.proxy_image,
             "dns": settings.proxy_dns,
             "outbound": settings.outbound_network,
+            **(
+                {
+                    "credentials": settings.credential_shapes(),
+                    "leaves": [leaf.cert_pem for leaf in tls.leaves],
+                    "upstream_ca": tls.upstream_ca,
+                }
+                if tls is not None
+                else {}
+            ),
         },
         sort_keys=True,
     )
@@ -108,6 +177,7 @@ def proxy_container(
     key: bytes,
     seccomp_json: str,
     labels: Mapping[str, str],
+    secrets_json: str = "",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """PURE: create and host-config arguments of the proxy container; every wall it keeps."""
     create = {
@@ -118,6 +188,7 @@ def proxy_container(
         "environment": [
             "MCP_SANDBOX_EGRESS_CONFIG=" + json.dumps(settings.proxy_rules()),
             "MCP_SANDBOX_EGRESS_KEY=" + key.hex(),
+            *(["MCP_SANDBOX_EGRESS_SECRETS=" + secrets_json] if secrets_json else []),
         ],
         "labels": dict(labels),
         "hostname": "egress-proxy",
@@ -162,8 +233,15 @@ class EgressProxy:
         owner: str,
         seccomp_json: Callable[[], str],
         extra_labels: Mapping[str, str],
+        credentials: Sequence[LoadedCredential] | None = None,
     ) -> None:
+        """Raises ConfigError when a credential's value cannot be read (``credentials``
+        None: read from this process's environment now)."""
         self.settings = settings
+        self.credentials = tuple(
+            load_credentials(settings, os.environ) if credentials is None else credentials
+        )
+        self._tls: ProxyTls | None = None
         self.api = api
         self.owner = owner
         tag = hashlib.sha256(owner.encode()).hexdigest()[:12]
@@ -211,8 +289,14 @@ class EgressProxy:
                 self.container,
             )
             password = make_password(self._key, run_id, deadline)
+            placeholders = placeholder_env(self.credentials, self._key, run_id)
             call = EgressCall(
-                EgressLink(network, f"http://{run_id}:{password}@{address}:{PROXY_PORT}")
+                EgressLink(
+                    network,
+                    f"http://{run_id}:{password}@{address}:{PROXY_PORT}",
+                    tuple(sorted(placeholders.items())),
+                    str(self._tls.bundle) if self._tls is not None else None,
+                )
             )
             yield call
         finally:
@@ -229,6 +313,9 @@ class EgressProxy:
     async def _ensure(self, threads: CapacityLimiter) -> None:
         """The proxy runs with our current rules, or is made so. Raises SandboxUnavailable."""
         async with self._lock:
+            if self.credentials and (self._tls is None or time.time() > self._tls.renew_after):
+                self._tls = await to_thread.run_sync(prepare_tls, self.settings, limiter=threads)
+                self._digest = rules_digest(self.settings, self._tls)
             state = await step(
                 threads, "inspect the egress proxy", self.api.container_state, self.container
             )
@@ -261,6 +348,7 @@ class EgressProxy:
                 key=self._key,
                 seccomp_json=self._seccomp_json(),
                 labels={**self._labels, ROLE_LABEL: "egress-proxy", DIGEST_LABEL: self._digest},
+                secrets_json=proxy_secrets(self.credentials, self._tls),
             )
             await step(threads, "start the egress proxy", self.api.run_detached, create, host)
             await self._wait_ready(threads)
@@ -297,12 +385,16 @@ class EgressProxy:
             )
             data = json.loads(out)
             allowed, denied = data["allowed"], data["denied"]
+            used = data.get("credentials", [])
             if code != 0 or not isinstance(allowed, int) or not isinstance(denied, list):
                 raise ValueError("bad tally")
         except (SandboxUnavailable, ValueError, KeyError, TypeError):
             log.warning("no egress tally for run %s", run_id)
             return UNREPORTED
-        return EgressTally(allowed, tuple(str(d)[:200] for d in denied[:21]))
+        names = {c.entry.name for c in self.credentials}
+        # Only names we configured: the proxy's answer cannot put other text in the record.
+        shown = tuple(n for n in used if n in names) if isinstance(used, list) else ()
+        return EgressTally(allowed, tuple(str(d)[:200] for d in denied[:21]), shown)
 
 
 async def reap_networks(

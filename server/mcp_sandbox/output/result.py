@@ -72,6 +72,11 @@ class RunResult(BaseModel):
         default_factory=list,
         description='network="egress": what the proxy refused, as "host:port (reason)"',
     )
+    egress_credentials: list[str] = Field(
+        default_factory=list,
+        description='network="egress": names of the configured credentials the proxy put in '
+        "requests of this call (never their values)",
+    )
     workspace: WorkspaceReport | None = Field(
         None, description="the workspace mode and, for copy and rw, the files the run changed"
     )

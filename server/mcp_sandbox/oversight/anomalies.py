@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcp_sandbox.policy.egress_rules import PLACEHOLDER_REFUSAL
+
 RECENT_PER_SESSION = 50
 # Calls of a session the "repeated timeouts or OOMs" flag looks back over, and how many.
 _OUTCOME_WINDOW = 10
@@ -39,8 +41,11 @@ class SessionHistory:
         "timed_out", "oom_killed" or "refused".
         """
         flags = []
-        if any(egress_denied):
+        denied = list(egress_denied)
+        if any(denied):
             flags.append("egress_outside_allowlist")
+        if any(d.endswith(f"({PLACEHOLDER_REFUSAL})") for d in denied):
+            flags.append("credential_placeholder_to_another_host")
         seen = self.escalations.setdefault(session, set())
         asked = list(asked)
         flags.extend(f"new_escalation:{k}" for k in asked if k not in seen)

@@ -225,6 +225,7 @@ class CallRecord:
             "oom_killed": result.oom_killed if result is not None else None,
             "egress_allowed": result.egress_allowed if result is not None else None,
             "egress_denied": list(result.egress_denied) if result is not None else [],
+            "egress_credentials": list(result.egress_credentials) if result is not None else [],
             "flags": flags,
         }
 

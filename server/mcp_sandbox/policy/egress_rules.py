@@ -10,6 +10,9 @@ the server's unit tests check the very code that runs in the proxy. Nothing here
   one, unless it lies in an explicitly configured CIDR (tests, air-gapped mirrors).
 - TLS: the ClientHello's server name (SNI) must be the CONNECT line's host.
 - Attribution: each call gets a credential ``run_id:deadline.mac`` in its proxy URL.
+- Credentials: a sandbox sees a placeholder per call and credential; the real header value
+  goes only in the configured header of requests to that entry's exact host, and a
+  placeholder anywhere else is refused.
 """
 
 from __future__ import annotations
@@ -366,19 +369,28 @@ def host_header_refusal(req: ProxyRequest, host: str) -> str | None:
     return None if normalize_host(named) == host else "Host header names another host"
 
 
-def upstream_head(req: ProxyRequest, host: str, length: int) -> bytes:
+def upstream_head(
+    req: ProxyRequest,
+    host: str,
+    length: int,
+    *,
+    headers: Sequence[tuple[str, str]] | None = None,
+    default_port: int = 80,
+) -> bytes:
     """The head sent upstream: origin-form, our Host, no hop-by-hop headers, one request.
 
     Host, Content-Length and Connection are ours, whatever the client's Connection header
     names: the Content-Length written is ``length``, the body bytes the proxy forwards
-    (``request_body_length``), so they are exactly one request's body.
+    (``request_body_length``), so they are exactly one request's body. ``headers``: the
+    request's headers after credential substitution (default: as received).
     """
     dropped = {*_HOP_BY_HOP, "content-length"}
     for value in (req.header("connection") or "").split(","):
         dropped.add(value.strip().lower())
-    authority = host if req.port == 80 else f"{host}:{req.port}"
+    authority = host if req.port == default_port else f"{host}:{req.port}"
     lines = [f"{req.method} {req.path} HTTP/1.1", f"Host: {authority}"]
-    lines += [f"{k}: {v}" for k, v in req.headers if k.lower() not in dropped]
+    sent = req.headers if headers is None else headers
+    lines += [f"{k}: {v}" for k, v in sent if k.lower() not in dropped]
     if req.header("content-length") is not None:
         lines.append(f"Content-Length: {length}")
     lines.append("Connection: close")
@@ -566,3 +578,204 @@ class ProxyRules:
         if not host_allowed(host, self.allow):
             return "not in allowlist"
         return None
+
+
+# --- credentials: placeholders the sandbox sees, real values only the proxy holds --------
+
+CREDENTIAL_ENV_PREFIX = "MCP_SANDBOX_CREDENTIAL_"
+PLACEHOLDER_PREFIX = "mcpsbx-cred-"
+# Lower case hex only, so one case-folded scan finds it in a header, a URL or a host name;
+# 57 characters, so it even fits one DNS label.
+_PLACEHOLDER = re.compile(r"mcpsbx-cred-[0-9a-f]{12}-[0-9a-f]{32}")
+_BASIC = re.compile(r"\s*basic\s+([A-Za-z0-9+/=]+)\s*\Z", re.IGNORECASE)
+PLACEHOLDER_REFUSAL = "credential placeholder to another host"
+# Bytes of a request body the proxy holds back and looks at before anything goes upstream.
+BODY_SCAN_BYTES = 65_536
+# Never a credential's header: the proxy writes or drops these itself.
+RESERVED_HEADERS = frozenset({*_HOP_BY_HOP, "content-length"})
+
+
+def make_placeholder(key: bytes, run_id: str, name: str) -> str:
+    """What the sandbox of ``run_id`` sees instead of credential ``name``: random per call
+    (the proxy's key is), useless outside it, recognised by the proxy without any state."""
+    mac = hmac.new(key, f"credential|{run_id}|{name}".encode(), hashlib.sha256).hexdigest()
+    return f"{PLACEHOLDER_PREFIX}{run_id}-{mac[:32]}"
+
+
+@dataclass(frozen=True)
+class CredentialRule:
+    """One credential as the proxy holds it: where it goes and the header value it sends."""
+
+    name: str
+    host: str  # canonical, exact
+    header: str  # lower case
+    value: str  # the whole header value, e.g. "Bearer <token>"
+    plain_http: bool  # also put it in plain-HTTP requests (sent in the clear upstream)
+    secret: str = ""  # the bare value inside ``value``: masked in answers too
+
+    @property
+    def masked(self) -> tuple[str, ...]:
+        """What is masked in the answers of this credential's host."""
+        return tuple(v for v in (self.value, self.secret) if v)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> CredentialRule:
+        """Raises ValueError or TypeError on anything malformed: the proxy will not start."""
+        name, host, header, value = (data[k] for k in ("name", "host", "header", "value"))
+        if not all(isinstance(v, str) for v in (name, host, header, value)):
+            raise TypeError("credential fields are strings")
+        assert isinstance(name, str) and isinstance(host, str)
+        assert isinstance(header, str) and isinstance(value, str)
+        canonical = normalize_host(host)
+        if canonical is None:
+            raise ValueError(f"credential {name}: {host!r} is not a host name")
+        if not _TOKEN_CHARS.match(header) or header.lower() in RESERVED_HEADERS:
+            raise ValueError(f"credential {name}: header {header!r} cannot carry a credential")
+        secret = data.get("secret", "")
+        if not isinstance(secret, str):
+            raise TypeError("credential fields are strings")
+        for text in (value, secret):
+            if not text.isascii() or not text.isprintable():
+                raise ValueError(f"credential {name}: the value is not printable ASCII")
+        plain = bool(data.get("plain_http", False))
+        return cls(name, canonical, header.lower(), value, plain, secret)
+
+
+class PlaceholderRefused(ValueError):
+    """A request carries a placeholder where it must not go; the proxy refuses it."""
+
+
+@dataclass(frozen=True)
+class Injected:
+    """A request's headers after substitution, and the credentials put in them."""
+
+    headers: tuple[tuple[str, str], ...]
+    used: tuple[str, ...]
+
+
+def _basic_secret(value: str) -> str:
+    """The decoded ``user:password`` of a Basic value ("" when it is not one)."""
+    m = _BASIC.match(value)
+    if m is None:
+        return ""
+    try:
+        return base64.b64decode(m.group(1), validate=True).decode("latin-1")
+    except (binascii.Error, ValueError):
+        return ""
+
+
+def placeholders_in(text: str) -> set[str]:
+    """Every placeholder-shaped string in ``text``, in any case, and inside a Basic value."""
+    return set(_PLACEHOLDER.findall(text.lower())) | set(
+        _PLACEHOLDER.findall(_basic_secret(text).lower())
+    )
+
+
+def inject_credentials(
+    key: bytes,
+    run_id: str,
+    host: str,
+    *,
+    tls: bool,
+    headers: Sequence[tuple[str, str]],
+    seen_elsewhere: Iterable[str],
+    credentials: Sequence[CredentialRule],
+) -> Injected:
+    """Put the real value of each of ``credentials`` in its header, for its host only.
+
+    A credential of ``host`` is substituted only in its configured header, only when that
+    header carries this call's placeholder for it (plainly, or as a Basic password): the
+    whole header becomes the configured value. Over plain HTTP only when the entry allows
+    it. Anywhere else (another header, the URL, the body, ``seen_elsewhere``) a placeholder
+    of ``host`` passes unchanged: it is not the secret. A placeholder-shaped string that is
+    not this call's placeholder of a credential of ``host`` (another host's, another call's,
+    a forgery) raises PlaceholderRefused, wherever it is.
+    """
+    mine = {make_placeholder(key, run_id, c.name): c for c in credentials if c.host == host}
+    out: list[tuple[str, str]] = []
+    used: list[str] = []
+    found: set[str] = set()
+    for text in seen_elsewhere:
+        found |= placeholders_in(text)
+    for name, value in headers:
+        here = placeholders_in(value)
+        found |= here
+        lower = name.lower()
+        hits = [c for p, c in mine.items() if p in here and c.header == lower]
+        hits = [c for c in hits if tls or c.plain_http]
+        if hits:
+            if hits[0].name in used:
+                raise BadRequest(f"repeated {lower} header")
+            used.append(hits[0].name)
+            out.append((name, hits[0].value))
+        else:
+            out.append((name, value))
+    if found - mine.keys():
+        raise PlaceholderRefused(PLACEHOLDER_REFUSAL)
+    for c in credentials:
+        if c.name in used and sum(k.lower() == c.header for k, _ in out) > 1:
+            raise BadRequest(f"repeated {c.header} header")
+    if mine:
+        # Uncompressed answers, so that ResponseMask can find a value the host reflects.
+        out = [(k, v) for k, v in out if k.lower() != "accept-encoding"]
+        out.append(("Accept-Encoding", "identity"))
+    return Injected(tuple(out), tuple(used))
+
+
+class ResponseMask:
+    """Masks known values in a byte stream cut anywhere, each by as many ``*``.
+
+    The length stays, so a Content-Length stays true. ``feed`` holds back the last bytes that
+    could start a value cut in two; ``end`` gives them up.
+    """
+
+    def __init__(self, values: Iterable[str]) -> None:
+        found = {v.encode("ascii") for v in values if v}
+        self._values = sorted(found, key=len, reverse=True)
+        self._keep = max((len(v) for v in self._values), default=1) - 1
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self._values:
+            return chunk
+        data = self._carry + chunk
+        for value in self._values:
+            data = data.replace(value, b"*" * len(value))
+        cut = max(len(data) - self._keep, 0)
+        out, self._carry = data[:cut], data[cut:]
+        return out
+
+    def end(self) -> bytes:
+        out, self._carry = self._carry, b""
+        return out
+
+
+def placeholder_refusal(
+    texts: Iterable[str],
+    host: str,
+    key: bytes,
+    run_id: str,
+    credentials: Sequence[CredentialRule],
+) -> str | None:
+    """Why bytes the proxy sees on the way to ``host`` (a CONNECT head, a SNI) are refused:
+    they hold a placeholder that is not this call's for a credential of ``host``."""
+    mine = {make_placeholder(key, run_id, c.name) for c in credentials if c.host == host}
+    found: set[str] = set()
+    for text in texts:
+        found |= placeholders_in(text)
+    return PLACEHOLDER_REFUSAL if found - mine else None
+
+
+def parse_origin_request_head(head: bytes, host: str, port: int) -> ProxyRequest:
+    """A request inside a TLS connection the proxy terminated for ``host:port``.
+
+    Origin-form only (``GET /path HTTP/1.1``): the target is the tunnel's, never the
+    request's. Otherwise as strict as ``parse_request_head``. Raises BadRequest.
+    """
+    line_end = head.find(b"\r\n")
+    parts = head[:line_end].split(b" ") if line_end > 0 else []
+    if len(parts) != 3 or parts[0] == b"CONNECT" or not parts[1].startswith(b"/"):
+        raise BadRequest("a request inside the tunnel names an origin-form path")
+    absolute = b" ".join([parts[0], f"http://{host}:{port}".encode() + parts[1], parts[2]])
+    req = parse_request_head(absolute + head[line_end:])
+    return ProxyRequest(req.method, host, port, req.path, req.headers)

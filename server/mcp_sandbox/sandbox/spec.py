@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from mcp_sandbox.constants import LABEL, MIB, OWNER_LABEL, SANDBOX_USER, WORKDIR
-from mcp_sandbox.egress.link import EGRESS_DNS, EGRESS_SYSCTLS, EgressLink
+from mcp_sandbox.egress.link import CA_BUNDLE_TARGET, EGRESS_DNS, EGRESS_SYSCTLS, EgressLink
 from mcp_sandbox.policy.limits import MIN_CPUS, Limits, RunPlan
 
 # Set in every sandbox; nothing of the server's own environment is passed.
@@ -189,9 +189,13 @@ def build_spec(
 
 
 def with_egress(spec: ContainerSpec, link: EgressLink) -> ContainerSpec:
-    """``spec`` on the call's internal network, with the proxy variables (they win)."""
+    """``spec`` on the call's internal network, with the proxy variables (they win), and the
+    CA bundle mounted read-only when the proxy terminates TLS for credential hosts."""
     env = {**dict(spec.env), **link.env()}
-    return replace(spec, env=tuple(sorted(env.items())), egress_network=link.network)
+    mounts = spec.mounts
+    if link.ca_bundle is not None:
+        mounts = (*mounts, Mount("bind", link.ca_bundle, CA_BUNDLE_TARGET, read_only=True))
+    return replace(spec, env=tuple(sorted(env.items())), egress_network=link.network, mounts=mounts)
 
 
 def with_workspace(
