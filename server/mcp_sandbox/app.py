@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Mapping
 
 from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.engine.backend import Engine
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.engine.owners import process_identity
 from mcp_sandbox.output.scrubber import Scrubber
@@ -52,7 +53,7 @@ def sandbox_env(settings: Settings, environ: Mapping[str, str] | None = None) ->
 
 
 def make_service(
-    settings: Settings, api: DockerApi | None = None, scrubber: Scrubber | None = None
+    settings: Settings, api: Engine | None = None, scrubber: Scrubber | None = None
 ) -> SandboxService:
     scrubber = scrubber or make_scrubber(settings)
     seccomp = functools.cache(lambda: load_seccomp(settings.seccomp_profile))

@@ -23,7 +23,8 @@ from mcp_sandbox.config.settings import (
 )
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.errors import ConfigError, SandboxError
-from mcp_sandbox.service import SandboxService, make_scrubber
+from mcp_sandbox.service import make_scrubber
+from mcp_sandbox.transport.call_runner import CallRunner
 from mcp_sandbox.transport.launcher import LauncherClient
 
 log = logging.getLogger("mcp_sandbox")
@@ -116,7 +117,7 @@ async def _serve_stdio(settings: Settings) -> None:
     from mcp_sandbox.transport.tools import build_server
 
     service = _sandboxes(settings)
-    server = build_server(service, settings)
+    server = build_server(service)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
@@ -126,11 +127,7 @@ async def _serve_stdio(settings: Settings) -> None:
                     # remove every sandbox of ours here, then leave.
                     log.info("%s: removing this server's sandboxes and exiting", sig.name)
                     with anyio.CancelScope(shield=True):
-                        shutdown = getattr(service, "shutdown", None)  # stops the warm pool
-                        if shutdown is not None:
-                            await shutdown()
-                        else:
-                            await service.reap(own_too=True)
+                        await service.shutdown()  # the warm pool first, if local
                     logging.shutdown()
                     os._exit(0)
 
@@ -139,10 +136,10 @@ async def _serve_stdio(settings: Settings) -> None:
         tg.cancel_scope.cancel()
 
 
-def _sandboxes(settings: Settings) -> SandboxService | LauncherClient:
+def _sandboxes(settings: Settings) -> CallRunner:
     """The launcher, when one holds Docker; else Docker in this process."""
     if settings.launcher_socket is not None:
-        return LauncherClient(settings.launcher_socket)
+        return LauncherClient(settings.launcher_socket, settings)
     return make_service(settings)
 
 
@@ -203,7 +200,8 @@ def _progress(line: str) -> None:
 async def _doctor(settings: Settings) -> int:
     from mcp_sandbox.doctor import render, run_checks
 
-    checks = await run_checks(make_service(settings))
+    api = DockerApi()
+    checks = await run_checks(make_service(settings, api), api)
     print(render(checks))
     return 0 if all(c.ok for c in checks) else 1
 

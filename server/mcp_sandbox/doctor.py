@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.policy.arguments import RunCodeArgs
 from mcp_sandbox.sandbox.seccomp import load_seccomp
@@ -24,8 +25,9 @@ def _api_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
 
 
-async def run_checks(service: SandboxService) -> list[Check]:
-    api, settings = service.api, service.settings
+async def run_checks(service: SandboxService, api: DockerApi) -> list[Check]:
+    """``service`` runs over ``api``: the daemon's version, info and images are asked of it."""
+    settings = service.settings
     checks: list[Check] = []
     try:
         version = api.version()

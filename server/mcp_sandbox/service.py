@@ -9,6 +9,7 @@ import secrets as pysecrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 
 import anyio
 import psutil
@@ -19,7 +20,7 @@ from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.constants import OWNER_LABEL, WORKDIR
 from mcp_sandbox.egress.credentials import load_credentials, scrub_values
 from mcp_sandbox.egress.proxy import EgressProxy, EgressTally, reap_networks
-from mcp_sandbox.engine.docker_api import DockerApi
+from mcp_sandbox.engine.backend import Engine
 from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import remove_quietly
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
@@ -78,7 +79,7 @@ class SandboxService:
     def __init__(
         self,
         settings: Settings,
-        api: DockerApi,
+        api: Engine,
         *,
         seccomp_json: Callable[[], str],
         scrub: Callable[[str], str],
@@ -128,6 +129,16 @@ class SandboxService:
     def scrub(self, text: str) -> str:
         """The one scrubber everything that leaves the server passes."""
         return self._scrub(text)
+
+    @property
+    def workspace_root(self) -> Path | None:
+        """The workspace calls see (None: none)."""
+        return self.workspace.root
+
+    @property
+    def checks_its_own_workspace(self) -> bool:
+        """False: calls run here, so the server's oversight checks their workdirs."""
+        return False
 
     async def run_code(self, args: RunCodeArgs) -> RunResult:
         return await self._run(args)

@@ -7,7 +7,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp_sandbox.engine.docker_api import _Frames
+from mcp_sandbox.engine.attach import _Frames
 
 frames = st.lists(st.tuples(st.sampled_from([1, 2]), st.binary(max_size=300)), max_size=8)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import pytest
 from pydantic import ValidationError
 
+from fake_engine import FakeEngine
 from mcp_sandbox.config.egress import EgressSettings
 from mcp_sandbox.config.settings import Settings, load_settings
 from mcp_sandbox.egress.link import EgressLink
@@ -22,7 +22,6 @@ from mcp_sandbox.egress.proxy import (
     reap_networks,
     rules_digest,
 )
-from mcp_sandbox.engine.docker_api import ContainerInfo, DockerApi
 from mcp_sandbox.errors import RequestRejected, SandboxUnavailable
 from mcp_sandbox.policy import egress_rules as ep
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
@@ -33,64 +32,10 @@ from mcp_sandbox.service import SandboxService
 OWNER = "host:1:2"
 
 
-@dataclass
-class FakeDocker:
-    """Just the calls ``EgressProxy`` makes, recorded."""
-
-    containers: dict[str, tuple[bool, dict[str, str]]] = field(default_factory=dict)
-    networks: dict[str, dict[str, str]] = field(default_factory=dict)
-    attached: set[tuple[str, str]] = field(default_factory=set)
-    calls: list[str] = field(default_factory=list)
-    tally: bytes = b'{"allowed": 2, "denied": ["evil.test:443 (not in allowlist)"]}'
-    proxy_answers: bool = True
-
-    def container_state(self, name: str) -> tuple[bool, dict[str, str]] | None:
-        return self.containers.get(name)
-
-    def remove(self, name: str) -> None:
-        self.calls.append(f"remove {name}")
-        self.containers.pop(name, None)
-
-    def network_exists(self, name: str) -> bool:
-        return name in self.networks
-
-    def create_network(
-        self, name: str, *, internal: bool, labels: dict[str, str], options: dict[str, str]
-    ) -> None:
-        self.calls.append(f"create_network {name} internal={internal}")
-        self.networks[name] = {**labels, **{f"opt:{k}": v for k, v in options.items()}}
-
-    def remove_network(self, name: str) -> None:
-        self.calls.append(f"remove_network {name}")
-        self.networks.pop(name, None)
-
-    def connect_network(self, network: str, container: str) -> str:
-        self.attached.add((network, container))
-        return "10.9.0.2"
-
-    def disconnect_network(self, network: str, container: str) -> None:
-        self.attached.discard((network, container))
-
-    def run_detached(self, create: dict[str, Any], host: dict[str, Any]) -> None:
-        self.calls.append(f"run {create['name']}")
-        self.containers[create["name"]] = (True, create["labels"])
-
-    def exec_output(self, container: str, argv: list[str], user: str) -> tuple[int, bytes]:
-        if not self.proxy_answers:
-            raise SandboxUnavailable("no answer")
-        if argv[-1] == "ping":
-            return 0, b'{"ok": true}'
-        self.calls.append(f"take {argv[-2]}")
-        return 0, self.tally
-
-    def labelled_networks(self) -> list[ContainerInfo]:
-        return [ContainerInfo(n, labels, 0.0) for n, labels in self.networks.items()]
-
-
-def _proxy(fake: FakeDocker, **settings: Any) -> EgressProxy:
+def _proxy(fake: FakeEngine, **settings: Any) -> EgressProxy:
     return EgressProxy(
         EgressSettings(enabled=True, **settings),
-        cast(DockerApi, fake),
+        fake,
         owner=OWNER,
         seccomp_json=lambda: '{"defaultAction":"SCMP_ACT_ERRNO"}',
         extra_labels={"team": "x", "mcp-sandbox.owner": "forged"},
@@ -98,8 +43,8 @@ def _proxy(fake: FakeDocker, **settings: Any) -> EgressProxy:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeDocker]:
-    yield FakeDocker()
+def fake() -> Iterator[FakeEngine]:
+    yield FakeEngine()
 
 
 async def _one_call(proxy: EgressProxy, run_id: str = "0123456789ab") -> EgressLink:
@@ -113,7 +58,7 @@ async def _one_call(proxy: EgressProxy, run_id: str = "0123456789ab") -> EgressL
 # --- lifecycle --------------------------------------------------------------------------
 
 
-async def test_first_use_makes_the_outbound_network_and_the_proxy(fake: FakeDocker) -> None:
+async def test_first_use_makes_the_outbound_network_and_the_proxy(fake: FakeEngine) -> None:
     proxy = _proxy(fake)
     assert fake.calls == []  # nothing at construction
     await _one_call(proxy)
@@ -121,12 +66,12 @@ async def test_first_use_makes_the_outbound_network_and_the_proxy(fake: FakeDock
         f"create_network {proxy.outbound} internal=False",
         f"run {proxy.container}",
     ]
-    labels = fake.containers[proxy.container][1]
+    labels = fake.box(proxy.container).labels
     assert labels["mcp-sandbox"] == "1" and labels["mcp-sandbox.owner"] == OWNER
     assert labels["team"] == "x"
 
 
-async def test_the_proxy_is_reused_while_it_runs_with_the_same_rules(fake: FakeDocker) -> None:
+async def test_the_proxy_is_reused_while_it_runs_with_the_same_rules(fake: FakeEngine) -> None:
     proxy = _proxy(fake)
     await _one_call(proxy)
     await _one_call(proxy, "0123456789ac")
@@ -134,10 +79,10 @@ async def test_the_proxy_is_reused_while_it_runs_with_the_same_rules(fake: FakeD
 
 
 @pytest.mark.parametrize("why", ["stopped", "rules changed"])
-async def test_a_stopped_or_outdated_proxy_is_replaced(fake: FakeDocker, why: str) -> None:
+async def test_a_stopped_or_outdated_proxy_is_replaced(fake: FakeEngine, why: str) -> None:
     proxy = _proxy(fake)
     running, digest = (False, rules_digest(proxy.settings)) if why == "stopped" else (True, "old")
-    fake.containers[proxy.container] = (running, {DIGEST_LABEL: digest})
+    fake.put_container(proxy.container, running=running, labels={DIGEST_LABEL: digest})
     fake.networks[proxy.outbound] = {}
     await _one_call(proxy)
     assert fake.calls[:2] == [f"remove {proxy.container}", f"run {proxy.container}"]
@@ -151,7 +96,7 @@ def test_the_digest_follows_the_allowlist_and_the_image() -> None:
     assert rules_digest(base) != rules_digest(EgressSettings(tls_ports=(443, 8443)))
 
 
-async def test_a_configured_outbound_network_is_used_never_made(fake: FakeDocker) -> None:
+async def test_a_configured_outbound_network_is_used_never_made(fake: FakeEngine) -> None:
     proxy = _proxy(fake, outbound_network="corp-egress")
     with pytest.raises(SandboxUnavailable, match="corp-egress"):
         await _one_call(proxy)
@@ -160,7 +105,7 @@ async def test_a_configured_outbound_network_is_used_never_made(fake: FakeDocker
     assert not [c for c in fake.calls if "create_network corp-egress" in c]
 
 
-async def test_each_call_gets_its_own_internal_network_removed_after(fake: FakeDocker) -> None:
+async def test_each_call_gets_its_own_internal_network_removed_after(fake: FakeEngine) -> None:
     proxy = _proxy(fake)
     threads = anyio.CapacityLimiter(4)
     async with proxy.attached("0123456789ab", 30, threads) as call:
@@ -177,7 +122,7 @@ async def test_each_call_gets_its_own_internal_network_removed_after(fake: FakeD
     assert "take 0123456789ab" in fake.calls
 
 
-async def test_the_proxy_url_holds_a_live_credential_for_this_call_only(fake: FakeDocker) -> None:
+async def test_the_proxy_url_holds_a_live_credential_for_this_call_only(fake: FakeEngine) -> None:
     proxy = _proxy(fake)
     link = await _one_call(proxy)
     user_pass, _, where = link.proxy_url.removeprefix("http://").partition("@")
@@ -188,7 +133,7 @@ async def test_the_proxy_url_holds_a_live_credential_for_this_call_only(fake: Fa
     assert ep.check_credentials(key, "0123456789ac", password, 0) is None
 
 
-async def test_a_silent_proxy_gives_a_result_that_says_so(fake: FakeDocker) -> None:
+async def test_a_silent_proxy_gives_a_result_that_says_so(fake: FakeEngine) -> None:
     proxy = _proxy(fake)
     await _one_call(proxy)
     fake.proxy_answers = False
@@ -201,7 +146,7 @@ async def test_a_silent_proxy_gives_a_result_that_says_so(fake: FakeDocker) -> N
 @pytest.mark.parametrize(
     "tally", [b"not json", b'{"allowed": "2", "denied": []}', b'{"denied": []}', b"[]"]
 )
-async def test_a_garbled_tally_is_unreported(fake: FakeDocker, tally: bytes) -> None:
+async def test_a_garbled_tally_is_unreported(fake: FakeEngine, tally: bytes) -> None:
     fake.tally = tally
     proxy = _proxy(fake)
     threads = anyio.CapacityLimiter(4)
@@ -210,7 +155,7 @@ async def test_a_garbled_tally_is_unreported(fake: FakeDocker, tally: bytes) -> 
     assert call.tally == UNREPORTED
 
 
-async def test_a_huge_tally_is_cut(fake: FakeDocker) -> None:
+async def test_a_huge_tally_is_cut(fake: FakeEngine) -> None:
     fake.tally = json.dumps({"allowed": 1, "denied": ["x" * 1000] * 500}).encode()
     proxy = _proxy(fake)
     threads = anyio.CapacityLimiter(4)
@@ -221,7 +166,7 @@ async def test_a_huge_tally_is_cut(fake: FakeDocker) -> None:
 
 
 async def test_networks_of_dead_servers_are_reaped_and_ours_only_at_exit(
-    fake: FakeDocker,
+    fake: FakeEngine,
 ) -> None:
     fake.networks = {
         "mine": {"mcp-sandbox.owner": OWNER},
@@ -229,9 +174,9 @@ async def test_networks_of_dead_servers_are_reaped_and_ours_only_at_exit(
     }
     # Another host's network, made long ago (created at 0): past the grace, it goes.
     threads = anyio.CapacityLimiter(4)
-    await reap_networks(cast(DockerApi, fake), OWNER, threads, own_too=False)
+    await reap_networks(fake, OWNER, threads, own_too=False)
     assert set(fake.networks) == {"mine"}
-    await reap_networks(cast(DockerApi, fake), OWNER, threads, own_too=True)
+    await reap_networks(fake, OWNER, threads, own_too=True)
     assert fake.networks == {}
 
 
@@ -340,10 +285,10 @@ def test_egress_is_off_by_default_and_set_by_env(monkeypatch: pytest.MonkeyPatch
     ],
 )
 async def test_egress_is_refused_unless_enabled(args: ShellArgs | RunCodeArgs) -> None:
-    fake = FakeDocker()
+    fake = FakeEngine()
     service = SandboxService(
         Settings(),
-        cast(DockerApi, fake),
+        fake,
         seccomp_json=lambda: "{}",
         scrub=lambda s: s,
         scrub_margin=0,

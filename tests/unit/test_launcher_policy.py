@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fake_docker import RecordingDocker
+from fake_engine import FakeEngine, Script
 from mcp_sandbox.app import make_service
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
@@ -142,13 +142,13 @@ def test_the_largest_allowed_request_fits_a_frame() -> None:
 # --- what the launcher asks Docker for ----------------------------------------------------
 
 
-def _service(api: RecordingDocker, **settings_kw: Any) -> SandboxService:
-    return make_service(Settings(**settings_kw), api)  # type: ignore[arg-type]
+def _service(api: FakeEngine, **settings_kw: Any) -> SandboxService:
+    return make_service(Settings(**settings_kw), api)
 
 
 @functools.cache
-def _policy_service() -> tuple[RecordingDocker, SandboxService]:
-    api = RecordingDocker()
+def _policy_service() -> tuple[FakeEngine, SandboxService]:
+    api = FakeEngine()
     return api, _service(api, image="policy-image:7")
 
 
@@ -226,7 +226,7 @@ def _launcher(service: SandboxService) -> Callable[[Any], Awaitable[None]]:
 
 
 async def test_client_and_launcher_speak_the_same_protocol(tmp_path: Path) -> None:
-    api = RecordingDocker()
+    api = FakeEngine()
     sock = tmp_path / "l.sock"
     async with serving(sock, _launcher(_service(api))):
         client = LauncherClient(sock)
@@ -240,7 +240,7 @@ async def test_client_and_launcher_speak_the_same_protocol(tmp_path: Path) -> No
 
 
 async def test_a_hang_up_stops_the_run_and_removes_its_container(tmp_path: Path) -> None:
-    api = RecordingDocker(hang=True)
+    api = FakeEngine(Script(hang=True))
     sock = tmp_path / "l.sock"
     async with serving(sock, _launcher(_service(api))):
         stream = await anyio.connect_unix(sock)
@@ -256,7 +256,7 @@ async def test_a_hang_up_stops_the_run_and_removes_its_container(tmp_path: Path)
 
 
 async def test_a_forbidden_frame_gets_one_line_and_no_container(tmp_path: Path) -> None:
-    api = RecordingDocker()
+    api = FakeEngine()
     sock = tmp_path / "l.sock"
     async with serving(sock, _launcher(_service(api))):
         for raw in (
@@ -313,7 +313,7 @@ async def test_the_compose_healthcheck_speaks_the_launchers_protocol(tmp_path: P
 
     sock = tmp_path / "l.sock"
     assert not await anyio.to_thread.run_sync(healthcheck.launcher_ok, str(sock))
-    async with serving(sock, _launcher(_service(RecordingDocker()))):
+    async with serving(sock, _launcher(_service(FakeEngine()))):
         assert await anyio.to_thread.run_sync(healthcheck.launcher_ok, str(sock))
 
 
@@ -330,7 +330,7 @@ async def test_host_busy_says_whether_memory_or_slots_held_the_call(
     """An operator must tell memory admission from contention."""
     from mcp_sandbox.policy.arguments import ShellArgs
 
-    api = RecordingDocker(hang=True)
+    api = FakeEngine(Script(hang=True))
     service = _service(api, **settings_kw)
     async with anyio.create_task_group() as tg:
         if "max_concurrent" in settings_kw:  # one call holds the only slot
@@ -340,5 +340,4 @@ async def test_host_busy_says_whether_memory_or_slots_held_the_call(
                     await anyio.sleep(0.01)
         with pytest.raises(HostBusy, match=needle):
             await service.shell(ShellArgs(command="true", timeout_s=0.2))
-        api.gone.set()
         tg.cancel_scope.cancel()

@@ -1,5 +1,5 @@
 """Approvals and the audit through the real MCP surface: the SDK's in-memory Client in both
-protocol eras, against build_server() over a fake service (no Docker)."""
+protocol eras, against build_server() over a fake call runner (no Docker)."""
 
 from __future__ import annotations
 
@@ -13,47 +13,12 @@ from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp_types import ElicitRequestParams, ElicitResult, LoggingMessageNotificationParams
 
+from fake_runner import FakeRunner
 from mcp_sandbox.config.settings import Settings
-from mcp_sandbox.output.result import RunResult
-from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
 from mcp_sandbox.transport.tools import build_server as build_sandbox_server
 
 MODES = ("legacy", "auto")
 SECRET = "planted-secret-4c1a9e"  # pragma: allowlist secret
-
-
-class FakeService:
-    """Stands in for SandboxService: records what it was asked to run."""
-
-    def __init__(self) -> None:
-        self.ran: list[RunCodeArgs | ShellArgs] = []
-
-    async def reap(self, *, own_too: bool) -> int:
-        return 0
-
-    async def run_code(self, args: RunCodeArgs) -> RunResult:
-        return self._result(args)
-
-    async def shell(self, args: ShellArgs) -> RunResult:
-        return self._result(args)
-
-    def _result(self, args: RunCodeArgs | ShellArgs) -> RunResult:
-        self.ran.append(args)
-        return RunResult(
-            exit_code=0,
-            timed_out=False,
-            oom_killed=False,
-            truncated=False,
-            duration_ms=5,
-            pooled=False,
-            stdout_bytes=0,
-            stderr_bytes=0,
-            image="mcp-sandbox-runtime:0.1",
-            run_id=f"run{len(self.ran)}",
-            sandbox=f"mcp-sandbox-run{len(self.ran)}",
-            stdout=f"echo {SECRET}",
-            stderr="",
-        )
 
 
 class Asker:
@@ -79,8 +44,13 @@ def workspace(tmp_path: Path) -> Path:
     return root
 
 
-def build_server(service: FakeService, settings: Settings) -> Any:
-    return build_sandbox_server(service, settings)  # type: ignore[arg-type]  # a fake
+def _runner(settings: Settings) -> FakeRunner:
+    """A runner whose every result prints the planted secret (the audit must scrub it)."""
+    return FakeRunner(settings, stdout=f"echo {SECRET}")
+
+
+def build_server(service: FakeRunner) -> Any:
+    return build_sandbox_server(service)
 
 
 def _settings(tmp_path: Path, workspace: Path, **kw: Any) -> Settings:
@@ -106,10 +76,10 @@ async def _call(
     args: dict[str, Any],
     callback: Any = None,
     tool: str = "shell",
-) -> tuple[Any, FakeService]:
-    service = FakeService()
+) -> tuple[Any, FakeRunner]:
+    service = _runner(settings)
     kw = {"elicitation_callback": callback} if callback is not None else {}
-    async with Client(build_server(service, settings), mode=mode, **kw) as client:
+    async with Client(build_server(service), mode=mode, **kw) as client:
         result = await client.call_tool(tool, args)
     return result, service
 
@@ -184,8 +154,8 @@ async def test_a_session_wide_accept_covers_the_rest_of_the_session(
 ) -> None:
     settings = _settings(tmp_path, workspace)
     asker = Asker("accept", session=True)
-    service = FakeService()
-    server = build_server(service, settings)
+    service = _runner(settings)
+    server = build_server(service)
     async with Client(server, mode=mode, elicitation_callback=asker) as client:
         for _ in range(3):
             result = await client.call_tool("shell", RW)
@@ -281,8 +251,8 @@ async def test_fifty_concurrent_calls_leave_fifty_whole_lines(
     settings = _settings(
         tmp_path, workspace, audit={"path": tmp_path / "a.jsonl", "max_bytes": 20_000}
     )
-    service = FakeService()
-    server = build_server(service, settings)
+    service = _runner(settings)
+    server = build_server(service)
     async with Client(server, mode=mode, elicitation_callback=Asker()) as c:
         async with anyio.create_task_group() as tg:
             for i in range(50):
@@ -318,7 +288,7 @@ async def test_flags_reach_the_client_as_a_warning_and_the_session_resource(
     async def on_log(params: LoggingMessageNotificationParams) -> None:
         logged.append(params)
 
-    server = build_server(FakeService(), settings)
+    server = build_server(_runner(settings))
     async with Client(
         server,
         mode=mode,
@@ -348,7 +318,7 @@ async def test_annotations_tell_the_truth_for_the_config(
     tmp_path: Path, workspace: Path, overrides: dict[str, Any], hints: tuple[bool, ...]
 ) -> None:
     settings = _settings(tmp_path, workspace, **overrides)
-    async with Client(build_server(FakeService(), settings)) as client:
+    async with Client(build_server(_runner(settings))) as client:
         for tool in (await client.list_tools()).tools:
             a = tool.annotations
             assert a is not None
@@ -359,7 +329,7 @@ async def test_annotations_tell_the_truth_for_the_config(
 
 async def test_a_disabled_tool_is_not_offered(tmp_path: Path, workspace: Path) -> None:
     settings = _settings(tmp_path, workspace, tools={"shell": {"enabled": False}})
-    async with Client(build_server(FakeService(), settings)) as client:
+    async with Client(build_server(_runner(settings))) as client:
         assert [t.name for t in (await client.list_tools()).tools] == ["run_code"]
 
 
@@ -370,7 +340,7 @@ async def test_the_tools_input_schemas_stay_flat_and_unchanged(
     tmp_path: Path, workspace: Path
 ) -> None:
     """What a client sees of each tool's arguments, key order included: one flat object."""
-    async with Client(build_server(FakeService(), _settings(tmp_path, workspace))) as client:
+    async with Client(build_server(_runner(_settings(tmp_path, workspace)))) as client:
         tools = (await client.list_tools()).tools
     got = {t.name: t.input_schema for t in tools}
     expected = json.loads(SCHEMAS.read_text())

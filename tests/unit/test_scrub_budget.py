@@ -11,7 +11,7 @@ import anyio
 import pytest
 import regex
 
-from fake_docker import RecordingDocker
+from fake_engine import FakeEngine, Script
 from mcp_sandbox.app import make_service
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.output import scrubber as secrets_mod
@@ -63,7 +63,7 @@ async def test_a_slow_scrub_of_output_leaves_the_event_loop_running(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(secrets_mod, "SCRUB_BUDGET_S", 0.6)
-    service = make_service(Settings(), RecordingDocker(output=SLOW_TEXT.encode()))  # type: ignore[arg-type]
+    service = make_service(Settings(), FakeEngine(Script(stdout=SLOW_TEXT.encode())))
     beats: list[float] = []
 
     async def beat() -> None:

@@ -39,7 +39,7 @@ from mcp_sandbox.constants import LABEL, MIB, OWNER_LABEL
 from mcp_sandbox.egress import ca
 from mcp_sandbox.egress.credentials import LoadedCredential, load_credentials, placeholder_env
 from mcp_sandbox.egress.link import EGRESS_SYSCTLS, EgressLink
-from mcp_sandbox.engine.docker_api import ContainerInfo, DockerApi
+from mcp_sandbox.engine.backend import ContainerInfo, Engine
 from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import step
 from mcp_sandbox.errors import SandboxUnavailable
@@ -228,7 +228,7 @@ class EgressProxy:
     def __init__(
         self,
         settings: EgressSettings,
-        api: DockerApi,
+        api: Engine,
         *,
         owner: str,
         seccomp_json: Callable[[], str],
@@ -397,9 +397,7 @@ class EgressProxy:
         return EgressTally(allowed, tuple(str(d)[:200] for d in denied[:21]), shown)
 
 
-async def reap_networks(
-    api: DockerApi, owner: str, threads: CapacityLimiter, *, own_too: bool
-) -> int:
+async def reap_networks(api: Engine, owner: str, threads: CapacityLimiter, *, own_too: bool) -> int:
     """Remove labelled networks whose server is gone (and ours, with ``own_too``).
 
     Runs after the containers are gone: a network with a container on it stays.

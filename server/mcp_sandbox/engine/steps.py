@@ -8,7 +8,7 @@ from typing import TypeVar, TypeVarTuple, Unpack
 import anyio
 from anyio import CapacityLimiter, to_thread
 
-from mcp_sandbox.engine.docker_api import DockerApi
+from mcp_sandbox.engine.backend import Engine
 from mcp_sandbox.errors import SandboxUnavailable
 
 # Our own steps (create, start, reap) get these bounds; the user's deadline is separate.
@@ -34,7 +34,7 @@ async def step(
         raise SandboxUnavailable(f"could not {what} within {bound_s:g} s") from None
 
 
-async def remove_quietly(api: DockerApi, name: str, threads: CapacityLimiter) -> None:
+async def remove_quietly(api: Engine, name: str, threads: CapacityLimiter) -> None:
     """Force-remove ``name``; shielded and bounded, so a cancelled call still cleans up."""
     with anyio.move_on_after(REMOVE_TIMEOUT_S, shield=True):
         try:

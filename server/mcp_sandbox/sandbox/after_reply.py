@@ -20,7 +20,7 @@ import anyio
 from anyio import CapacityLimiter
 from anyio.abc import TaskGroup
 
-from mcp_sandbox.engine.docker_api import DockerApi
+from mcp_sandbox.engine.backend import Engine
 from mcp_sandbox.engine.steps import remove_quietly
 from mcp_sandbox.errors import SandboxUnavailable
 
@@ -31,7 +31,7 @@ MAX_DEFER_S = 0.5
 class AfterReply:
     """Counts the calls in flight; runs deferred removals in its own task group."""
 
-    def __init__(self, api: DockerApi, threads: CapacityLimiter) -> None:
+    def __init__(self, api: Engine, threads: CapacityLimiter) -> None:
         self._api = api
         self._threads = threads
         self._busy = 0

@@ -19,7 +19,7 @@ import anyio
 from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox.constants import WORKDIR
-from mcp_sandbox.engine.docker_api import AttachedStreams, DockerApi
+from mcp_sandbox.engine.backend import Attachment, Engine
 from mcp_sandbox.engine.steps import remove_quietly, step
 from mcp_sandbox.errors import SandboxUnavailable
 from mcp_sandbox.output.shaping import StreamCapture, past_stop
@@ -44,7 +44,7 @@ class StaleSandbox(Exception):
 @dataclass
 class Warm:
     spec: ContainerSpec
-    streams: AttachedStreams
+    streams: Attachment
 
 
 class WarmPool:
@@ -52,7 +52,7 @@ class WarmPool:
 
     def __init__(
         self,
-        api: DockerApi,
+        api: Engine,
         threads: CapacityLimiter,
         make_spec: Callable[[str], ContainerSpec | None],
         after: AfterReply,
@@ -127,7 +127,7 @@ class WarmPool:
             self.discard(self._ready.pop())
 
     async def _start_one(self) -> None:
-        streams: AttachedStreams | None = None
+        streams: Attachment | None = None
         spec: ContainerSpec | None = None
         joined = False
         try:
@@ -191,7 +191,7 @@ class WarmPool:
 
 
 async def run_warm(
-    api: DockerApi,
+    api: Engine,
     warm: Warm,
     plan: RunPlan,
     cwd: str,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import anyio
 from anyio import CapacityLimiter, to_thread
 
-from mcp_sandbox.engine.docker_api import AttachedStreams, DockerApi
+from mcp_sandbox.engine.backend import Attachment, Engine
 from mcp_sandbox.engine.steps import remove_quietly, step
 from mcp_sandbox.output.shaping import STOPPED_NOTE, StreamCapture, past_stop
 from mcp_sandbox.sandbox.spec import ContainerSpec
@@ -30,9 +30,9 @@ class RawRun:
 
 
 async def stop_flooded(
-    api: DockerApi,
+    api: Engine,
     name: str,
-    streams: AttachedStreams,
+    streams: Attachment,
     err: StreamCapture,
     threads: CapacityLimiter,
 ) -> bool:
@@ -46,7 +46,7 @@ async def stop_flooded(
 
 
 async def run_once(
-    api: DockerApi,
+    api: Engine,
     spec: ContainerSpec,
     stdin: bytes | None,
     keep_bytes: int,
@@ -57,7 +57,7 @@ async def run_once(
     returns, the container has stopped and is gone, or handed to ``dispose`` to remove."""
     out, err = StreamCapture(keep_bytes), StreamCapture(keep_bytes)
     captures = {1: out, 2: err}
-    streams: AttachedStreams | None = None
+    streams: Attachment | None = None
     pumped = threading.Event()
     pumping = threading.Event()
 

@@ -32,9 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_sandbox.config.http import LOOPBACK_HOSTS, HttpSettings
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.errors import ConfigError
-from mcp_sandbox.service import SandboxService
 from mcp_sandbox.transport.auth import TokenSet, bearer_token, load_tokens
-from mcp_sandbox.transport.launcher import LauncherClient
+from mcp_sandbox.transport.call_runner import CallRunner
 
 log = logging.getLogger("mcp_sandbox.http")
 
@@ -269,7 +268,7 @@ async def _too_many(send: Send, message: str) -> None:
     await _respond(send, 429, _jsonrpc_error(-32000, message), [(b"retry-after", b"1")])
 
 
-def build_app(settings: Settings, sandboxes: SandboxService | LauncherClient) -> Gate:
+def build_app(settings: Settings, runner: CallRunner) -> Gate:
     """The whole HTTP app: the SDK's streamable HTTP behind the gate. Raises ConfigError."""
     from mcp_sandbox.transport.tools import build_server
 
@@ -278,7 +277,7 @@ def build_app(settings: Settings, sandboxes: SandboxService | LauncherClient) ->
     check_exposure(http, tokens, settings.launcher_socket)
     if tokens is not None and tokens.any_plain_at_rest:
         log.warning("some tokens are stored in plain text; prefer NAME:sha256:HEX entries")
-    app = build_server(sandboxes, settings).streamable_http_app(
+    app = build_server(runner).streamable_http_app(
         streamable_http_path=http.path,
         transport_security=transport_security(http),
         host=http.host,
@@ -292,9 +291,9 @@ def build_app(settings: Settings, sandboxes: SandboxService | LauncherClient) ->
     )
 
 
-async def serve_http(settings: Settings, sandboxes: SandboxService | LauncherClient) -> None:
+async def serve_http(settings: Settings, runner: CallRunner) -> None:
     """Serve until SIGTERM/SIGINT; the lifespan then removes this server's sandboxes."""
-    gate = build_app(settings, sandboxes)
+    gate = build_app(settings, runner)
     http = settings.http
     config = uvicorn.Config(
         gate,

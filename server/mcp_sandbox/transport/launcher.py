@@ -15,6 +15,7 @@ per connection. The caller keeps the connection open until the reply; when it cl
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,11 +32,14 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.output.result import RunResult
+from mcp_sandbox.output.scrubber import Scrubber
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
 from mcp_sandbox.policy.limits import CallBounds
-from mcp_sandbox.service import SandboxService
+from mcp_sandbox.service import SandboxService, make_scrubber
 
 log = logging.getLogger("mcp_sandbox.launcher")
 
@@ -120,10 +124,39 @@ async def _read_frame(stream: BufferedByteReceiveStream, limit: int) -> bytes:
 
 
 class LauncherClient:
-    """What the tools call instead of ``SandboxService`` when a launcher holds Docker."""
+    """What the tools call instead of ``SandboxService`` when a launcher holds Docker.
 
-    def __init__(self, socket_path: Path) -> None:
+    ``settings`` are this server's (default: built-in): they decide approvals and the audit
+    here; the launcher decides each run against its own.
+    """
+
+    def __init__(self, socket_path: Path, settings: Settings | None = None) -> None:
         self.socket_path = socket_path
+        self.settings = settings or Settings()
+
+    @functools.cached_property
+    def _scrubber(self) -> Scrubber:
+        return make_scrubber(self.settings)
+
+    def scrub(self, text: str) -> str:
+        """This server's scrubber (the launcher scrubbed its results and errors already)."""
+        return self._scrubber.scrub(text)
+
+    @property
+    def workspace_root(self) -> Path | None:
+        return default_root(self.settings.workspace)
+
+    @property
+    def checks_its_own_workspace(self) -> bool:
+        """True: the launcher checks each call against its own workspace."""
+        return True
+
+    async def run_background(self) -> None:
+        """Nothing: the launcher keeps its own warm pool."""
+
+    async def shutdown(self) -> None:
+        """The launcher removes what it made; closing a connection stops its run."""
+        await self.reap(own_too=True)
 
     async def run_code(self, args: RunCodeArgs) -> RunResult:
         return _result(await self._call({"op": "run_code", "args": args.model_dump(mode="json")}))

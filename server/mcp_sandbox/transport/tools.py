@@ -1,4 +1,4 @@
-"""The MCP surface: ``build_server()`` and thin tool functions over ``SandboxService``."""
+"""The MCP surface: ``build_server()`` and thin tool functions over a ``CallRunner``."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
 from mcp_sandbox import __version__
-from mcp_sandbox.config.settings import Settings
-from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.output.result import RESULT_CHARS, RunResult
 from mcp_sandbox.oversight.approval import Outcome, can_allow
@@ -36,8 +34,7 @@ from mcp_sandbox.policy.arguments import (
     describe_bad_arguments,
     takes_arguments_of,
 )
-from mcp_sandbox.service import SandboxService, make_scrubber
-from mcp_sandbox.transport.launcher import LauncherClient
+from mcp_sandbox.transport.call_runner import CallRunner
 
 log = logging.getLogger("mcp_sandbox")
 
@@ -117,31 +114,23 @@ async def _guarded(scrub: Callable[[str], str], action: str, call: Any) -> CallT
         raise ToolError("internal error; details are in the server log") from None
 
 
-def build_server(
-    service: SandboxService | LauncherClient, settings: Settings | None = None
-) -> MCPServer[None]:
-    """The MCP server over ``service``; the lifespan reaps what dead servers left behind.
+def build_server(runner: CallRunner) -> MCPServer[None]:
+    """The MCP server over ``runner``; the lifespan reaps what dead servers left behind.
 
-    ``settings`` decide approvals and the audit (default: a local service's own).
+    ``runner.settings`` decide approvals and the audit.
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer[None]) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             # Never delays the handshake, and a daemon that is down does not stop start-up.
-            tg.start_soon(_reap_at_start, service)
-            background = getattr(service, "run_background", None)  # the warm pool, if local
-            if background is not None:
-                tg.start_soon(background)
+            tg.start_soon(_reap_at_start, runner)
+            tg.start_soon(runner.run_background)  # the warm pool, if local
             try:
                 yield
             finally:
                 with anyio.CancelScope(shield=True):
-                    shutdown = getattr(service, "shutdown", None)  # the pool first, if local
-                    if shutdown is not None:
-                        await shutdown()
-                    else:
-                        await service.reap(own_too=True)
+                    await runner.shutdown()  # the pool first, if local
                 tg.cancel_scope.cancel()
 
     mcp: MCPServer[None] = MCPServer(
@@ -151,17 +140,11 @@ def build_server(
         lifespan=lifespan,
         middleware=[_check_arguments],
     )
-    # A launcher client's errors were scrubbed where they were made.
-    scrub: Callable[[str], str] = getattr(service, "scrub", lambda text: text)
-    if isinstance(service, SandboxService):
-        settings = settings or service.settings
-        oversight = Oversight(settings, service.scrub, service.workspace.root)
-    else:
-        settings = settings or Settings()
-        root = default_root(settings.workspace)
-        # A launcher checks its own workspace and what it enables.
-        local = not isinstance(service, LauncherClient)
-        oversight = Oversight(settings, make_scrubber(settings).scrub, root, local=local)
+    settings = runner.settings
+    scrub = runner.scrub
+    oversight = Oversight(
+        settings, scrub, runner.workspace_root, local=not runner.checks_its_own_workspace
+    )
     oversight.attach(mcp)
     # When a call may be granted `rw`, it may write the user's files; otherwise nothing
     # outside the throw-away container changes, and repeating a call adds no effect.
@@ -185,7 +168,7 @@ def build_server(
         **_: object,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run a snippet of python, javascript (Node.js) or bash in a fresh container."""
-        call = oversight.run(args, approval, ctx, service.run_code)
+        call = oversight.run(args, approval, ctx, runner.run_code)
         return await _guarded(scrub, "run_code", call)
 
     @mcp.tool(
@@ -200,7 +183,7 @@ def build_server(
         **_: object,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run `/bin/sh -c command` in a fresh container."""
-        call = oversight.run(args, approval, ctx, service.shell)
+        call = oversight.run(args, approval, ctx, runner.shell)
         return await _guarded(scrub, "shell", call)
 
     @mcp.resource(
@@ -220,7 +203,7 @@ def build_server(
     return mcp
 
 
-async def _reap_at_start(service: SandboxService | LauncherClient) -> None:
-    removed = await service.reap(own_too=False)
+async def _reap_at_start(runner: CallRunner) -> None:
+    removed = await runner.reap(own_too=False)
     if removed:
         log.info("removed %d sandbox(es) left by servers that died", removed)

@@ -27,7 +27,7 @@ from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox.config.workspace import WorkspacePolicy
 from mcp_sandbox.constants import LABEL, MIB, OWNER_LABEL, WORKDIR
-from mcp_sandbox.engine.docker_api import DockerApi
+from mcp_sandbox.engine.backend import Engine
 from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import remove_quietly, step
 from mcp_sandbox.errors import RequestRejected, SandboxUnavailable
@@ -204,7 +204,7 @@ def _ro_mounts(plan: WorkspacePlan) -> Iterator[tuple[Mount, ...]]:
 async def open_session(
     plan: WorkspacePlan,
     *,
-    api: DockerApi,
+    api: Engine,
     threads: CapacityLimiter,
     policy: WorkspacePolicy,
     keeper: ContainerSpec,
@@ -328,7 +328,7 @@ async def open_session(
                 pass  # in use by a sandbox whose removal failed: the reaper removes it later
 
 
-def _create_volume(api: DockerApi, name: str, size: int, labels: dict[str, str]) -> None:
+def _create_volume(api: Engine, name: str, size: int, labels: dict[str, str]) -> None:
     api.create_volume(name, size_bytes=size, labels=labels)
 
 
@@ -342,9 +342,7 @@ def _apply(
     return apply_changes(changes, back, policy, root, owner=owner)
 
 
-async def reap_volumes(
-    api: DockerApi, threads: CapacityLimiter, *, owner: str, own_too: bool
-) -> int:
+async def reap_volumes(api: Engine, threads: CapacityLimiter, *, owner: str, own_too: bool) -> int:
     """Remove labelled volumes whose server is gone (and ours, with ``own_too``)."""
     try:
         found = await to_thread.run_sync(api.labelled_volumes, limiter=threads)

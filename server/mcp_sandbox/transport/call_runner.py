@@ -1,0 +1,49 @@
+"""What the MCP tools run their calls on: the ``CallRunner`` Protocol.
+
+Two implement it, structurally: ``SandboxService`` (Docker in this process) and
+``LauncherClient`` (a launcher holds Docker). ``build_server`` and the HTTP gate take either,
+and ask nothing else of them: no type checks, no optional hooks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.output.result import RunResult
+from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
+
+
+class CallRunner(Protocol):
+    """Runs ``run_code`` and ``shell`` calls; says what the server's oversight needs."""
+
+    @property
+    def settings(self) -> Settings:
+        """What decides approvals, the audit and which tools exist."""
+
+    @property
+    def workspace_root(self) -> Path | None:
+        """The workspace this server's oversight checks workdirs against (None: none)."""
+
+    @property
+    def checks_its_own_workspace(self) -> bool:
+        """True when the calls run in another process (a launcher) that checks each call's
+        workdir and what it enables against its own workspace: oversight here does not."""
+
+    def scrub(self, text: str) -> str:
+        """The scrubber every record, question and error text passes before it leaves."""
+
+    async def run_code(self, args: RunCodeArgs) -> RunResult: ...
+
+    async def shell(self, args: ShellArgs) -> RunResult: ...
+
+    async def reap(self, *, own_too: bool) -> int:
+        """Remove what dead servers left (and ours, with ``own_too``); how many."""
+
+    async def run_background(self) -> None:
+        """What runs beside the calls for the server's life (the warm pool); until cancelled
+        or done."""
+
+    async def shutdown(self) -> None:
+        """Stop background work and remove everything of this server's."""

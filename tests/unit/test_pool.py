@@ -1,0 +1,113 @@
+"""The warm pool against the fake engine: it fills, each sandbox serves one call, one that
+died or failed to start is retired, and shutting down leaves nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import anyio
+import pytest
+
+from fake_engine import FakeEngine, Script
+from mcp_sandbox.policy.limits import Limits, RunPlan
+from mcp_sandbox.sandbox.after_reply import AfterReply
+from mcp_sandbox.sandbox.pool import WarmPool, run_warm
+from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec
+from mcp_sandbox.sandbox.warm import STUB_ARGV
+
+LIMITS = Limits(timeout_s=5)
+
+
+def warm_spec(run_id: str, image: str = "img:1") -> ContainerSpec:
+    plan = RunPlan(argv=STUB_ARGV, limits=LIMITS, stdin=None)
+    spec = build_spec(
+        plan,
+        image=image,
+        run_id=run_id,
+        owner="host:1:2",
+        seccomp_json="{}",
+        extra_env={},
+        runtime=None,
+    )
+    return replace(spec, stdin=True)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not condition():  # noqa: ASYNC110  # the fake changes from worker threads
+            await anyio.sleep(0.005)
+
+
+@asynccontextmanager
+async def running_pool(engine: FakeEngine, size: int = 2) -> AsyncIterator[WarmPool]:
+    threads = anyio.CapacityLimiter(16)
+    after = AfterReply(engine, threads)
+    pool = WarmPool(
+        engine, threads, warm_spec, after, min_size=size, max_size=size, may_start=lambda: True
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(after.run)
+        tg.start_soon(pool.run)
+        yield pool
+        await pool.close()
+        tg.cancel_scope.cancel()
+
+
+async def test_the_pool_fills_to_its_size_and_shutdown_leaves_nothing() -> None:
+    engine = FakeEngine()
+    async with running_pool(engine) as pool:
+        await until(lambda: pool.ready == 2)
+        assert len(engine.live()) == 2
+        assert all(engine.box(n).running for n in engine.live())
+    assert engine.leftovers() == []
+
+
+async def test_a_warm_sandbox_serves_one_call_then_is_removed() -> None:
+    engine = FakeEngine(Script(stdout=b"42\n", exit_code=0))
+    threads = anyio.CapacityLimiter(8)
+    async with running_pool(engine) as pool:
+        await until(lambda: pool.ready == 2)
+        warm = pool.take(warm_spec("cold00000000"))
+        assert warm is not None
+        plan = RunPlan(argv=("python3", "-c", "print(42)"), limits=LIMITS, stdin=None)
+        with anyio.fail_after(5):
+            raw = await run_warm(engine, warm, plan, "", 4096, threads)
+        assert raw.pooled and raw.exit_code == 0 and raw.stdout.total == 3
+        pool.discard(warm)
+        await until(lambda: warm.spec.name in engine.removed)
+        await until(lambda: pool.ready == 2)  # refilled with a new one
+        assert warm.spec.name not in engine.live()
+    assert engine.leftovers() == []
+
+
+async def test_a_sandbox_of_another_shape_is_never_used() -> None:
+    engine = FakeEngine()
+    async with running_pool(engine, size=1) as pool:
+        await until(lambda: pool.ready == 1)
+        [stale] = engine.live()
+        assert pool.take(warm_spec("cold00000000", image="other:2")) is None
+        await until(lambda: stale in engine.removed)
+    assert engine.leftovers() == []
+
+
+async def test_a_sandbox_that_died_while_it_waited_is_retired() -> None:
+    engine = FakeEngine()
+    async with running_pool(engine, size=1) as pool:
+        await until(lambda: pool.ready == 1)
+        [dead] = engine.live()
+        engine.die(dead)
+        assert pool.take(warm_spec("cold00000000")) is None
+        await until(lambda: dead in engine.removed)
+    assert engine.leftovers() == []
+
+
+@pytest.mark.parametrize("step", ["create", "attach", "start"])
+async def test_a_start_that_fails_is_removed_and_retried(step: str) -> None:
+    engine = FakeEngine(scripts=[Script.failing(step)])
+    async with running_pool(engine, size=1) as pool:
+        await until(lambda: pool.ready == 1)
+        first = str(engine.created[0][0]["name"])
+        assert first in engine.removed and first not in engine.live()
+    assert engine.leftovers() == []
