@@ -60,5 +60,11 @@ class RecordingDocker:
     def labelled_containers(self) -> list[Any]:
         return []
 
+    def labelled_networks(self) -> list[Any]:
+        return []
+
+    def labelled_volumes(self) -> list[Any]:
+        return []
+
     def ping(self) -> None:
         pass

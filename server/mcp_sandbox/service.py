@@ -20,7 +20,7 @@ from mcp_sandbox.egress.proxy import EgressProxy, EgressTally, reap_networks
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import remove_quietly
-from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
+from mcp_sandbox.errors import RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.output.result import RESULT_CHARS, RunResult, WorkspaceReport
 from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
 from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs, ShellArgs
@@ -28,6 +28,7 @@ from mcp_sandbox.policy.limits import LimitRequest, RunPlan, plan_run
 from mcp_sandbox.sandbox.after_reply import AfterReply
 from mcp_sandbox.sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.sandbox.runner import RawRun, run_once
+from mcp_sandbox.sandbox.slots import OnWait, SlotQueue
 from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec, with_egress, with_workspace
 from mcp_sandbox.sandbox.warm import STUB_ARGV
 from mcp_sandbox.workspace.changes import LISTED_CHARS
@@ -80,7 +81,9 @@ class SandboxService:
         self._scrub = scrub
         self._margin = scrub_margin
         self._env = dict(settings.env if sandbox_env is None else sandbox_env)
-        self._slots = CapacityLimiter(max_concurrent)
+        self.queue = SlotQueue(
+            max_concurrent, self._may_start, memory_floor_mib=settings.pool.min_available_mib
+        )
         # Each run holds a stream-pump thread and makes short calls besides.
         self._threads = CapacityLimiter(max_concurrent * 3 + 8)
         self._after = AfterReply(api, self._threads)
@@ -114,14 +117,17 @@ class SandboxService:
         """The one scrubber everything that leaves the server passes."""
         return self._scrub(text)
 
-    async def run_code(self, args: RunCodeArgs) -> RunResult:
-        return await self._run(args)
+    async def run_code(self, args: RunCodeArgs, *, waiting: OnWait | None = None) -> RunResult:
+        return await self._run(args, waiting)
 
-    async def shell(self, args: ShellArgs) -> RunResult:
-        return await self._run(args)
+    async def shell(self, args: ShellArgs, *, waiting: OnWait | None = None) -> RunResult:
+        return await self._run(args, waiting)
 
-    async def _run(self, args: CallArgs) -> RunResult:
-        """``args`` as oversight passes them on: their profile (if any) already applied."""
+    async def _run(self, args: CallArgs, waiting: OnWait | None) -> RunResult:
+        """``args`` as oversight passes them on: their profile (if any) already applied.
+
+        ``waiting`` hears of the call's place in the queue while it waits for a slot.
+        """
         s = self.settings
         request = LimitRequest.of(args)
         plan = plan_run(s.limits, s.bounds, args.argv, args.source, args.stdin, request)
@@ -137,25 +143,27 @@ class SandboxService:
         run_id = pysecrets.token_hex(6)
         spec = self._spec(plan, run_id)
         with self._after.call():  # removals and refills wait for the reply
-            async with self._slot(plan.limits.timeout_s):
+            self._refuse_if_closing()
+            async with self.queue.slot(s.bounds.queue_timeout_s, waiting) as queued_ms:
                 async with self._workspace_session(ws_plan, run_id, plan) as ws:
                     if ws is not None:
                         spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
                     raw, tally = await self._launch(spec, plan, run_id, network, ws)
                     report = await ws.finish() if ws is not None else None
-        shaping = (raw, run_id, plan.limits.output_bytes, tally, report)
+        shaping = (raw, run_id, plan.limits.output_bytes, queued_ms, tally, report)
         if raw.stdout.total + raw.stderr.total <= SHAPE_ON_LOOP_BYTES:
             result = self._result(*shaping)
         else:  # scrubbing it takes milliseconds, hostile text up to the scrubber's budget
             result = await to_thread.run_sync(self._result, *shaping, limiter=self._threads)
         log.info(
-            "run %s %s exit=%s timed_out=%s oom=%s %dms out=%dB err=%dB",
+            "run %s %s exit=%s timed_out=%s oom=%s %dms queued=%dms out=%dB err=%dB",
             run_id,
             "warm" if result.pooled else "cold",
             result.exit_code,
             result.timed_out,
             result.oom_killed,
             result.duration_ms,
+            queued_ms,
             result.stdout_bytes,
             result.stderr_bytes,
         )
@@ -289,43 +297,12 @@ class SandboxService:
             if self.pool is not None:
                 tg.start_soon(self.pool.run)
 
-    @contextlib.asynccontextmanager
-    async def _slot(self, wait_s: float) -> AsyncIterator[None]:
-        """A sandbox slot, or HostBusy once the call has waited as long as it may run.
-
-        A slot is also withheld while the host is short of memory (``pool.min_available_mib``).
-        """
-        self._refuse_if_closing()
-        acquired = slotted = False
-        with anyio.move_on_after(wait_s):
-            await self._slots.acquire()
-            slotted = True
-            try:
-                while not self._may_start():  # noqa: ASYNC110  # host memory has no event
-                    await anyio.sleep(0.05)
-                acquired = True
-            finally:
-                if not acquired:
-                    self._slots.release()
-        if not acquired:
-            why = (
-                f"host busy: less than {self.settings.pool.min_available_mib} MiB of memory "
-                f"stayed available for {wait_s:g} s (pool.min_available_mib)"
-                if slotted
-                else f"host busy: all {self.max_concurrent} sandbox slots stayed busy for "
-                f"{wait_s:g} s"
-            )
-            raise HostBusy(f"{why}; try again later")
-        try:
-            yield
-        finally:
-            self._slots.release()
-
     def _result(
         self,
         raw: RawRun,
         run_id: str,
         budget: int,
+        queued_ms: int,
         tally: EgressTally | None = None,
         workspace: WorkspaceReport | None = None,
     ) -> RunResult:
@@ -350,6 +327,7 @@ class SandboxService:
             workspace=workspace,  # its paths were scrubbed before they were cut
             stdout=out.text,
             stderr=err.text,
+            queued_ms=queued_ms,
         )
 
     async def reap(self, *, own_too: bool) -> int:

@@ -16,6 +16,7 @@ from mcp_types import ElicitRequestParams, ElicitResult, LoggingMessageNotificat
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.output.result import RunResult
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
+from mcp_sandbox.sandbox.slots import OnWait
 from mcp_sandbox.transport.tools import build_server as build_sandbox_server
 
 MODES = ("legacy", "auto")
@@ -31,10 +32,10 @@ class FakeService:
     async def reap(self, *, own_too: bool) -> int:
         return 0
 
-    async def run_code(self, args: RunCodeArgs) -> RunResult:
+    async def run_code(self, args: RunCodeArgs, *, waiting: OnWait | None = None) -> RunResult:
         return self._result(args)
 
-    async def shell(self, args: ShellArgs) -> RunResult:
+    async def shell(self, args: ShellArgs, *, waiting: OnWait | None = None) -> RunResult:
         return self._result(args)
 
     def _result(self, args: RunCodeArgs | ShellArgs) -> RunResult:

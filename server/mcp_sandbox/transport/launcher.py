@@ -35,6 +35,7 @@ from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxU
 from mcp_sandbox.output.result import RunResult
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
 from mcp_sandbox.policy.limits import CallBounds
+from mcp_sandbox.sandbox.slots import OnWait
 from mcp_sandbox.service import SandboxService
 
 log = logging.getLogger("mcp_sandbox.launcher")
@@ -125,10 +126,12 @@ class LauncherClient:
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
 
-    async def run_code(self, args: RunCodeArgs) -> RunResult:
+    # ``waiting`` is not heard of: the launcher's queue stays behind its socket (the result
+    # still says how long the call queued there).
+    async def run_code(self, args: RunCodeArgs, *, waiting: OnWait | None = None) -> RunResult:
         return _result(await self._call({"op": "run_code", "args": args.model_dump(mode="json")}))
 
-    async def shell(self, args: ShellArgs) -> RunResult:
+    async def shell(self, args: ShellArgs, *, waiting: OnWait | None = None) -> RunResult:
         return _result(await self._call({"op": "shell", "args": args.model_dump(mode="json")}))
 
     async def ping(self) -> None:

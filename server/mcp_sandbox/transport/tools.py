@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,7 @@ from mcp_sandbox.policy.arguments import (
     describe_bad_arguments,
     takes_arguments_of,
 )
+from mcp_sandbox.sandbox.slots import OnWait, QueuePlace
 from mcp_sandbox.service import SandboxService
 from mcp_sandbox.transport.launcher import LauncherClient
 
@@ -186,8 +188,8 @@ def build_server(
         **_: object,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run a snippet of python, javascript (Node.js) or bash in a fresh container."""
-        call = oversight.run(args, approval, ctx, service.run_code)
-        return await _guarded(scrub, "run_code", call)
+        run = functools.partial(service.run_code, waiting=_queue_reports(ctx))
+        return await _guarded(scrub, "run_code", oversight.run(args, approval, ctx, run))
 
     @mcp.tool(
         title="Run a shell command in a sandbox", annotations=annotations, description=SHELL_DOC
@@ -201,8 +203,8 @@ def build_server(
         **_: object,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run `/bin/sh -c command` in a fresh container."""
-        call = oversight.run(args, approval, ctx, service.shell)
-        return await _guarded(scrub, "shell", call)
+        run = functools.partial(service.shell, waiting=_queue_reports(ctx))
+        return await _guarded(scrub, "shell", oversight.run(args, approval, ctx, run))
 
     @mcp.resource(
         "sandbox://audit/session",
@@ -219,6 +221,23 @@ def build_server(
     if not settings.tools.shell.enabled:
         mcp.remove_tool("shell")
     return mcp
+
+
+def _queue_reports(ctx: Context[Any, Any]) -> OnWait:
+    """A waiting call's place, as progress notifications (sent only if the client asked,
+    with a progress token). Progress is the seconds waited: it must grow with each one."""
+    last = -1.0
+
+    async def report(place: QueuePlace) -> None:
+        nonlocal last
+        progress = last = max(round(place.waited_s, 3), last + 0.001)
+        await ctx.report_progress(
+            progress,
+            message=f"waiting for a sandbox slot: {place.position} of {place.waiting} in the "
+            f"queue, all {place.slots} slots busy",
+        )
+
+    return report
 
 
 async def _reap_at_start(service: SandboxService | LauncherClient) -> None:
