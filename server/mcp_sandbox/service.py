@@ -17,7 +17,7 @@ from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.constants import OWNER_LABEL, WORKDIR
 from mcp_sandbox.egress.proxy import EgressProxy, EgressTally, reap_networks
-from mcp_sandbox.engine.docker_api import DockerApi
+from mcp_sandbox.engine.docker_api import ContainerInfo, DockerApi
 from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import remove_quietly
 from mcp_sandbox.errors import RequestRejected, SandboxError, SandboxUnavailable
@@ -52,6 +52,11 @@ log = logging.getLogger("mcp_sandbox")
 _FOREIGN_GRACE_S = 600.0
 # How long shutdown waits for running calls to end once their sandboxes are gone.
 SHUTDOWN_WAIT_S = 10.0
+# After an outage of the daemon: how often we ask whether it is back (each ask bounded by
+# PING_BOUND_S), and how long the sweep of what the outage left waits for a quiet moment.
+DAEMON_RETRY_S = 0.5
+PING_BOUND_S = 5.0
+SWEEP_WAIT_S = 60.0
 # A whole result stays under RESULT_CHARS: its streams take output_bytes at most, the rest
 # of its fields and the text block's first lines RESERVE_CHARS, and the workspace change
 # list what is left, up to LISTED_CHARS.
@@ -88,6 +93,8 @@ class SandboxService:
         self._threads = CapacityLimiter(max_concurrent * 3 + 8)
         self._after = AfterReply(api, self._threads)
         self._closing = False
+        self._daemon_failed = anyio.Event()
+        self.outages = 0  # times the daemon stopped answering, and came back
         self._egress = EgressProxy(
             settings.egress,
             api,
@@ -142,9 +149,25 @@ class SandboxService:
         ws_plan = await to_thread.run_sync(self.workspace.plan, where, limiter=self._threads)
         run_id = pysecrets.token_hex(6)
         spec = self._spec(plan, run_id)
+        try:
+            return await self._run_planned(args, plan, spec, ws_plan, run_id, waiting)
+        except SandboxUnavailable:
+            self._daemon_failed.set()  # perhaps the daemon went away: see _recover
+            raise
+
+    async def _run_planned(
+        self,
+        args: CallArgs,
+        plan: RunPlan,
+        spec: ContainerSpec,
+        ws_plan: WorkspacePlan | None,
+        run_id: str,
+        waiting: OnWait | None,
+    ) -> RunResult:
+        network = args.network
         with self._after.call():  # removals and refills wait for the reply
             self._refuse_if_closing()
-            async with self.queue.slot(s.bounds.queue_timeout_s, waiting) as queued_ms:
+            async with self.queue.slot(self.settings.bounds.queue_timeout_s, waiting) as queued_ms:
                 async with self._workspace_session(ws_plan, run_id, plan) as ws:
                     if ws is not None:
                         spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
@@ -294,8 +317,83 @@ class SandboxService:
         """What runs beside the calls for the server's life: the warm pool, and removals."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._after.run)
+            tg.start_soon(self._recover)
             if self.pool is not None:
                 tg.start_soon(self.pool.run)
+
+    async def _recover(self) -> None:
+        """After a call failed as unavailable: if the daemon stopped answering, wait for it;
+        then discard the dead warm sandboxes and remove what the failure left behind.
+
+        A restarted daemon kills every container; the calls that ran in them failed, and so
+        did their removals (the daemon was gone). Without this, those containers (and a
+        copy's volumes) stayed until this server stopped.
+        """
+        while True:
+            await self._daemon_failed.wait()
+            self._daemon_failed = anyio.Event()
+            if not await self._daemon_answers():
+                log.warning("Docker is unreachable; calls fail until it answers again")
+                while not await self._daemon_answers():  # noqa: ASYNC110  # no event for it
+                    await anyio.sleep(DAEMON_RETRY_S)
+                self.outages += 1
+            # Even if it answers now, it may not have while the call failed (it hung, say),
+            # and that call's removal failed with it.
+            back_at = time.time()
+            dead = self.pool.drop_dead() if self.pool is not None else 0
+            removed = await self._sweep_outage(back_at)
+            if dead or removed:
+                log.warning(
+                    "Docker answers: %d dead warm sandbox(es) discarded, %d object(s) left "
+                    "by the failure removed",
+                    dead,
+                    removed,
+                )
+
+    async def _daemon_answers(self) -> bool:
+        with anyio.move_on_after(PING_BOUND_S):
+            try:
+                await to_thread.run_sync(
+                    self.api.ping, limiter=self._threads, abandon_on_cancel=True
+                )
+                return True
+            except SandboxUnavailable:
+                return False
+        return False
+
+    async def _sweep_outage(self, back_at: float) -> int:
+        """Remove our containers that are not running and our volumes, of before ``back_at``,
+        once no call is in flight and no warm sandbox is being made (they are then no one's).
+        """
+        with anyio.move_on_after(SWEEP_WAIT_S) as quiet:
+            while self._after.in_flight or (self.pool is not None and self.pool.starting):  # noqa: ASYNC110  # counters, not events
+                await anyio.sleep(0.1)
+        if quiet.cancelled_caught:
+            log.warning("no quiet moment after the outage; what it left goes at shutdown")
+            return 0
+        try:
+            containers = await to_thread.run_sync(
+                self.api.labelled_containers, limiter=self._threads
+            )
+            volumes = await to_thread.run_sync(self.api.labelled_volumes, limiter=self._threads)
+        except SandboxUnavailable:
+            return 0
+
+        def left(c: ContainerInfo) -> bool:
+            return c.labels.get(OWNER_LABEL) == self.owner and c.created_unix < back_at
+
+        doomed = [c.name for c in containers if left(c) and c.state != "running"]
+        async with anyio.create_task_group() as tg:
+            for name in doomed:
+                tg.start_soon(remove_quietly, self.api, name, self._threads)
+        gone = [v.name for v in volumes if left(v)]
+        for name in gone:
+            with anyio.move_on_after(20, shield=True):
+                try:
+                    await to_thread.run_sync(self.api.remove_volume, name, limiter=self._threads)
+                except SandboxUnavailable:
+                    pass
+        return len(doomed) + len(gone)
 
     def _result(
         self,

@@ -44,6 +44,7 @@ class ContainerInfo:
     name: str
     labels: dict[str, str]
     created_unix: float
+    state: str = ""  # a container's: "created", "running", "exited"...; "" for others
 
 
 @contextlib.contextmanager
@@ -322,6 +323,7 @@ class DockerApi:
                     name=str(r["Names"][0]).lstrip("/"),
                     labels=dict(r.get("Labels") or {}),
                     created_unix=float(r.get("Created", 0)),
+                    state=str(r.get("State", "")),
                 )
                 for r in rows
             ]
