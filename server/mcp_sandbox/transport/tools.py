@@ -31,6 +31,7 @@ from mcp_sandbox.oversight.calls import (
     run_code_args,
     shell_args,
 )
+from mcp_sandbox.oversight.metrics import CallMetrics
 from mcp_sandbox.policy import languages
 from mcp_sandbox.policy.arguments import (
     RunCodeArgs,
@@ -121,11 +122,14 @@ async def _guarded(scrub: Callable[[str], str], action: str, call: Any) -> CallT
 
 
 def build_server(
-    service: SandboxService | LauncherClient, settings: Settings | None = None
+    service: SandboxService | LauncherClient,
+    settings: Settings | None = None,
+    metrics: CallMetrics | None = None,
 ) -> MCPServer[None]:
     """The MCP server over ``service``; the lifespan reaps what dead servers left behind.
 
-    ``settings`` decide approvals and the audit (default: a local service's own).
+    ``settings`` decide approvals and the audit (default: a local service's own);
+    ``metrics``, if given, count the calls.
     """
 
     @contextlib.asynccontextmanager
@@ -158,13 +162,14 @@ def build_server(
     scrub: Callable[[str], str] = getattr(service, "scrub", lambda text: text)
     if isinstance(service, SandboxService):
         settings = settings or service.settings
-        oversight = Oversight(settings, service.scrub, service.workspace.root)
+        oversight = Oversight(settings, service.scrub, service.workspace.root, metrics=metrics)
     else:
         settings = settings or Settings()
         root = default_root(settings.workspace)
         # A launcher checks its own workspace and what it enables.
         local = not isinstance(service, LauncherClient)
-        oversight = Oversight(settings, make_scrubber(settings).scrub, root, local=local)
+        scrub_it = make_scrubber(settings).scrub
+        oversight = Oversight(settings, scrub_it, root, local=local, metrics=metrics)
     oversight.attach(mcp)
     # When a call may be granted `rw`, it may write the user's files; otherwise nothing
     # outside the throw-away container changes, and repeating a call adds no effect.
