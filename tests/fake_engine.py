@@ -279,7 +279,7 @@ class FakeEngine:
         with self._lock:
             self._check("labelled_containers")
             return [
-                ContainerInfo(b.name, b.labels, b.created_unix)
+                ContainerInfo(b.name, b.labels, b.created_unix, _state(b))
                 for b in self.boxes.values()
                 if b.labels.get("mcp-sandbox")
             ]
@@ -369,3 +369,10 @@ class FakeEngine:
         with self._lock:
             self.calls.append(f"take {argv[-2]}")
         return 0, self.tally
+
+
+def _state(box: Box) -> str:
+    """What the daemon would call the container's state."""
+    if box.running:
+        return "running"
+    return "exited" if box.started else "created"

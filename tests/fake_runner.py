@@ -8,6 +8,7 @@ from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.output.result import RunResult
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
+from mcp_sandbox.sandbox.slots import OnWait
 from mcp_sandbox.service import make_scrubber
 
 
@@ -35,10 +36,13 @@ class FakeRunner:
     def scrub(self, text: str) -> str:
         return self._scrubber.scrub(text)
 
-    async def run_code(self, args: RunCodeArgs) -> RunResult:
+    def load(self) -> None:
+        return None
+
+    async def run_code(self, args: RunCodeArgs, *, waiting: OnWait | None = None) -> RunResult:
         return self._result(args)
 
-    async def shell(self, args: ShellArgs) -> RunResult:
+    async def shell(self, args: ShellArgs, *, waiting: OnWait | None = None) -> RunResult:
         return self._result(args)
 
     async def reap(self, *, own_too: bool) -> int:

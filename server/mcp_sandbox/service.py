@@ -20,10 +20,10 @@ from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.constants import OWNER_LABEL, WORKDIR
 from mcp_sandbox.egress.credentials import load_credentials, scrub_values
 from mcp_sandbox.egress.proxy import EgressProxy, EgressTally, reap_networks
-from mcp_sandbox.engine.backend import Engine
+from mcp_sandbox.engine.backend import ContainerInfo, Engine
 from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import remove_quietly
-from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
+from mcp_sandbox.errors import RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.output.result import RESULT_CHARS, RunResult, WorkspaceReport
 from mcp_sandbox.output.scrubber import Scrubber, secret_values_from_env
 from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
@@ -32,6 +32,7 @@ from mcp_sandbox.policy.limits import LimitRequest, RunPlan, plan_run
 from mcp_sandbox.sandbox.after_reply import AfterReply
 from mcp_sandbox.sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.sandbox.runner import RawRun, run_once
+from mcp_sandbox.sandbox.slots import Load, OnWait, SlotQueue
 from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec, with_egress, with_workspace
 from mcp_sandbox.sandbox.warm import STUB_ARGV
 from mcp_sandbox.workspace.changes import LISTED_CHARS
@@ -55,6 +56,11 @@ log = logging.getLogger("mcp_sandbox")
 _FOREIGN_GRACE_S = 600.0
 # How long shutdown waits for running calls to end once their sandboxes are gone.
 SHUTDOWN_WAIT_S = 10.0
+# After an outage of the daemon: how often we ask whether it is back (each ask bounded by
+# PING_BOUND_S), and how long the sweep of what the outage left waits for a quiet moment.
+DAEMON_RETRY_S = 0.5
+PING_BOUND_S = 5.0
+SWEEP_WAIT_S = 60.0
 # A whole result stays under RESULT_CHARS: its streams take output_bytes at most, the rest
 # of its fields and the text block's first lines RESERVE_CHARS, and the workspace change
 # list what is left, up to LISTED_CHARS.
@@ -96,11 +102,15 @@ class SandboxService:
         self._scrub = scrub
         self._margin = scrub_margin
         self._env = dict(settings.env if sandbox_env is None else sandbox_env)
-        self._slots = CapacityLimiter(max_concurrent)
+        self.queue = SlotQueue(
+            max_concurrent, self._may_start, memory_floor_mib=settings.pool.min_available_mib
+        )
         # Each run holds a stream-pump thread and makes short calls besides.
         self._threads = CapacityLimiter(max_concurrent * 3 + 8)
         self._after = AfterReply(api, self._threads)
         self._closing = False
+        self._daemon_failed = anyio.Event()
+        self.outages = 0  # times the daemon stopped answering, and came back
         self._egress = EgressProxy(
             settings.egress,
             api,
@@ -140,14 +150,23 @@ class SandboxService:
         """False: calls run here, so the server's oversight checks their workdirs."""
         return False
 
-    async def run_code(self, args: RunCodeArgs) -> RunResult:
-        return await self._run(args)
+    def load(self) -> Load:
+        """The slots' load now: warm sandboxes ready, calls running and waiting."""
+        ready = self.pool.ready if self.pool is not None else 0
+        q = self.queue
+        return Load(pool_ready=ready, busy=q.busy, waiting=q.waiting, slots=q.slots)
 
-    async def shell(self, args: ShellArgs) -> RunResult:
-        return await self._run(args)
+    async def run_code(self, args: RunCodeArgs, *, waiting: OnWait | None = None) -> RunResult:
+        return await self._run(args, waiting)
 
-    async def _run(self, args: CallArgs) -> RunResult:
-        """``args`` as oversight passes them on: their profile (if any) already applied."""
+    async def shell(self, args: ShellArgs, *, waiting: OnWait | None = None) -> RunResult:
+        return await self._run(args, waiting)
+
+    async def _run(self, args: CallArgs, waiting: OnWait | None) -> RunResult:
+        """``args`` as oversight passes them on: their profile (if any) already applied.
+
+        ``waiting`` hears of the call's place in the queue while it waits for a slot.
+        """
         s = self.settings
         request = LimitRequest.of(args)
         plan = plan_run(s.limits, s.bounds, args.argv, args.source, args.stdin, request)
@@ -162,26 +181,44 @@ class SandboxService:
         ws_plan = await to_thread.run_sync(self.workspace.plan, where, limiter=self._threads)
         run_id = pysecrets.token_hex(6)
         spec = self._spec(plan, run_id)
+        try:
+            return await self._run_planned(args, plan, spec, ws_plan, run_id, waiting)
+        except SandboxUnavailable:
+            self._daemon_failed.set()  # perhaps the daemon went away: see _recover
+            raise
+
+    async def _run_planned(
+        self,
+        args: CallArgs,
+        plan: RunPlan,
+        spec: ContainerSpec,
+        ws_plan: WorkspacePlan | None,
+        run_id: str,
+        waiting: OnWait | None,
+    ) -> RunResult:
+        network = args.network
         with self._after.call():  # removals and refills wait for the reply
-            async with self._slot(plan.limits.timeout_s):
+            self._refuse_if_closing()
+            async with self.queue.slot(self.settings.bounds.queue_timeout_s, waiting) as queued_ms:
                 async with self._workspace_session(ws_plan, run_id, plan) as ws:
                     if ws is not None:
                         spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
                     raw, tally = await self._launch(spec, plan, run_id, network, ws)
                     report = await ws.finish() if ws is not None else None
-        shaping = (raw, run_id, plan.limits.output_bytes, tally, report)
+        shaping = (raw, run_id, plan.limits.output_bytes, queued_ms, tally, report)
         if raw.stdout.total + raw.stderr.total <= SHAPE_ON_LOOP_BYTES:
             result = self._result(*shaping)
         else:  # scrubbing it takes milliseconds, hostile text up to the scrubber's budget
             result = await to_thread.run_sync(self._result, *shaping, limiter=self._threads)
         log.info(
-            "run %s %s exit=%s timed_out=%s oom=%s %dms out=%dB err=%dB",
+            "run %s %s exit=%s timed_out=%s oom=%s %dms queued=%dms out=%dB err=%dB",
             run_id,
             "warm" if result.pooled else "cold",
             result.exit_code,
             result.timed_out,
             result.oom_killed,
             result.duration_ms,
+            queued_ms,
             result.stdout_bytes,
             result.stderr_bytes,
         )
@@ -312,46 +349,90 @@ class SandboxService:
         """What runs beside the calls for the server's life: the warm pool, and removals."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._after.run)
+            tg.start_soon(self._recover)
             if self.pool is not None:
                 tg.start_soon(self.pool.run)
 
-    @contextlib.asynccontextmanager
-    async def _slot(self, wait_s: float) -> AsyncIterator[None]:
-        """A sandbox slot, or HostBusy once the call has waited as long as it may run.
+    async def _recover(self) -> None:
+        """After a call failed as unavailable: if the daemon stopped answering, wait for it;
+        then discard the dead warm sandboxes and remove what the failure left behind.
 
-        A slot is also withheld while the host is short of memory (``pool.min_available_mib``).
+        A restarted daemon kills every container; the calls that ran in them failed, and so
+        did their removals (the daemon was gone). Without this, those containers (and a
+        copy's volumes) stayed until this server stopped.
         """
-        self._refuse_if_closing()
-        acquired = slotted = False
-        with anyio.move_on_after(wait_s):
-            await self._slots.acquire()
-            slotted = True
+        while True:
+            await self._daemon_failed.wait()
+            self._daemon_failed = anyio.Event()
+            if not await self._daemon_answers():
+                log.warning("Docker is unreachable; calls fail until it answers again")
+                while not await self._daemon_answers():  # noqa: ASYNC110  # no event for it
+                    await anyio.sleep(DAEMON_RETRY_S)
+                self.outages += 1
+            # Even if it answers now, it may not have while the call failed (it hung, say),
+            # and that call's removal failed with it.
+            back_at = time.time()
+            dead = self.pool.drop_dead() if self.pool is not None else 0
+            removed = await self._sweep_outage(back_at)
+            if dead or removed:
+                log.warning(
+                    "Docker answers: %d dead warm sandbox(es) discarded, %d object(s) left "
+                    "by the failure removed",
+                    dead,
+                    removed,
+                )
+
+    async def _daemon_answers(self) -> bool:
+        with anyio.move_on_after(PING_BOUND_S):
             try:
-                while not self._may_start():  # noqa: ASYNC110  # host memory has no event
-                    await anyio.sleep(0.05)
-                acquired = True
-            finally:
-                if not acquired:
-                    self._slots.release()
-        if not acquired:
-            why = (
-                f"host busy: less than {self.settings.pool.min_available_mib} MiB of memory "
-                f"stayed available for {wait_s:g} s (pool.min_available_mib)"
-                if slotted
-                else f"host busy: all {self.max_concurrent} sandbox slots stayed busy for "
-                f"{wait_s:g} s"
-            )
-            raise HostBusy(f"{why}; try again later")
+                await to_thread.run_sync(
+                    self.api.ping, limiter=self._threads, abandon_on_cancel=True
+                )
+                return True
+            except SandboxUnavailable:
+                return False
+        return False
+
+    async def _sweep_outage(self, back_at: float) -> int:
+        """Remove our containers that are not running and our volumes, of before ``back_at``,
+        once no call is in flight and no warm sandbox is being made (they are then no one's).
+        """
+        with anyio.move_on_after(SWEEP_WAIT_S) as quiet:
+            while self._after.in_flight or (self.pool is not None and self.pool.starting):  # noqa: ASYNC110  # counters, not events
+                await anyio.sleep(0.1)
+        if quiet.cancelled_caught:
+            log.warning("no quiet moment after the outage; what it left goes at shutdown")
+            return 0
         try:
-            yield
-        finally:
-            self._slots.release()
+            containers = await to_thread.run_sync(
+                self.api.labelled_containers, limiter=self._threads
+            )
+            volumes = await to_thread.run_sync(self.api.labelled_volumes, limiter=self._threads)
+        except SandboxUnavailable:
+            return 0
+
+        def left(c: ContainerInfo) -> bool:
+            return c.labels.get(OWNER_LABEL) == self.owner and c.created_unix < back_at
+
+        doomed = [c.name for c in containers if left(c) and c.state != "running"]
+        async with anyio.create_task_group() as tg:
+            for name in doomed:
+                tg.start_soon(remove_quietly, self.api, name, self._threads)
+        gone = [v.name for v in volumes if left(v)]
+        for name in gone:
+            with anyio.move_on_after(20, shield=True):
+                try:
+                    await to_thread.run_sync(self.api.remove_volume, name, limiter=self._threads)
+                except SandboxUnavailable:
+                    pass
+        return len(doomed) + len(gone)
 
     def _result(
         self,
         raw: RawRun,
         run_id: str,
         budget: int,
+        queued_ms: int,
         tally: EgressTally | None = None,
         workspace: WorkspaceReport | None = None,
     ) -> RunResult:
@@ -377,6 +458,7 @@ class SandboxService:
             workspace=workspace,  # its paths were scrubbed before they were cut
             stdout=out.text,
             stderr=err.text,
+            queued_ms=queued_ms,
         )
 
     async def reap(self, *, own_too: bool) -> int:

@@ -429,13 +429,15 @@ async def test_cancelling_a_call_removes_its_container(mode: str) -> None:
         assert (await call(c, "shell", command="echo ok"))["stdout"] == "ok\n"
 
 
-async def test_a_call_waiting_past_its_timeout_for_a_slot_fails_clearly() -> None:
-    async with connect("auto", env={"MCP_SANDBOX_MAX_CONCURRENT": "1"}) as c:
+async def test_a_call_waiting_past_the_queue_timeout_for_a_slot_fails_clearly() -> None:
+    """The wait is bounds.queue_timeout_s; a call's own timeout_s is its run time only."""
+    env = {"MCP_SANDBOX_MAX_CONCURRENT": "1", "MCP_SANDBOX_BOUNDS__QUEUE_TIMEOUT_S": "1"}
+    async with connect("auto", env=env) as c:
         async with anyio.create_task_group() as tg:
             tg.start_soon(c.call_tool, "shell", {"command": "sleep 4", "timeout_s": 10})
             await anyio.sleep(0.5)
-            message = await call_error(c, "shell", command="true", timeout_s=1)
-        assert "busy" in message
+            message = await call_error(c, "shell", command="true", timeout_s=10)
+        assert "busy" in message and "bounds.queue_timeout_s" in message
 
 
 def _raw_server_ready() -> subprocess.Popen[bytes]:

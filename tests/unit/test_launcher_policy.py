@@ -331,7 +331,7 @@ async def test_host_busy_says_whether_memory_or_slots_held_the_call(
     from mcp_sandbox.policy.arguments import ShellArgs
 
     api = FakeEngine(Script(hang=True))
-    service = _service(api, **settings_kw)
+    service = _service(api, bounds={"queue_timeout_s": 0.2}, **settings_kw)
     async with anyio.create_task_group() as tg:
         if "max_concurrent" in settings_kw:  # one call holds the only slot
             tg.start_soon(service.shell, ShellArgs(command="sleep 60", timeout_s=5))

@@ -41,6 +41,17 @@ class HttpSettings(BaseModel):
     access_log: Path | None = Field(
         None, description="JSON-lines file: one line per HTTP request, naming its token"
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="serve Prometheus /metrics on this port of metrics_host; none: no metrics",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address of the metrics listener: loopback unless set (it asks no token)",
+    )
 
     @property
     def on_loopback(self) -> bool:

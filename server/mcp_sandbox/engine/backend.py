@@ -33,6 +33,7 @@ class ContainerInfo:
     name: str
     labels: dict[str, str]
     created_unix: float
+    state: str = ""  # a container's: "created", "running", "exited"...; "" for others
 
 
 class Attachment(Protocol):

@@ -208,6 +208,7 @@ class DockerApi:
                     name=str(r["Names"][0]).lstrip("/"),
                     labels=dict(r.get("Labels") or {}),
                     created_unix=float(r.get("Created", 0)),
+                    state=str(r.get("State", "")),
                 )
                 for r in rows
             ]

@@ -82,6 +82,9 @@ class RunResult(BaseModel):
     )
     stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
     stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
+    queued_ms: int | None = Field(
+        None, description="time the call waited for a free sandbox slot before it started"
+    )
 
     def summary(self, room: int | None = None, preview_chars: int = PREVIEW_CHARS) -> str:
         """A short text block for clients that ignore structured content.

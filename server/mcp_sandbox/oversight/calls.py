@@ -49,6 +49,7 @@ from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES
 from mcp_sandbox.oversight.anomalies import SessionHistory
 from mcp_sandbox.oversight.approval import Approval, Verdict, _can_elicit, answer_of, screen
 from mcp_sandbox.oversight.audit import AuditLog, CallRecord, scrubbed, shown_code
+from mcp_sandbox.oversight.metrics import CallMetrics
 from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs, ShellArgs, takes_arguments_of
 from mcp_sandbox.policy.escalation import (
     Answer,
@@ -81,9 +82,12 @@ class Oversight:
         workspace_root: Path | None,
         *,
         local: bool = True,
+        metrics: CallMetrics | None = None,
     ) -> None:
-        """``local=False``: a launcher runs the calls, and checks its workspace itself."""
+        """``local=False``: a launcher runs the calls, and checks its workspace itself.
+        ``metrics``, if given, counts every call as its record is written."""
         self.settings = settings
+        self.metrics = metrics
         self.local = local
         self.rules = settings.approval
         self.audit = AuditLog(settings.audit)
@@ -191,7 +195,11 @@ class Oversight:
         """Decide the call's escalations, run it, and record it. Raises SandboxError (the
         refusal or the failure, after recording it; AuditUnavailable when it cannot be)."""
         record = CallRecord(self.session(), args, self.settings.image)
-        await to_thread.run_sync(self.audit.check)  # fail closed before anything runs
+        try:
+            await to_thread.run_sync(self.audit.check)  # fail closed before anything runs
+        except SandboxError as e:
+            self._count(record, e, audit_failed=True)
+            raise
         try:
             record.screening = screening = self.screen(args)
             grants = self.grants(record.session)
@@ -210,19 +218,30 @@ class Oversight:
             result = await execute(screening.applied(args))
         except Exception as e:  # ours, or an internal error: recorded, then raised
             record.failed(e)
-            await self._write(ctx, record)
+            await self._write(ctx, record, e)
             raise
         except BaseException as e:  # cancelled: the client gave up, the server is stopping
             record.failed(e)
             with anyio.CancelScope(shield=True):
-                await self._write(ctx, record)
+                await self._write(ctx, record, e)
             raise
         record.finished(result)
         await self._write(ctx, record)
         return result
 
-    async def _write(self, ctx: Context[Any, Any], record: CallRecord) -> None:
-        """Flag, scrub and append ``record``; the flags also go to the client as a warning."""
+    def _count(
+        self, record: CallRecord, error: BaseException | None, *, audit_failed: bool = False
+    ) -> None:
+        if self.metrics is not None:
+            if audit_failed:
+                self.metrics.audit_failures.inc()
+            self.metrics.observe(record, error)
+
+    async def _write(
+        self, ctx: Context[Any, Any], record: CallRecord, error: BaseException | None = None
+    ) -> None:
+        """Flag, scrub and append ``record`` (and count it, with the ``error`` that ended
+        the call, if any); the flags also go to the client as a warning."""
         result = record.result
         flags = self.history.flags(
             record.session,
@@ -239,7 +258,12 @@ class Oversight:
             code = await to_thread.run_sync(shown_code, source, self._scrub)
         line = scrubbed(record.fields(code, flags), self._scrub)
         self.history.remember(record.session, line)
-        await to_thread.run_sync(self.audit.write, line)
+        try:
+            await to_thread.run_sync(self.audit.write, line)
+        except BaseException as e:
+            self._count(record, error or e, audit_failed=isinstance(e, SandboxError))
+            raise
+        self._count(record, error)
         if flags:
             await self._warn(ctx, line)
 

@@ -72,6 +72,13 @@ class CallBounds(BaseModel):
     max_output_bytes: int = Field(
         32_000, ge=MIN_OUTPUT_BYTES, le=1_000_000, description="largest output_bytes a call may ask"
     )
+    queue_timeout_s: float = Field(
+        120,
+        ge=MIN_TIMEOUT_S,
+        le=3600,
+        description="how long a call may wait for a free sandbox slot, apart from its run "
+        "time; then it fails as host busy",
+    )
 
 
 @dataclass(frozen=True)

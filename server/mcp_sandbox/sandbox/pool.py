@@ -95,6 +95,21 @@ class WarmPool:
         self._wake.set()
         return warm
 
+    def drop_dead(self) -> int:
+        """Discard the warm sandboxes that died while they waited (a daemon restart kills
+        them all), so the pool refills now rather than at the next calls. Returns how many."""
+        dead = [w for w in self._ready if not w.streams.is_open()]
+        for warm in dead:
+            self._ready.remove(warm)
+            self.discard(warm, at_once=True)
+        self._wake.set()
+        return len(dead)
+
+    @property
+    def starting(self) -> int:
+        """Warm sandboxes being created now."""
+        return self._starting
+
     @property
     def ready(self) -> int:
         return len(self._ready)
@@ -158,7 +173,7 @@ class WarmPool:
                 self._ready.append(Warm(spec, attached))
                 joined = True
         except (SandboxUnavailable, TimeoutError) as e:
-            log.warning("could not warm a sandbox: %s", e)
+            log.warning("could not warm a sandbox: %s", e or "no answer within 60 s")
             await anyio.sleep(REFILL_RETRY_S)
         finally:
             if not joined and spec is not None:  # part-way, or the pool closed meanwhile

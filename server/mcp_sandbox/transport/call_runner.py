@@ -13,6 +13,7 @@ from typing import Protocol
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.output.result import RunResult
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
+from mcp_sandbox.sandbox.slots import Load, OnWait
 
 
 class CallRunner(Protocol):
@@ -34,9 +35,13 @@ class CallRunner(Protocol):
     def scrub(self, text: str) -> str:
         """The scrubber every record, question and error text passes before it leaves."""
 
-    async def run_code(self, args: RunCodeArgs) -> RunResult: ...
+    async def run_code(self, args: RunCodeArgs, *, waiting: OnWait | None = None) -> RunResult:
+        """Run one call; ``waiting`` hears of its place while it waits for a slot."""
 
-    async def shell(self, args: ShellArgs) -> RunResult: ...
+    async def shell(self, args: ShellArgs, *, waiting: OnWait | None = None) -> RunResult: ...
+
+    def load(self) -> Load | None:
+        """The slots' load now, for the metrics; None when it is another process's."""
 
     async def reap(self, *, own_too: bool) -> int:
         """Remove what dead servers left (and ours, with ``own_too``); how many."""

@@ -29,9 +29,10 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_sandbox.config.http import LOOPBACK_HOSTS, HttpSettings
+from mcp_sandbox.config.http import LOOPBACK_HOSTS, HttpSettings, is_loopback
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.errors import ConfigError
+from mcp_sandbox.oversight.metrics import CallMetrics, serve_metrics
 from mcp_sandbox.transport.auth import TokenSet, bearer_token, load_tokens
 from mcp_sandbox.transport.call_runner import CallRunner
 
@@ -131,8 +132,10 @@ class Gate:
         max_concurrent_per_token: int,
         max_streams_per_token: int = MAX_STREAMS_PER_TOKEN,
         access_log: AccessLog | None = None,
+        metrics: CallMetrics | None = None,
     ) -> None:
         self.app = app
+        self.metrics = metrics  # served on a listener of its own, never here
         self.tokens = tokens
         self.limit = max_concurrent_per_token
         self.stream_limit = max_streams_per_token
@@ -277,7 +280,10 @@ def build_app(settings: Settings, runner: CallRunner) -> Gate:
     check_exposure(http, tokens, settings.launcher_socket)
     if tokens is not None and tokens.any_plain_at_rest:
         log.warning("some tokens are stored in plain text; prefer NAME:sha256:HEX entries")
-    app = build_server(runner).streamable_http_app(
+    metrics = CallMetrics() if http.metrics_port is not None else None
+    if metrics is not None:
+        metrics.watch(runner.load)
+    app = build_server(runner, metrics).streamable_http_app(
         streamable_http_path=http.path,
         transport_security=transport_security(http),
         host=http.host,
@@ -288,6 +294,7 @@ def build_app(settings: Settings, runner: CallRunner) -> Gate:
         tokens=tokens,
         max_concurrent_per_token=http.max_concurrent_per_token,
         access_log=access_log,
+        metrics=metrics,
     )
 
 
@@ -314,8 +321,16 @@ async def serve_http(settings: Settings, runner: CallRunner) -> None:
         http.path,
         "bearer tokens required" if gate.tokens else "no tokens: loopback only",
     )
+    listener = None
+    if gate.metrics is not None and http.metrics_port is not None:
+        if not is_loopback(http.metrics_host):
+            log.warning("metrics are served beyond loopback, without a token")
+        listener = serve_metrics(gate.metrics, http.metrics_host, http.metrics_port)
+        log.info("serving Prometheus metrics on %s:%d/metrics", http.metrics_host, listener.port)
     try:
         await uvicorn.Server(config).serve()
     finally:
+        if listener is not None:
+            listener.close()
         if gate.access_log is not None:
             gate.access_log.close()

@@ -39,6 +39,7 @@ from mcp_sandbox.output.result import RunResult
 from mcp_sandbox.output.scrubber import Scrubber
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
 from mcp_sandbox.policy.limits import CallBounds
+from mcp_sandbox.sandbox.slots import OnWait
 from mcp_sandbox.service import SandboxService, make_scrubber
 
 log = logging.getLogger("mcp_sandbox.launcher")
@@ -158,10 +159,16 @@ class LauncherClient:
         """The launcher removes what it made; closing a connection stops its run."""
         await self.reap(own_too=True)
 
-    async def run_code(self, args: RunCodeArgs) -> RunResult:
+    def load(self) -> None:
+        """None: the slots are the launcher's, behind its socket."""
+        return None
+
+    # ``waiting`` is not heard of: the launcher's queue stays behind its socket (the result
+    # still says how long the call queued there).
+    async def run_code(self, args: RunCodeArgs, *, waiting: OnWait | None = None) -> RunResult:
         return _result(await self._call({"op": "run_code", "args": args.model_dump(mode="json")}))
 
-    async def shell(self, args: ShellArgs) -> RunResult:
+    async def shell(self, args: ShellArgs, *, waiting: OnWait | None = None) -> RunResult:
         return _result(await self._call({"op": "shell", "args": args.model_dump(mode="json")}))
 
     async def ping(self) -> None:

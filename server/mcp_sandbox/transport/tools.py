@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,7 @@ from mcp_sandbox.oversight.calls import (
     run_code_args,
     shell_args,
 )
+from mcp_sandbox.oversight.metrics import CallMetrics
 from mcp_sandbox.policy import languages
 from mcp_sandbox.policy.arguments import (
     RunCodeArgs,
@@ -34,6 +36,7 @@ from mcp_sandbox.policy.arguments import (
     describe_bad_arguments,
     takes_arguments_of,
 )
+from mcp_sandbox.sandbox.slots import OnWait, QueuePlace
 from mcp_sandbox.transport.call_runner import CallRunner
 
 log = logging.getLogger("mcp_sandbox")
@@ -114,10 +117,10 @@ async def _guarded(scrub: Callable[[str], str], action: str, call: Any) -> CallT
         raise ToolError("internal error; details are in the server log") from None
 
 
-def build_server(runner: CallRunner) -> MCPServer[None]:
+def build_server(runner: CallRunner, metrics: CallMetrics | None = None) -> MCPServer[None]:
     """The MCP server over ``runner``; the lifespan reaps what dead servers left behind.
 
-    ``runner.settings`` decide approvals and the audit.
+    ``runner.settings`` decide approvals and the audit; ``metrics``, if given, count the calls.
     """
 
     @contextlib.asynccontextmanager
@@ -143,7 +146,11 @@ def build_server(runner: CallRunner) -> MCPServer[None]:
     settings = runner.settings
     scrub = runner.scrub
     oversight = Oversight(
-        settings, scrub, runner.workspace_root, local=not runner.checks_its_own_workspace
+        settings,
+        scrub,
+        runner.workspace_root,
+        local=not runner.checks_its_own_workspace,
+        metrics=metrics,
     )
     oversight.attach(mcp)
     # When a call may be granted `rw`, it may write the user's files; otherwise nothing
@@ -168,8 +175,8 @@ def build_server(runner: CallRunner) -> MCPServer[None]:
         **_: object,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run a snippet of python, javascript (Node.js) or bash in a fresh container."""
-        call = oversight.run(args, approval, ctx, runner.run_code)
-        return await _guarded(scrub, "run_code", call)
+        run = functools.partial(runner.run_code, waiting=_queue_reports(ctx))
+        return await _guarded(scrub, "run_code", oversight.run(args, approval, ctx, run))
 
     @mcp.tool(
         title="Run a shell command in a sandbox", annotations=annotations, description=SHELL_DOC
@@ -183,8 +190,8 @@ def build_server(runner: CallRunner) -> MCPServer[None]:
         **_: object,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run `/bin/sh -c command` in a fresh container."""
-        call = oversight.run(args, approval, ctx, runner.shell)
-        return await _guarded(scrub, "shell", call)
+        run = functools.partial(runner.shell, waiting=_queue_reports(ctx))
+        return await _guarded(scrub, "shell", oversight.run(args, approval, ctx, run))
 
     @mcp.resource(
         "sandbox://audit/session",
@@ -201,6 +208,23 @@ def build_server(runner: CallRunner) -> MCPServer[None]:
     if not settings.tools.shell.enabled:
         mcp.remove_tool("shell")
     return mcp
+
+
+def _queue_reports(ctx: Context[Any, Any]) -> OnWait:
+    """A waiting call's place, as progress notifications (sent only if the client asked,
+    with a progress token). Progress is the seconds waited: it must grow with each one."""
+    last = -1.0
+
+    async def report(place: QueuePlace) -> None:
+        nonlocal last
+        progress = last = max(round(place.waited_s, 3), last + 0.001)
+        await ctx.report_progress(
+            progress,
+            message=f"waiting for a sandbox slot: {place.position} of {place.waiting} in the "
+            f"queue, all {place.slots} slots busy",
+        )
+
+    return report
 
 
 async def _reap_at_start(runner: CallRunner) -> None:
