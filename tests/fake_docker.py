@@ -62,3 +62,6 @@ class RecordingDocker:
 
     def ping(self) -> None:
         pass
+
+    def runtimes(self) -> tuple[dict[str, dict[str, Any]], str]:
+        return {"runc": {"path": "runc"}}, "runc"

@@ -29,6 +29,8 @@ from mcp_sandbox.policy.limits import RunPlan, Sizes, decide
 from mcp_sandbox.sandbox.after_reply import AfterReply
 from mcp_sandbox.sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.sandbox.runner import RawRun, run_once
+from mcp_sandbox.sandbox.runtime import EGRESS_UNDER_GVISOR, Runtime, choose_runtime
+from mcp_sandbox.sandbox.seccomp import for_gvisor
 from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec, with_egress, with_workspace
 from mcp_sandbox.sandbox.warm import STUB_ARGV
 from mcp_sandbox.workspace.changes import LISTED_CHARS
@@ -86,6 +88,7 @@ class SandboxService:
         self._threads = CapacityLimiter(max_concurrent * 3 + 8)
         self._after = AfterReply(api, self._threads)
         self._closing = False
+        self._runtime: Runtime | None = None  # asked of the daemon at the first sandbox
         self._egress = EgressProxy(
             settings.egress,
             api,
@@ -151,7 +154,11 @@ class SandboxService:
             self.workspace.plan, where or WorkspaceAsk(), limiter=self._threads
         )
         run_id = pysecrets.token_hex(6)
-        spec = self._spec(plan, run_id)
+        if (await to_thread.run_sync(self.runtime, limiter=self._threads)).gvisor and (
+            network != "none"
+        ):
+            raise SandboxUnavailable(EGRESS_UNDER_GVISOR)  # before any container: none leaks
+        spec = self._spec(plan, run_id, networked=network != "none")
         with self._after.call():  # removals and refills wait for the reply
             async with self._slot(plan.limits.timeout_s):
                 async with self._workspace_session(ws_plan, run_id, plan) as ws:
@@ -237,19 +244,37 @@ class SandboxService:
         ) as ws:
             yield ws
 
+    def runtime(self) -> Runtime:
+        """The runtime sandboxes run under, asked of the daemon once it answers. Blocking.
+
+        Raises SandboxUnavailable, with the fix, while the configured one is not there:
+        every call is refused rather than run under another.
+        """
+        if self._runtime is None:
+            offered, default = self.api.runtimes()
+            self._runtime = choose_runtime(self.settings.runtime, offered, default)
+        return self._runtime
+
     def _spec(
-        self, plan: RunPlan, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        plan: RunPlan,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        *,
+        networked: bool = False,
     ) -> ContainerSpec:
         """The one way this server turns a plan into a container: cold, warm or keeper."""
         s = self.settings
+        runtime = self.runtime()  # known by now: asked before any spec is made
+        profile = self._seccomp_json()
         return build_spec(
             plan,
             image=s.image,
             run_id=run_id,
             owner=self.owner,
-            seccomp_json=self._seccomp_json(),
+            seccomp_json=for_gvisor(profile) if runtime.gvisor else profile,
             extra_env=self._env if env is None else env,
-            runtime=s.runtime,
+            runtime=runtime.entry(networked=networked),
             extra_labels=s.labels,
         )
 
@@ -260,8 +285,8 @@ class SandboxService:
         """
         s = self.settings
         stub = RunPlan(argv=STUB_ARGV, limits=s.limits, stdin=None)
-        spec = self._spec(stub, run_id)
         try:
+            spec = self._spec(stub, run_id)
             ws_plan = self.workspace.plan(WorkspaceAsk())
         except SandboxError:
             return None
@@ -364,6 +389,7 @@ class SandboxService:
             # The sandbox picks these names: a secret can ride in one, as in its output.
             egress_denied=[neutralise(self._scrub(d)) for d in tally.denied] if tally else [],
             workspace=workspace,  # its paths were scrubbed before they were cut
+            runtime=self._runtime.name if self._runtime is not None else None,
             stdout=out.text,
             stderr=err.text,
         )

@@ -75,6 +75,9 @@ class RunResult(BaseModel):
     workspace: WorkspaceReport | None = Field(
         None, description="the workspace mode and, for copy and rw, the files the run changed"
     )
+    runtime: str | None = Field(
+        None, description="the OCI runtime the sandbox ran under: runc, or runsc (gVisor)"
+    )
     stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
     stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
 

@@ -297,6 +297,7 @@ class Oversight:
             "run_id": result.run_id if result is not None else None,
             "sandbox": getattr(result, "sandbox", None),
             "image": result.image if result is not None else self.settings.image,
+            "runtime": result.runtime if result is not None else None,
             "exit_code": result.exit_code if result is not None else None,
             "duration_ms": result.duration_ms if result is not None else None,
             "call_ms": int((time.monotonic() - started) * 1000),
