@@ -175,3 +175,24 @@ async def test_a_configured_runtime_the_daemon_lacks_refuses_every_call() -> Non
         with pytest.raises(SandboxUnavailable, match="install-runsc"):
             await service.run_code(RunCodeArgs(language="python", code="1"))
     assert api.created == []
+
+
+async def test_under_gvisor_egress_is_refused_before_any_container() -> None:
+    api = GvisorDocker(GVISOR)
+    settings = Settings(runtime="runsc", pool={"enabled": False}, egress={"enabled": True})  # type: ignore[arg-type]
+    service = make_service(settings, api)  # type: ignore[arg-type]
+    with pytest.raises(SandboxUnavailable, match="not available under runsc"):
+        await service.run_code(RunCodeArgs(language="python", code="1", network="egress"))
+    assert api.created == []
+
+
+def test_under_gvisor_no_sandbox_waits_with_masked_files(tmp_path: Path) -> None:
+    (tmp_path / "README").write_text("x")
+    tmp_path.chmod(0o755)
+    settings = Settings(runtime="runsc", workspace=tmp_path)  # type: ignore[arg-type]
+    gvisor = make_service(settings, GvisorDocker(GVISOR))  # type: ignore[arg-type]
+    assert gvisor._warm_spec("r") is not None  # nothing masked: it may wait
+    (tmp_path / ".env").write_text("TOKEN=x\n")
+    assert gvisor._warm_spec("r") is None
+    runc = make_service(settings.model_copy(update={"runtime": "runc"}), GvisorDocker(GVISOR))  # type: ignore[arg-type]
+    assert runc._warm_spec("r") is not None
