@@ -38,8 +38,6 @@ from sandbox_client import (
     workspace_changes,
 )
 
-pytestmark = pytest.mark.walls
-
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_project"
 ENV_CANARY = "env-canary-5b0e9d7c41"
 KEY_CANARY = "key-canary-a7c3e1f9"
@@ -117,6 +115,7 @@ async def test_node_test_runs_in_ro(ws: Client) -> None:
     assert "pass 1" in result["stdout"]
 
 
+@pytest.mark.walls
 async def test_pytest_in_copy_gives_the_same_verdict(ws: Client, project: Path) -> None:
     before = tree_digest(project)
     result = await call(ws, "shell", command="python -m pytest -q", workspace="copy")
@@ -125,6 +124,7 @@ async def test_pytest_in_copy_gives_the_same_verdict(ws: Client, project: Path) 
     assert tree_digest(project) == before
 
 
+@pytest.mark.walls
 async def test_a_write_in_ro_fails_clearly(ws: Client, project: Path) -> None:
     before = tree_digest(project)
     result = await call(ws, "shell", command="echo x > new.txt; echo y >> sample/__init__.py")
@@ -150,6 +150,7 @@ async def test_workdir_sets_the_working_directory(ws: Client) -> None:
     assert result["workspace"]["workdir"] == "sample"
 
 
+@pytest.mark.walls
 async def test_copy_writes_freely_and_the_host_tree_stays_byte_for_byte(
     ws: Client, project: Path
 ) -> None:
@@ -243,6 +244,7 @@ async def test_a_server_started_in_slash_has_no_workspace() -> None:
 # --- masks ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.walls
 @pytest.mark.parametrize("mode", ["ro", "copy"])
 async def test_masked_files_are_unreadable_and_never_in_output(ws: Client, mode: str) -> None:
     probe = (
@@ -565,6 +567,7 @@ async def test_rw_writes_land_owned_by_the_workspace_owner(rw: Client, rw_root: 
             assert (p.stat().st_uid, p.stat().st_gid) == RW_OWNER
 
 
+@pytest.mark.walls
 async def test_rw_changes_and_deletes(rw: Client, rw_root: Path) -> None:
     (rw_root / "edit.txt").write_text("old\n")
     (rw_root / "gone.txt").write_text("bye\n")
@@ -593,6 +596,7 @@ async def test_rw_refuses_names_that_drive_a_terminal(rw: Client, rw_root: Path)
     )
 
 
+@pytest.mark.walls
 async def test_rw_escaping_links_are_reported_and_removed(rw: Client, rw_root: Path) -> None:
     result = await call(
         rw,
@@ -641,6 +645,7 @@ async def test_rw_strips_setuid_and_setgid(rw: Client, rw_root: Path) -> None:
     assert "setuid" in str(workspace_changes(result)["suid"]["note"])
 
 
+@pytest.mark.walls
 async def test_rw_never_writes_hooks_or_agent_config(rw: Client, rw_root: Path) -> None:
     before = tree_digest(rw_root / ".git"), (rw_root / ".mcp.json").read_bytes()
     result = await call(
@@ -667,6 +672,7 @@ async def test_rw_never_writes_hooks_or_agent_config(rw: Client, rw_root: Path) 
     assert ENV_CANARY not in json.dumps(result)
 
 
+@pytest.mark.walls
 async def test_rw_past_the_quota_writes_nothing(rw: Client, rw_root: Path) -> None:
     before = tree_digest(rw_root)
     result = await call(
