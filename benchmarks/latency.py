@@ -29,7 +29,11 @@ container runs while it is read, and its shim shares them.
 Each server gets a near-empty temporary workspace: every call scans the workspace for masked
 files, and the project tree would add its own cost.
 
-Usage: ``python benchmarks/latency.py [--n 20] [--warmup 2] [--load-seconds 60]``.
+With ``--runtime runsc`` the whole table is measured twice in one run, under runc and then
+under gVisor (the servers get ``runtime = "runsc"``, ``docker run`` gets ``--runtime
+runsc-nonet``), and both tables are printed one after the other.
+
+Usage: ``python benchmarks/latency.py [--n 20] [--warmup 2] [--load-seconds 60] [--runtime runsc]``.
 Prints one table: p50, p90 in ms, ratios to the docker run p50, and issue 6's targets with
 PASS/MISS. The targets are informational: nothing is asserted.
 """
@@ -59,6 +63,8 @@ from mcp_sandbox.constants import MIB
 from mcp_sandbox.engine.owners import process_identity
 
 DEFAULT_IMAGE = "mcp-sandbox-runtime:0.1"
+# `docker run` flags of the runtime being measured (set per table by main()).
+DOCKER_RUNTIME: list[str] = []
 SNIPPET = "print(1)"
 TEST_LABEL = "mcp-sandbox-test=1"
 PREFIX = "mcp-sandbox-bench-"
@@ -258,7 +264,8 @@ async def bench(
     async def docker_run() -> None:
         nonlocal counter
         counter += 1
-        argv = ["docker", "run", "--rm", "--network", "none", "--label", TEST_LABEL]
+        argv = ["docker", "run", *DOCKER_RUNTIME, "--rm", "--network", "none"]
+        argv += ["--label", TEST_LABEL]
         argv += ["--name", f"{prefix}-{counter}", image, "python3", "-c", SNIPPET]
         check_output("docker run", await anyio.run_process(argv, check=True))
 
@@ -328,7 +335,8 @@ async def measure_idle(server: Server, foot: Footprint, image: str, peer: str) -
     A companion container, ``peer``, runs meanwhile, so that at least one other shim maps the
     shim binary and the sandbox's shim USS is what it adds, not the binary's pages as well.
     """
-    argv = ["docker", "run", "-d", "--rm", "--network", "none", "--label", TEST_LABEL]
+    argv = ["docker", "run", *DOCKER_RUNTIME, "-d", "--rm", "--network", "none"]
+    argv += ["--label", TEST_LABEL]
     await anyio.run_process([*argv, "--name", peer, image, "sleep", "300"], check=True)
     try:
         await settle(server, None)
@@ -529,19 +537,35 @@ def main() -> int:
     parser.add_argument("--image", default=DEFAULT_IMAGE, help="sandbox image for every path")
     parser.add_argument("--load-seconds", type=float, default=60, help="sustained-load phase")
     parser.add_argument("--concurrency", type=int, default=4, help="clients in the load phase")
+    parser.add_argument(
+        "--runtime",
+        choices=["runc", "runsc"],
+        default="runc",
+        help="runsc: measure under runc, then under gVisor, and print both tables",
+    )
     args = parser.parse_args()
     if args.n < 1 or args.warmup < 0 or args.load_seconds <= 0 or args.concurrency < 1:
         parser.error("--n, --load-seconds and --concurrency must be positive, --warmup >= 0")
-    try:
-        table = anyio.run(
-            bench, args.n, args.warmup, args.mode, args.image, args.load_seconds, args.concurrency
-        )
-    except subprocess.CalledProcessError as e:
-        print(f"latency: {e}\n{e.stderr.decode(errors='replace')}", file=sys.stderr)
-        return 1
     print(f"n={args.n} warmup={args.warmup} image={args.image} cpus={os.cpu_count()}")
     print(f"host python={sys.executable}")
-    print(table)
+    for runtime in ["runc"] + (["runsc"] if args.runtime == "runsc" else []):
+        os.environ["MCP_SANDBOX_RUNTIME"] = runtime  # the servers inherit the environment
+        DOCKER_RUNTIME[:] = ["--runtime", "runsc-nonet"] if runtime == "runsc" else []
+        try:
+            table = anyio.run(
+                bench,
+                args.n,
+                args.warmup,
+                args.mode,
+                args.image,
+                args.load_seconds,
+                args.concurrency,
+            )
+        except subprocess.CalledProcessError as e:
+            print(f"latency: {e}\n{e.stderr.decode(errors='replace')}", file=sys.stderr)
+            return 1
+        print(f"\n== runtime {runtime} ==")
+        print(table, flush=True)
     return 0
 
 

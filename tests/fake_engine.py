@@ -223,6 +223,9 @@ class FakeEngine:
     def ping(self) -> None:
         self._check("ping")
 
+    def runtimes(self) -> tuple[dict[str, dict[str, Any]], str]:
+        return {"runc": {"path": "runc"}}, "runc"
+
     def create(self, create_kwargs: dict[str, Any], host_config_kwargs: dict[str, Any]) -> None:
         name = str(create_kwargs["name"])
         with self._lock:

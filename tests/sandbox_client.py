@@ -21,6 +21,9 @@ from mcp import Client, StdioServerParameters
 PLANTED_NAME = "PLANTED_CANARY_API_TOKEN"
 PLANTED_VALUE = "canary-7d1f0c55e2b84a43"
 MODES = ("legacy", "auto")
+# The runtime test servers run their sandboxes under: runc (the daemon's default), or runsc
+# for CI's second pass over the tests marked `walls` (`.ci/run`).
+RUNTIME = os.environ.get("MCP_SANDBOX_TEST_RUNTIME") or "runc"
 # A raw client's handshake, for tests that speak JSON-RPC on the server's pipes themselves.
 INITIALIZE: dict[str, Any] = {
     "jsonrpc": "2.0",
@@ -52,6 +55,8 @@ def server_params(env: Mapping[str, str] | None = None, *args: str) -> StdioServ
         "MCP_SANDBOX_AUDIT__PATH": os.path.join(AUDIT_DIR, "audit.jsonl"),
     }
     # PYTHONPATH: a checkout that is not the installed one still runs its own server code.
+    if RUNTIME != "runc":
+        base["MCP_SANDBOX_RUNTIME"] = RUNTIME
     for key in ("DOCKER_HOST", "DOCKER_CONFIG", "PYTHONPATH"):
         if key in os.environ:
             base[key] = os.environ[key]

@@ -1,4 +1,4 @@
-"""The ``mcp-sandbox`` command: serve, images build, doctor."""
+"""The ``mcp-sandbox`` command: serve, images build, doctor, runtime install-runsc."""
 
 from __future__ import annotations
 
@@ -66,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("ca", help="the egress CA that signs certificates for credential hosts")
     ca.add_argument("action", choices=["rotate"], help="rotate: replace it with a new one")
     sub.add_parser("doctor", help="check what a first run needs")
+    runtime = sub.add_parser("runtime", help="set up the OCI runtime sandboxes run under")
+    runtime_sub = runtime.add_subparsers(dest="runtime_command", required=True)
+    install = runtime_sub.add_parser(
+        "install-runsc",
+        help="register gVisor's runsc in /etc/docker/daemon.json and reload dockerd (root)",
+    )
+    install.add_argument(
+        "--daemon-json", type=Path, default=Path("/etc/docker/daemon.json"), help="its path"
+    )
+    install.add_argument("--runsc", help="the runsc binary (default: runsc on PATH)")
     audit = sub.add_parser("audit", help="show the audit log's records (setting audit.path)")
     audit.add_argument("-n", "--last", type=int, default=20, help="how many, newest last")
     audit.add_argument("--session", help="only this session's records")
@@ -232,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             return _audit(settings, args)
         if args.command == "ca":
             return _rotate_ca(settings)
+        if args.command == "runtime":
+            from mcp_sandbox.runsc_setup import install_runsc
+
+            install_runsc(DockerApi(), daemon_json=args.daemon_json, runsc_path=args.runsc)
+            return 0
         if args.command == "images":
             from mcp_sandbox.images.build import build_images
 

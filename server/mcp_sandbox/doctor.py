@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.policy.arguments import RunCodeArgs
+from mcp_sandbox.sandbox.runtime import choose_runtime, platform_of
 from mcp_sandbox.sandbox.seccomp import load_seccomp
 from mcp_sandbox.service import SandboxService
 
@@ -23,6 +28,35 @@ class Check:
 
 def _api_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def engine_name(version: Mapping[str, Any]) -> str:
+    """``Docker`` or ``Podman``: Podman's compatible API names itself in its components."""
+    names = [str((version.get("Platform") or {}).get("Name", ""))]
+    names += [str(c.get("Name", "")) for c in version.get("Components") or []]
+    return "Podman" if any("podman" in n.lower() for n in names) else "Docker"
+
+
+def runtime_version(
+    name: str, entry: Mapping[str, Any], version: Mapping[str, Any]
+) -> tuple[str, str]:
+    """The runtime's version and, for gVisor, its platform (what doctor reports)."""
+    for c in version.get("Components") or []:
+        if str(c.get("Name", "")).lower() == name:
+            return str(c.get("Version", "?")), ""
+    path = str(entry.get("path", ""))
+    binary = shutil.which(path) if path else None
+    if binary is None:  # a remote daemon, or a runtime we cannot see from here
+        return "version unknown", ""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    first = out.splitlines()[0] if out else "version unknown"
+    platform = f", platform {platform_of(entry)}" if "runsc" in first else ""
+    return first, platform
 
 
 async def run_checks(service: SandboxService, api: DockerApi) -> list[Check]:
@@ -43,15 +77,24 @@ async def run_checks(service: SandboxService, api: DockerApi) -> list[Check]:
             f"upgrade Docker to an engine with API >= {'.'.join(map(str, MIN_API))}",
         )
     )
-    runtime = settings.runtime or str(info.get("DefaultRuntime", "runc"))
-    known = sorted((info.get("Runtimes") or {}).keys())
+    if engine_name(version) == "Podman":
+        checks.append(Check(True, "engine", "Podman (its Docker-compatible API); see README"))
+    offered = {str(k): dict(v or {}) for k, v in (info.get("Runtimes") or {}).items()}
+    default = str(info.get("DefaultRuntime") or "runc")
+    asked = f"runtime = {settings.runtime!r}" if settings.runtime else "the daemon's default"
+    try:
+        chosen = choose_runtime(settings.runtime, offered, default)
+    except SandboxError as e:
+        # Fails closed: the server refuses every call until this is fixed.
+        checks.append(Check(False, "runtime", str(e), "see the message"))
+        return checks
+    entry = offered.get(chosen.isolated or chosen.name, {})
+    ver, platform = runtime_version(chosen.name, entry, version)
     checks.append(
         Check(
-            runtime in known,
+            True,
             "runtime",
-            f"{runtime} ({'configured' if settings.runtime else 'daemon default'}); "
-            f"registered: {', '.join(known)}",
-            f"register {runtime} in the daemon's runtimes, or unset `runtime`",
+            f"{chosen.name} ({asked}): {ver}{platform}; registered: {', '.join(sorted(offered))}",
         )
     )
     missing = [
@@ -77,22 +120,28 @@ async def run_checks(service: SandboxService, api: DockerApi) -> list[Check]:
         return checks
     if not has_image:
         return checks
+    # gVisor shows no cgroup files inside: there the filter mode stands in for them.
     probe = (
         "import os\n"
-        "print(os.getuid(), open('/sys/fs/cgroup/pids/pids.max' if os.path.exists("
-        "'/sys/fs/cgroup/pids/pids.max') else '/sys/fs/cgroup/pids.max').read().strip())\n"
+        "status = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)\n"
+        "pids = [p for p in ('/sys/fs/cgroup/pids/pids.max', '/sys/fs/cgroup/pids.max') "
+        "if os.path.exists(p)]\n"
+        "print(os.getuid(), open(pids[0]).read().strip() if pids else 'gvisor', "
+        "status['Seccomp'].strip())\n"
     )
     try:
         result = await service.run_code(RunCodeArgs(language="python", code=probe))
     except SandboxError as e:
         checks.append(Check(False, "trial run", str(e), "see the message; then run doctor again"))
         return checks
-    expected = f"65534 {settings.limits.pids}"
+    pids = "gvisor" if chosen.gvisor else settings.limits.pids
+    expected = f"65534 {pids} 2"
     checks.append(
         Check(
             result.exit_code == 0 and result.stdout.strip() == expected,
             "trial run",
-            f"profile loaded, uid and pids limit seen from inside ({result.duration_ms} ms): "
+            f"profile loaded, uid, pids limit and seccomp mode seen from inside under "
+            f"{result.runtime} ({result.duration_ms} ms): "
             f"{result.stdout.strip() or result.stderr.strip()[:200]}",
             "the sandbox did not start as configured; see the detail",
         )

@@ -32,6 +32,8 @@ from mcp_sandbox.policy.limits import LimitRequest, RunPlan, plan_run
 from mcp_sandbox.sandbox.after_reply import AfterReply
 from mcp_sandbox.sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.sandbox.runner import RawRun, run_once
+from mcp_sandbox.sandbox.runtime import EGRESS_UNDER_GVISOR, Runtime, choose_runtime
+from mcp_sandbox.sandbox.seccomp import for_gvisor
 from mcp_sandbox.sandbox.slots import Load, OnWait, SlotQueue
 from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec, with_egress, with_workspace
 from mcp_sandbox.sandbox.warm import STUB_ARGV
@@ -111,6 +113,7 @@ class SandboxService:
         self._closing = False
         self._daemon_failed = anyio.Event()
         self.outages = 0  # times the daemon stopped answering, and came back
+        self._runtime: Runtime | None = None  # asked of the daemon at the first sandbox
         self._egress = EgressProxy(
             settings.egress,
             api,
@@ -180,7 +183,12 @@ class SandboxService:
         # Checked, and the tree read, before any container starts.
         ws_plan = await to_thread.run_sync(self.workspace.plan, where, limiter=self._threads)
         run_id = pysecrets.token_hex(6)
-        spec = self._spec(plan, run_id)
+        if (
+            args.network != "none"
+            and (await to_thread.run_sync(self.runtime, limiter=self._threads)).gvisor
+        ):
+            raise SandboxUnavailable(EGRESS_UNDER_GVISOR)  # before any container: none leaks
+        spec = self._spec(plan, run_id, networked=args.network != "none")
         try:
             return await self._run_planned(args, plan, spec, ws_plan, run_id, waiting)
         except SandboxUnavailable:
@@ -271,6 +279,9 @@ class SandboxService:
         s = self.settings
         keeper_plan = RunPlan(argv=KEEPER_ARGV, limits=KEEPER_LIMITS, stdin=None)
         keeper = self._spec(keeper_plan, f"{run_id}-keeper", env={})
+        # It runs only our own sleep, never the call's code: the daemon's default runtime,
+        # because gVisor does not even start within its 8 pids and 32 MiB.
+        keeper = replace(keeper, runtime=None, seccomp_json=self._seccomp_json())
         async with open_session(
             ws_plan,
             api=self.api,
@@ -284,19 +295,37 @@ class SandboxService:
         ) as ws:
             yield ws
 
+    def runtime(self) -> Runtime:
+        """The runtime sandboxes run under, asked of the daemon once it answers. Blocking.
+
+        Raises SandboxUnavailable, with the fix, while the configured one is not there:
+        every call is refused rather than run under another.
+        """
+        if self._runtime is None:
+            offered, default = self.api.runtimes()
+            self._runtime = choose_runtime(self.settings.runtime, offered, default)
+        return self._runtime
+
     def _spec(
-        self, plan: RunPlan, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        plan: RunPlan,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        *,
+        networked: bool = False,
     ) -> ContainerSpec:
         """The one way this server turns a plan into a container: cold, warm or keeper."""
         s = self.settings
+        runtime = self.runtime()  # known by now: asked before any spec is made
+        profile = self._seccomp_json()
         return build_spec(
             plan,
             image=s.image,
             run_id=run_id,
             owner=self.owner,
-            seccomp_json=self._seccomp_json(),
+            seccomp_json=for_gvisor(profile) if runtime.gvisor else profile,
             extra_env=self._env if env is None else env,
-            runtime=s.runtime,
+            runtime=runtime.entry(networked=networked),
             extra_labels=s.labels,
         )
 
@@ -307,8 +336,8 @@ class SandboxService:
         """
         s = self.settings
         stub = RunPlan(argv=STUB_ARGV, limits=s.limits, stdin=None)
-        spec = self._spec(stub, run_id)
         try:
+            spec = self._spec(stub, run_id)
             ws_plan = self.workspace.plan(WorkspaceAsk())
         except SandboxError:
             return None
@@ -317,7 +346,13 @@ class SandboxService:
             return spec
         if ws_plan.mode != "ro":
             return None
-        return with_workspace(spec, ro_mounts(ws_plan), WORKDIR)
+        mounts = ro_mounts(ws_plan)
+        if len(mounts) > 1 and self.runtime().gvisor:
+            # gVisor: a masked file replaced on the host shows through in a sandbox that
+            # waits (its mask stays mounted, so the stub cannot see it go): with masks,
+            # none waits.
+            return None
+        return with_workspace(spec, mounts, WORKDIR)
 
     def _may_start(self) -> bool:
         floor = self.settings.pool.min_available_mib * 1024 * 1024
@@ -456,6 +491,7 @@ class SandboxService:
             egress_denied=[neutralise(self._scrub(d)) for d in tally.denied] if tally else [],
             egress_credentials=list(tally.credentials) if tally else [],
             workspace=workspace,  # its paths were scrubbed before they were cut
+            runtime=self._runtime.name if self._runtime is not None else None,
             stdout=out.text,
             stderr=err.text,
             queued_ms=queued_ms,

@@ -1,7 +1,7 @@
 """The daemon goes away and comes back under a live server; and a daemon that hangs.
 
 A private dockerd of this module's own (its own socket, data root, exec root and pid file;
-no bridge, no iptables: sandboxes run with network "none") is killed and restarted, and
+a bridge of its own, no iptables: sandboxes run with network "none") is killed and restarted, and
 stopped with SIGSTOP, under a real stdio server pointed at it with DOCKER_HOST. The shared
 daemon is never touched. Needs root and dockerd on the host (CI's machine is the test's own);
 marked ``own_daemon`` so CI runs it once, never beside itself. About 2.5 minutes: the hang
@@ -35,11 +35,25 @@ IMAGE = "mcp-sandbox-runtime:0.1"
 BLANKS = "mcp-sandbox-mask-"
 
 
+# The private daemon's own bridge. Never --bridge=none: a dockerd started without a bridge
+# deletes the host's docker0 (libnetwork removes the default bridge interface it finds), and
+# with it every other daemon's default network.
+BRIDGE = "mcpsbx-dtest0"
+BRIDGE_ADDRESS = "10.213.77.1/24"
+
+
 class PrivateDaemon:
     """A dockerd of the test's own under ``root``: started, killed, stopped and resumed."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+        for argv in (
+            ["ip", "link", "add", BRIDGE, "type", "bridge"],
+            ["ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE],
+            ["ip", "link", "set", BRIDGE, "up"],
+        ):
+            subprocess.run(argv, check=True, capture_output=True)
         self.host = f"unix://{root}/docker.sock"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = open(root / "dockerd.log", "ab")  # closed in remove()
@@ -60,7 +74,7 @@ class PrivateDaemon:
                     "--data-root", str(self.root / "data"),
                     "--exec-root", str(self.root / "exec"),
                     "--pidfile", str(self.root / "dockerd.pid"),
-                    "--bridge=none",
+                    f"--bridge={BRIDGE}",
                     "--iptables=false",
                     "--ip-masq=false",
                     "--cgroup-parent=/mcp-sandbox-test-dockerd",
@@ -117,6 +131,7 @@ class PrivateDaemon:
                 subprocess.run(["umount", "-l", part.mountpoint], check=False)
         self._log.close()
         shutil.rmtree(self.root, ignore_errors=True)
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import pytest
 from mcp import Client
 
 from sandbox_client import (
+    RUNTIME,
     TEST_RUN_ID,
     TEST_RUN_LABEL,
     call,
@@ -151,6 +152,17 @@ async def test_egress_is_refused_unless_the_server_enables_it(client: Client) ->
 async def test_an_unknown_network_value_is_one_clear_line(client: Client) -> None:
     message = await call_error(client, "shell", command="true", network="host")
     assert "network" in message and "egress" in message
+
+
+@pytest.mark.walls
+async def test_under_gvisor_egress_is_refused_before_any_container(eg: Client) -> None:
+    args = {"command": "true", "network": "egress"}
+    if RUNTIME == "runc":
+        await call(eg, "shell", **args)
+        return
+    # runsc does not start on a Docker network here, and a failed start leaves its
+    # processes running: no egress sandbox is created at all.
+    assert "not available under runsc" in await call_error(eg, "shell", **args)
 
 
 async def test_network_none_on_an_egress_server_still_has_only_lo(eg: Client) -> None:

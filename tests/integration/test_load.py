@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 from mcp import Client
 
-from sandbox_client import connect, labelled_containers, labelled_volumes
+from sandbox_client import connect, eventually, labelled_containers, labelled_volumes
 
 CALLS = 160
 CONCURRENCY = 8
@@ -70,5 +70,6 @@ async def test_calls_past_the_slots_queue_instead_of_failing(tmp_path: Path) -> 
         f"\n{len(results)} results, {cancelled} cancelled; queued_ms p50 "
         f"{queued[len(queued) // 2]}, max {queued[-1]}"
     )
-    assert labelled_containers() == []
+    # Removals still under way on a loaded daemon finish; none may stay.
+    await eventually(lambda: labelled_containers() == [], timeout_s=30)
     assert labelled_volumes() == []

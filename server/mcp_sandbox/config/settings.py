@@ -26,6 +26,8 @@ from mcp_sandbox.policy.limits import (
 from mcp_sandbox.policy.secret_names import looks_secret_name
 
 DEFAULT_IMAGE = "mcp-sandbox-runtime:0.1"
+# runc, gVisor's runsc, or runsc when the daemon has it (sandbox/runtime.py decides).
+RuntimeSetting = Literal["auto", "runc", "runsc"]
 _PREFIX = "MCP_SANDBOX_"
 
 
@@ -80,8 +82,10 @@ class Settings(BaseSettings):
 
     config: Path | None = Field(None, description="the TOML file these settings came from")
     image: str = Field(DEFAULT_IMAGE, description="image every sandbox runs")
-    runtime: str | None = Field(
-        None, description="OCI runtime (e.g. runsc for gVisor); None is the daemon's default"
+    runtime: RuntimeSetting | None = Field(
+        None,
+        description="OCI runtime: runc, runsc (gVisor), or auto (runsc when the daemon has "
+        "it); None is the daemon's default",
     )
     seccomp_profile: Path | None = Field(
         None, description="seccomp JSON profile; None is the bundled seccomp/default.json"

@@ -65,6 +65,9 @@ class Engine(Protocol):
     def ping(self) -> None:
         """Answer, or raise: the launcher's health check."""
 
+    def runtimes(self) -> tuple[dict[str, dict[str, Any]], str]:
+        """The OCI runtimes the backend offers (name -> its entry) and its default one."""
+
     # --- one sandbox: create, attach, start, wait, kill, remove -----------------------
 
     def create(self, create_kwargs: dict[str, Any], host_config_kwargs: dict[str, Any]) -> None:

@@ -77,6 +77,13 @@ class DockerApi:
         with _translated("report its info"):
             return self._api.info()
 
+    def runtimes(self) -> tuple[dict[str, dict[str, Any]], str]:
+        """The daemon's OCI runtimes (name -> ``path``, ``runtimeArgs``) and its default's name."""
+        with _translated("list its runtimes"):
+            info = self._api.info()
+            offered = {str(k): dict(v or {}) for k, v in (info.get("Runtimes") or {}).items()}
+            return offered, str(info.get("DefaultRuntime") or "runc")
+
     def image_exists(self, image: str) -> bool:
         with _translated("inspect an image"):
             try:

@@ -80,11 +80,14 @@ class RunResult(BaseModel):
     workspace: WorkspaceReport | None = Field(
         None, description="the workspace mode and, for copy and rw, the files the run changed"
     )
-    stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
-    stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
+    runtime: str | None = Field(
+        None, description="the OCI runtime the sandbox ran under: runc, or runsc (gVisor)"
+    )
     queued_ms: int | None = Field(
         None, description="time the call waited for a free sandbox slot before it started"
     )
+    stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
+    stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
 
     def summary(self, room: int | None = None, preview_chars: int = PREVIEW_CHARS) -> str:
         """A short text block for clients that ignore structured content.

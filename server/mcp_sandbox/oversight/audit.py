@@ -216,6 +216,7 @@ class CallRecord:
             "run_id": result.run_id if result is not None else None,
             "sandbox": getattr(result, "sandbox", None),
             "image": result.image if result is not None else self.image,
+            "runtime": result.runtime if result is not None else None,
             "exit_code": result.exit_code if result is not None else None,
             "duration_ms": result.duration_ms if result is not None else None,
             "call_ms": int((time.monotonic() - self.started) * 1000),
