@@ -39,7 +39,7 @@ class Human:
         self.questions.append(params.message)
         await anyio.sleep(self.delay)
         content = {"for_session": self.session} if self.action == "accept" else None
-        return ElicitResult(action=self.action, content=content)  # type: ignore[arg-type]
+        return ElicitResult(action=self.action, content=content)
 
 
 class Server:

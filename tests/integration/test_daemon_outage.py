@@ -190,8 +190,9 @@ async def _serves_again(client: Client, within_s: float) -> dict[str, Any]:
         while True:
             result = await client.call_tool("shell", {"command": "echo back"})
             if not result.is_error:
-                assert result.structured_content is not None
-                return result.structured_content
+                content: dict[str, Any] | None = result.structured_content
+                assert content is not None
+                return content
             await anyio.sleep(0.5)
 
 

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -137,7 +138,7 @@ async def eg(outside: Outside) -> AsyncIterator[Client]:
         yield c
 
 
-async def shell(client: Client, command: str, **kw: object) -> dict[str, object]:
+async def shell(client: Client, command: str, **kw: object) -> dict[str, Any]:
     return await call(client, "shell", command=command, network="egress", **kw)
 
 

@@ -175,7 +175,7 @@ async def test_a_token_past_its_limit_is_told_to_retry(server: HttpServer) -> No
         assert hasattr(client, "call_tool")
         try:
             result = await client.call_tool("shell", {"command": "sleep 2; echo done"})
-            outcomes.append(result.structured_content["stdout"])  # type: ignore[index]
+            outcomes.append(result.structured_content["stdout"])
         except MCPError as e:
             outcomes.append(str(e))
 

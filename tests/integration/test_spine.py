@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import anyio
 import pytest
@@ -131,7 +132,8 @@ print(json.dumps({
 async def inside(client: Client) -> dict[str, object]:
     result = await call(client, "run_code", language="python", code=INSIDE)
     assert result["exit_code"] == 0, result["stderr"]
-    return json.loads(result["stdout"])
+    reported: dict[str, object] = json.loads(result["stdout"])
+    return reported
 
 
 async def test_runs_as_nobody_with_no_capabilities(inside: dict[str, object]) -> None:
@@ -501,7 +503,7 @@ def test_a_request_the_sdk_cannot_read_still_gets_a_one_line_answer() -> None:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write("".join(line + "\n" for line in lines).encode())
         proc.stdin.flush()
-        answers = {}
+        answers: dict[int | str, Any] = {}
         for _ in lines:
             # A dropped request would leave this read waiting for ever.
             assert select.select([proc.stdout], [], [], 60)[0], f"no answer; got {answers}"

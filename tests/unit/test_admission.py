@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
 from mcp_sandbox.constants import MIB
@@ -27,7 +29,7 @@ def test_sandboxes_at_once_follow_cores_and_memory(
     memory_mib: int,
     expected: int,
 ) -> None:
-    monkeypatch.setattr(admission.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
     memory = SimpleNamespace(available=available_mib * MIB)
-    monkeypatch.setattr(admission.psutil, "virtual_memory", lambda: memory)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
     assert admission.default_max_concurrent(memory_mib) == expected

@@ -33,5 +33,10 @@ def test_every_cut_of_the_stream_gives_the_same_bytes_per_stream(
 def test_the_sink_stops_the_parse() -> None:
     wire = struct.pack(">BxxxL", 1, 3) + b"abc" + struct.pack(">BxxxL", 2, 3) + b"def"
     seen: list[bytes] = []
-    assert _Frames(lambda s, c: seen.append(c) or True).feed(wire)
+
+    def sink(stream: int, chunk: bytes) -> bool:
+        seen.append(chunk)
+        return True
+
+    assert _Frames(sink).feed(wire)
     assert seen == [b"abc"]

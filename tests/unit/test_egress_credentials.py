@@ -17,7 +17,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mcp_sandbox.app import make_scrubber
 from mcp_sandbox.config.egress import CredentialEntry, EgressSettings
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.egress import ca
@@ -35,6 +34,7 @@ from mcp_sandbox.oversight.anomalies import SessionHistory
 from mcp_sandbox.policy import egress_rules as ep
 from mcp_sandbox.policy.limits import Limits, RunPlan
 from mcp_sandbox.sandbox.spec import build_spec, with_egress
+from mcp_sandbox.service import make_scrubber
 
 KEY = b"k" * 32
 RUN = "0123456789ab"

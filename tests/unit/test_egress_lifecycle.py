@@ -306,4 +306,4 @@ async def test_egress_is_refused_unless_enabled(args: ShellArgs | RunCodeArgs) -
 def test_network_is_none_or_egress() -> None:
     assert ShellArgs(command="x").network == "none"
     with pytest.raises(ValidationError):
-        ShellArgs(command="x", network="host")  # type: ignore[arg-type]
+        ShellArgs(command="x", network="host")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from mcp_sandbox.config.http import HttpSettings, is_loopback
 from mcp_sandbox.config.settings import Settings
@@ -36,12 +36,12 @@ class FakeApp:
     """Stands for the SDK's app: answers 200, or waits for ``release`` first."""
 
     def __init__(self) -> None:
-        self.seen: list[dict[str, Any]] = []
+        self.seen: list[Scope] = []
         self.release = anyio.Event()
         self.block = False
         self.entered = 0
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.seen.append(scope)
         self.entered += 1
         while (await receive()).get("more_body"):
@@ -61,7 +61,7 @@ async def request(
     body: bytes = CALL,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> tuple[int, dict[bytes, bytes], bytes]:
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
     hdrs = list(headers or [])
     if token is not None:
         hdrs.append((b"authorization", f"Bearer {token}".encode()))
@@ -74,10 +74,10 @@ async def request(
     }
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     await gate(scope, receive, send)

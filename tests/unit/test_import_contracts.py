@@ -100,7 +100,7 @@ def test_egress_rules_imports_the_standard_library_only() -> None:
     """policy/egress_rules.py is copied into the egress proxy's image: Python and nothing else."""
     source = PACKAGE / "policy" / "egress_rules.py"
     tree = ast.parse(source.read_text(), str(source))
-    imported = set()
+    imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)

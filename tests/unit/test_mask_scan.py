@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -158,7 +159,12 @@ def test_on_a_filesystem_not_known_to_be_local_nothing_is_reused(
     scanner.scan(max_entries=100)
     listed: list[str] = []
     real = os.scandir
-    monkeypatch.setattr(os, "scandir", lambda p: listed.append(p) or real(p))
+
+    def scandir(p: str) -> Any:
+        listed.append(p)
+        return real(p)
+
+    monkeypatch.setattr(os, "scandir", scandir)
     scanner.scan(max_entries=100)
     assert len(listed) == 4
 

@@ -27,8 +27,8 @@ from mcp_sandbox.sandbox.runtime import (
 )
 from mcp_sandbox.sandbox.seccomp import for_gvisor, load_seccomp
 
-RUNC = {"runc": {"path": "runc"}}
-GVISOR = {
+RUNC: dict[str, dict[str, Any]] = {"runc": {"path": "runc"}}
+GVISOR: dict[str, dict[str, Any]] = {
     **RUNC,
     "runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--oci-seccomp"]},
     "runsc-nonet": {"path": "/usr/bin/runsc", "runtimeArgs": ["--oci-seccomp", "--network=none"]},
@@ -179,7 +179,7 @@ async def test_a_configured_runtime_the_daemon_lacks_refuses_every_call() -> Non
 
 async def test_under_gvisor_egress_is_refused_before_any_container() -> None:
     api = GvisorDocker(GVISOR)
-    settings = Settings(runtime="runsc", pool={"enabled": False}, egress={"enabled": True})  # type: ignore[arg-type]
+    settings = Settings(runtime="runsc", pool={"enabled": False}, egress={"enabled": True})
     service = make_service(settings, api)
     with pytest.raises(SandboxUnavailable, match="not available under runsc"):
         await service.run_code(RunCodeArgs(language="python", code="1", network="egress"))
@@ -189,10 +189,10 @@ async def test_under_gvisor_egress_is_refused_before_any_container() -> None:
 def test_under_gvisor_no_sandbox_waits_with_masked_files(tmp_path: Path) -> None:
     (tmp_path / "README").write_text("x")
     tmp_path.chmod(0o755)
-    settings = Settings(runtime="runsc", workspace=tmp_path)  # type: ignore[arg-type]
-    gvisor = make_service(settings, GvisorDocker(GVISOR))  # type: ignore[arg-type]
+    settings = Settings(runtime="runsc", workspace=tmp_path)
+    gvisor = make_service(settings, GvisorDocker(GVISOR))
     assert gvisor._warm_spec("r") is not None  # nothing masked: it may wait
     (tmp_path / ".env").write_text("TOKEN=x\n")
     assert gvisor._warm_spec("r") is None
-    runc = make_service(settings.model_copy(update={"runtime": "runc"}), GvisorDocker(GVISOR))  # type: ignore[arg-type]
+    runc = make_service(settings.model_copy(update={"runtime": "runc"}), GvisorDocker(GVISOR))
     assert runc._warm_spec("r") is not None

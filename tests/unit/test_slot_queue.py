@@ -138,7 +138,7 @@ async def test_progress_tells_a_waiting_tool_call_its_place(tmp_path: Path) -> N
     service = make_service(_settings(tmp_path), api)
     messages: list[str] = []
 
-    async def progress(value: float, total: float | None, message: str | None) -> None:
+    async def progress(progress: float, total: float | None, message: str | None) -> None:
         messages.append(message or "")
 
     async with Client(build_server(service)) as client, anyio.create_task_group() as tg:
