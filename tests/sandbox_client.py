@@ -101,11 +101,39 @@ def workspace_changes(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {str(c["path"]): c for c in ws["changes"]}
 
 
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    """Poll ``predicate`` (state of the daemon: there is no event to wait on) until true."""
-    with anyio.fail_after(timeout_s):
-        while not predicate():  # noqa: ASYNC110  # polling an outside daemon
-            await anyio.sleep(0.05)
+async def eventually(
+    predicate: Callable[[], bool],
+    timeout_s: float = 20.0,
+    describe: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``predicate`` (state of the daemon: there is no event to wait on) until true; past
+    ``timeout_s``, fail with what ``describe`` says of the state (what was left, and whose)."""
+    try:
+        with anyio.fail_after(timeout_s):
+            while not predicate():  # noqa: ASYNC110  # polling an outside daemon
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        detail = describe() if describe is not None else "no description"
+        raise AssertionError(f"still not true after {timeout_s} s: {detail}") from None
+
+
+def describe_labelled_containers() -> str:
+    """This test run's containers still on the daemon: id, state, image, name and labels."""
+    out = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "-a",
+            "--filter",
+            f"label={TEST_RUN_LABEL}={TEST_RUN_ID}",
+            "--format",
+            "{{.ID}} {{.State}} {{.Image}} {{.Names}} {{.Labels}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip() or "none"
 
 
 async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:

@@ -23,9 +23,10 @@ from mcp_sandbox.config.settings import (
 )
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.errors import ConfigError, SandboxError
-from mcp_sandbox.service import make_scrubber
+from mcp_sandbox.service import SandboxService, make_scrubber
 from mcp_sandbox.transport.call_runner import CallRunner
 from mcp_sandbox.transport.launcher import LauncherClient
+from mcp_sandbox.undertaker import start_undertaker
 
 log = logging.getLogger("mcp_sandbox")
 
@@ -150,7 +151,15 @@ def _sandboxes(settings: Settings) -> CallRunner:
     """The launcher, when one holds Docker; else Docker in this process."""
     if settings.launcher_socket is not None:
         return LauncherClient(settings.launcher_socket, settings)
-    return make_service(settings)
+    return _serving_service(settings)
+
+
+def _serving_service(settings: Settings) -> SandboxService:
+    """The service of a long-lived server, with its undertaker: what a SIGKILL of this
+    process leaves is removed all the same."""
+    service = make_service(settings)
+    start_undertaker(service.owner)
+    return service
 
 
 async def _serve_http(settings: Settings, host: str | None, port: int | None) -> None:
@@ -176,7 +185,7 @@ def _launcher(settings: Settings, action: str, socket: Path | None) -> int:
         anyio.run(LauncherClient(path).ping)
         print("ok")
         return 0
-    anyio.run(serve_launcher, make_service(settings), path)
+    anyio.run(serve_launcher, _serving_service(settings), path)
     return 0
 
 

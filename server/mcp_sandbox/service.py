@@ -499,28 +499,34 @@ class SandboxService:
 
     async def reap(self, *, own_too: bool) -> int:
         """Remove labelled containers whose server is gone (and ours, with ``own_too``)."""
-        try:
-            found = await to_thread.run_sync(self.api.labelled_containers, limiter=self._threads)
-        except SandboxUnavailable:
-            return 0
-        now = time.time()
-        doomed = []
-        for c in found:
-            owner = c.labels.get(OWNER_LABEL, "")
-            if owner == self.owner:
-                if own_too:
-                    doomed.append(c.name)
-                continue
-            alive = owner_is_alive(owner)
-            if alive is False or (alive is None and now - c.created_unix > _FOREIGN_GRACE_S):
+        return await reap_orphans(self.api, self.owner, self._threads, own_too=own_too)
+
+
+async def reap_orphans(api: Engine, owner: str, threads: CapacityLimiter, *, own_too: bool) -> int:
+    """Remove the labelled containers, then networks and volumes, whose server is gone (and
+    ``owner``'s own, with ``own_too``). Returns how many containers went."""
+    try:
+        found = await to_thread.run_sync(api.labelled_containers, limiter=threads)
+    except SandboxUnavailable:
+        return 0
+    now = time.time()
+    doomed = []
+    for c in found:
+        who = c.labels.get(OWNER_LABEL, "")
+        if who == owner:
+            if own_too:
                 doomed.append(c.name)
-        async with anyio.create_task_group() as tg:
-            for name in doomed:
-                tg.start_soon(remove_quietly, self.api, name, self._threads)
-        # Networks last: one with a container on it cannot go.
-        await reap_networks(self.api, self.owner, self._threads, own_too=own_too)
-        await reap_volumes(self.api, self._threads, owner=self.owner, own_too=own_too)
-        return len(doomed)
+            continue
+        alive = owner_is_alive(who)
+        if alive is False or (alive is None and now - c.created_unix > _FOREIGN_GRACE_S):
+            doomed.append(c.name)
+    async with anyio.create_task_group() as tg:
+        for name in doomed:
+            tg.start_soon(remove_quietly, api, name, threads)
+    # Networks last: one with a container on it cannot go.
+    await reap_networks(api, owner, threads, own_too=own_too)
+    await reap_volumes(api, threads, owner=owner, own_too=own_too)
+    return len(doomed)
 
 
 def _listed_chars(output_bytes: int) -> int:

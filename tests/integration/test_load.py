@@ -11,7 +11,13 @@ from typing import Any
 import anyio
 from mcp import Client
 
-from sandbox_client import connect, eventually, labelled_containers, labelled_volumes
+from sandbox_client import (
+    connect,
+    describe_labelled_containers,
+    eventually,
+    labelled_containers,
+    labelled_volumes,
+)
 
 CALLS = 160
 CONCURRENCY = 8
@@ -71,5 +77,7 @@ async def test_calls_past_the_slots_queue_instead_of_failing(tmp_path: Path) -> 
         f"{queued[len(queued) // 2]}, max {queued[-1]}"
     )
     # Removals still under way on a loaded daemon finish; none may stay.
-    await eventually(lambda: labelled_containers() == [], timeout_s=30)
+    await eventually(
+        lambda: labelled_containers() == [], timeout_s=30, describe=describe_labelled_containers
+    )
     assert labelled_volumes() == []

@@ -711,7 +711,7 @@ def test_blanks_of_dead_servers_are_swept_and_live_ones_kept(
     live = tmp_path / f"mcp-sandbox-mask-{os.getpid()}-abc"
     dead.mkdir()
     live.mkdir()
-    workspace_session._sweep_dead_blanks()
+    workspace_session.sweep_dead_blanks()
     assert not dead.exists() and live.exists()
 
 

@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import psutil
 from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox.config.workspace import WorkspacePolicy
 from mcp_sandbox.constants import LABEL, MIB, OWNER_LABEL, WORKDIR
 from mcp_sandbox.engine.backend import Engine
-from mcp_sandbox.engine.owners import owner_is_alive
+from mcp_sandbox.engine.owners import owner_is_alive, pid_runs
 from mcp_sandbox.engine.steps import remove_quietly, step
 from mcp_sandbox.errors import RequestRejected, SandboxUnavailable
 from mcp_sandbox.output.result import WorkspaceReport
@@ -146,11 +145,11 @@ class Session:
 _BLANKS_PREFIX = "mcp-sandbox-mask-"
 
 
-def _sweep_dead_blanks() -> None:
+def sweep_dead_blanks() -> None:
     """Remove the blanks of servers that died without cleaning up (SIGKILL)."""
     for path in Path(tempfile.gettempdir()).glob(f"{_BLANKS_PREFIX}*-*"):
         pid = path.name[len(_BLANKS_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+        if pid.isdigit() and not pid_runs(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -161,7 +160,7 @@ def _blanks() -> tuple[str, str]:
     One pair per server process, so the same masks always give the same mounts (a warm
     sandbox is used only when its spec equals the call's). Removed at exit.
     """
-    _sweep_dead_blanks()
+    sweep_dead_blanks()
     tmp = tempfile.mkdtemp(prefix=f"{_BLANKS_PREFIX}{os.getpid()}-")
     atexit.register(shutil.rmtree, tmp, True)
     empty_file = os.path.join(tmp, "file")
