@@ -1,16 +1,19 @@
 """The daemon goes away and comes back under a live server; and a daemon that hangs.
 
-A private dockerd of this module's own (its own socket, data root, exec root and pid file;
-a bridge of its own, no iptables: sandboxes run with network "none") is killed and restarted, and
-stopped with SIGSTOP, under a real stdio server pointed at it with DOCKER_HOST. The shared
-daemon is never touched. Needs root and dockerd on the host (CI's machine is the test's own);
-marked ``own_daemon`` so CI runs it once, never beside itself. About 2.5 minutes: the hang
-waits out our own step bounds (STEP_TIMEOUT_S, REMOVE_TIMEOUT_S).
+A private dockerd of this module's own (its own socket, data root, exec root, pid file and
+network namespace) is killed and restarted under a live server pointed at it with DOCKER_HOST:
+a stdio server, an HTTP server, and an HTTP server whose calls run through a launcher, each
+with an egress proxy on that daemon that the restart kills too. It is also stopped with
+SIGSTOP under a stdio server. The shared daemon and the host's links are never touched. Needs
+root and dockerd on the host (CI's machine is the test's own); marked ``own_daemon`` so CI runs
+it once, never beside itself. About 4 minutes: the hang waits out our own step bounds
+(STEP_TIMEOUT_S, REMOVE_TIMEOUT_S).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,8 +29,10 @@ import psutil
 import pytest
 from mcp import Client
 
+from mcp_sandbox.config.egress import DEFAULT_PROXY_IMAGE
 from mcp_sandbox.engine.steps import REMOVE_TIMEOUT_S, STEP_TIMEOUT_S
 from sandbox_client import TEST_RUN_ID, TEST_RUN_LABEL, connect, eventually
+from sandbox_http import http_client, http_server, launcher
 
 pytestmark = pytest.mark.own_daemon
 
@@ -35,11 +40,19 @@ IMAGE = "mcp-sandbox-runtime:0.1"
 BLANKS = "mcp-sandbox-mask-"
 
 
-# The private daemon's own bridge. Never --bridge=none: a dockerd started without a bridge
-# deletes the host's docker0 (libnetwork removes the default bridge interface it finds), and
-# with it every other daemon's default network.
+# The private daemon runs in a network namespace of its own, with a bridge of its own there:
+# a dockerd shares the host's links otherwise, and one restarted on its own data root deleted
+# the host's docker0 (and with it the shared daemon's default network). In its namespace it
+# keeps its own iptables too, so the shared daemon's FORWARD policy (DROP) does not meet its
+# networks, and nothing in the namespace has a route off this machine.
+NETNS = "mcpsbx-dtest"
 BRIDGE = "mcpsbx-dtest0"
 BRIDGE_ADDRESS = "10.213.77.1/24"
+POOL = "10.214.0.0/16"  # the networks our server makes there (the egress proxy's)
+
+
+def _in_netns(*argv: str) -> list[str]:
+    return ["ip", "netns", "exec", NETNS, *argv]
 
 
 class PrivateDaemon:
@@ -47,11 +60,13 @@ class PrivateDaemon:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
         for argv in (
-            ["ip", "link", "add", BRIDGE, "type", "bridge"],
-            ["ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE],
-            ["ip", "link", "set", BRIDGE, "up"],
+            ["ip", "netns", "add", NETNS],
+            _in_netns("ip", "link", "set", "lo", "up"),
+            _in_netns("ip", "link", "add", BRIDGE, "type", "bridge"),
+            _in_netns("ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE),
+            _in_netns("ip", "link", "set", BRIDGE, "up"),
         ):
             subprocess.run(argv, check=True, capture_output=True)
         self.host = f"unix://{root}/docker.sock"
@@ -69,14 +84,17 @@ class PrivateDaemon:
         for attempt in range(3):
             self.proc = subprocess.Popen(
                 [
+                    # The namespace's network alone: `ip netns exec` would remount /sys, and
+                    # dockerd would find no cgroup hierarchy there.
+                    "nsenter", f"--net=/run/netns/{NETNS}",
                     "dockerd",
                     "-H", self.host,
                     "--data-root", str(self.root / "data"),
                     "--exec-root", str(self.root / "exec"),
                     "--pidfile", str(self.root / "dockerd.pid"),
                     f"--bridge={BRIDGE}",
-                    "--iptables=false",
                     "--ip-masq=false",
+                    f"--default-address-pool=base={POOL},size=24",
                     "--cgroup-parent=/mcp-sandbox-test-dockerd",
                     "--shutdown-timeout=2",
                 ],
@@ -131,7 +149,7 @@ class PrivateDaemon:
                 subprocess.run(["umount", "-l", part.mountpoint], check=False)
         self._log.close()
         shutil.rmtree(self.root, ignore_errors=True)
-        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +162,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateDaemon]:
     try:
         private.start()
         image = tmp_path_factory.mktemp("image") / "runtime.tar"
-        subprocess.run(["docker", "save", IMAGE, "-o", str(image)], check=True)
+        subprocess.run(["docker", "save", IMAGE, DEFAULT_PROXY_IMAGE, "-o", str(image)], check=True)
         private.docker("load", "-i", str(image), check=True)
         yield private
     finally:
@@ -173,11 +191,12 @@ def _dead_blanks(before: set[str]) -> set[str]:
 
 
 async def _only_warm_left(daemon: PrivateDaemon) -> None:
-    """Soon, our containers on ``daemon`` are the running warm ones alone."""
-    try:
-        await eventually(lambda: all(" running" in c for c in daemon.ours()), 30)
-    except TimeoutError:
-        raise AssertionError(f"left behind: {daemon.ours()}") from None
+    """Soon, our containers on ``daemon`` are the running ones alone (warm, the proxy)."""
+    await eventually(
+        lambda: all(" running" in c for c in daemon.ours()),
+        30,
+        describe=lambda: f"left behind: {daemon.ours()}",
+    )
 
 
 def _text(result: Any) -> str:
@@ -202,7 +221,43 @@ def _env(daemon: PrivateDaemon, workspace: Path) -> dict[str, str]:
         "MCP_SANDBOX_WORKSPACE": str(workspace),
         "MCP_SANDBOX_MAX_CONCURRENT": "4",
         "MCP_SANDBOX_LOG_LEVEL": "WARNING",
+        # The egress proxy lives on the daemon too: a restart kills it like any container.
+        "MCP_SANDBOX_EGRESS__ENABLED": "true",
+        "MCP_SANDBOX_APPROVAL__EGRESS": "allow",
+        "MCP_SANDBOX_EGRESS__ALLOW": json.dumps(["allowed.test"]),
     }
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    transport: str, daemon: PrivateDaemon, workspace: Path, tmp: Path
+) -> AsyncIterator[Client]:
+    """A client of a server on ``daemon``: stdio; HTTP; or HTTP whose server holds no Docker
+    access and runs every call through a launcher that does."""
+    env = _env(daemon, workspace)
+    if transport == "stdio":
+        async with connect("auto", env=env) as client:
+            yield client
+        return
+    with contextlib.ExitStack() as stack:
+        if transport == "launcher":
+            sock = stack.enter_context(launcher(tmp, env))
+            # The server keeps its own policy (approvals) and no Docker access at all.
+            env = {**env, "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+                   "MCP_SANDBOX_LAUNCHER_SOCKET": str(sock)}  # fmt: skip
+        server = stack.enter_context(http_server(tmp, env))
+        async with http_client(server.url) as client:
+            yield client
+
+
+async def _egress_is_filtered(client: Client) -> None:
+    """An egress call reaches our proxy (it answers, and refuses the unlisted name)."""
+    args = {"command": "curl -sS --max-time 10 http://blocked.test/", "network": "egress"}
+    result = await client.call_tool("shell", args)
+    assert not result.is_error, _text(result)
+    content = result.structured_content
+    assert content is not None
+    assert content["egress_denied"] == ["blocked.test:80 (not in allowlist)"], content
 
 
 @contextlib.asynccontextmanager
@@ -221,13 +276,15 @@ async def _live_calls(client: Client, n: int, timeout_s: float) -> AsyncIterator
         yield errors
 
 
+@pytest.mark.parametrize("transport", ["stdio", "http", "launcher"])
 async def test_a_daemon_restart_fails_running_calls_clearly_and_is_survived(
-    daemon: PrivateDaemon, workspace: Path
+    daemon: PrivateDaemon, workspace: Path, tmp_path: Path, transport: str
 ) -> None:
     blanks_before = _blank_dirs()
-    async with connect("auto", env=_env(daemon, workspace)) as client:
+    async with _serving(transport, daemon, workspace, tmp_path) as client:
         first = await _serves_again(client, 60)
         assert first["stdout"] == "back\n"
+        await _egress_is_filtered(client)  # the proxy is up, and the restart will kill it
         await eventually(lambda: any(" running" in c for c in daemon.ours()))  # warm
 
         # 1. Running calls end with one clear error each.
@@ -262,10 +319,11 @@ async def test_a_daemon_restart_fails_running_calls_clearly_and_is_survived(
         with anyio.fail_after(30):
             while not await warm_call():  # noqa: ASYNC110  # the pool has no event for us
                 await anyio.sleep(0.5)
+        await _egress_is_filtered(client)  # a new proxy, on new networks
         await _only_warm_left(daemon)
         assert daemon.ours("volume") == []
-        print(f"\nserved again {served_in:.1f} s after the daemon's return")
-    await eventually(lambda: daemon.ours() == [], 20)
+        print(f"\n{transport}: served again {served_in:.1f} s after the daemon's return")
+    await eventually(lambda: daemon.ours() == [], 20, describe=lambda: str(daemon.ours()))
     assert daemon.ours("volume") == [] and daemon.ours("network") == []
     assert _dead_blanks(blanks_before) == set()
 
@@ -295,6 +353,6 @@ async def test_a_hung_daemon_ends_every_call_within_our_bounds(
         await _serves_again(client, 30)
         await _only_warm_left(daemon)
         print(f"\nunder a hung daemon, the calls ended as errors within {ended_in:.0f} s")
-    await eventually(lambda: daemon.ours() == [], 20)
+    await eventually(lambda: daemon.ours() == [], 20, describe=lambda: str(daemon.ours()))
     assert daemon.ours("volume") == [] and daemon.ours("network") == []
     assert _dead_blanks(blanks_before) == set()

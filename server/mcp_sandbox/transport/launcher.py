@@ -325,6 +325,9 @@ async def serve_launcher(
 
             tg.start_soon(stop_on_signal)
             tg.start_soon(reap_at_start)
+            # The warm pool, deferred removals and recovery after a daemon outage: the
+            # launcher is the process that holds Docker, so they run here, not in the server.
+            tg.start_soon(service.run_background)
             log.info("launcher listening on %s", socket_path)
             if ready is not None:
                 ready()
@@ -333,6 +336,6 @@ async def serve_launcher(
             )
     finally:
         with anyio.CancelScope(shield=True):
-            await service.reap(own_too=True)
+            await service.shutdown()  # the warm pool, then every sandbox of ours
         with contextlib.suppress(OSError):
             os.unlink(socket_path)
