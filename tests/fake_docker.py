@@ -60,5 +60,8 @@ class RecordingDocker:
     def labelled_containers(self) -> list[Any]:
         return []
 
+    def labelled_volumes(self) -> list[Any]:
+        return []  # no environment: every call runs without one
+
     def ping(self) -> None:
         pass

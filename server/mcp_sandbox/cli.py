@@ -1,4 +1,4 @@
-"""The ``mcp-sandbox`` command: serve, images build, doctor."""
+"""The ``mcp-sandbox`` command: serve, images build, env, doctor."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from mcp_sandbox.config.settings import (
 )
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.errors import ConfigError, SandboxError
+from mcp_sandbox.output.shaping import neutralise
 from mcp_sandbox.service import SandboxService
 from mcp_sandbox.transport.launcher import LauncherClient
 
@@ -62,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("action", choices=["new"])
     token.add_argument("name", help="the name logs show for this token")
     token.add_argument("--file", type=Path, help="append its hashed entry to this tokens file")
+    env = sub.add_parser("env", help="the workspace's project environment (its dependencies)")
+    env.add_argument(
+        "action",
+        choices=["build", "status", "rm"],
+        help="build: install the manifests' dependencies once; status; rm: remove it",
+    )
+    env.add_argument(
+        "--workspace", type=Path, help="the project (setting workspace; default: the current one)"
+    )
     sub.add_parser("doctor", help="check what a first run needs")
     audit = sub.add_parser("audit", help="show the audit log's records (setting audit.path)")
     audit.add_argument("-n", "--last", type=int, default=20, help="how many, newest last")
@@ -184,6 +194,43 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+async def _env(service: SandboxService, action: str) -> int:
+    """``mcp-sandbox env build|status|rm``: progress on stderr, the outcome on stdout."""
+    if action == "build":
+
+        async def progress(line: str) -> None:
+            _progress(line)
+
+        try:
+            report = await service.build_environment(progress)
+        finally:
+            await service.reap(own_too=True)  # its proxy and networks; not the environment
+        env = report.environment
+        print(
+            f"built {env.id} in {report.duration_ms / 1000:.1f} s: {env.size_mib} MiB, "
+            f"{len(report.packages)} package(s), {report.egress_allowed} request(s) to the "
+            "index"
+        )
+        if report.egress_denied:
+            refused = ", ".join(neutralise(service.scrub(d)) for d in report.egress_denied)
+            print(f"refused: {refused}")
+        for name in report.packages:
+            print(f"  {name}")
+        return 0
+    if action == "status":
+        found, seen = await service.environment_status()
+        if found is None:
+            print("none: no environment for this workspace (`mcp-sandbox env build`)")
+            return 1
+        print(f"{seen.state}: {found.id}, built {found.built_at}, {found.size_mib} MiB")
+        if seen.hint:
+            print(seen.hint)
+        return 0
+    removed = await service.remove_environment()
+    print(f"removed {len(removed)} environment(s)" + "".join(f"\n  {n}" for n in removed))
+    return 0
+
+
 async def _doctor(settings: Settings) -> int:
     from mcp_sandbox.doctor import render, run_checks
 
@@ -215,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             return _new_token(args.name, args.file)
         if args.command == "audit":
             return _audit(settings, args)
+        if args.command == "env":
+            return anyio.run(_env, make_service(settings), args.action)
         if args.command == "images":
             from mcp_sandbox.images.build import build_images
 

@@ -8,6 +8,7 @@ import secrets as pysecrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 
 import anyio
 import psutil
@@ -15,13 +16,23 @@ from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
-from mcp_sandbox.constants import OWNER_LABEL, WORKDIR
+from mcp_sandbox.constants import ENVIRONMENT_LABEL, OWNER_LABEL, WORKDIR
 from mcp_sandbox.egress.proxy import EgressProxy, EgressTally, reap_networks
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import remove_quietly
+from mcp_sandbox.environment import build as env_build
+from mcp_sandbox.environment import store as env_store
+from mcp_sandbox.environment.mount import with_environment
+from mcp_sandbox.environment.volumes import Environment, current, environment_key
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
-from mcp_sandbox.output.result import RESULT_CHARS, RunResult, WorkspaceReport
+from mcp_sandbox.output.result import (
+    NO_ENVIRONMENT,
+    RESULT_CHARS,
+    EnvironmentReport,
+    RunResult,
+    WorkspaceReport,
+)
 from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
 from mcp_sandbox.policy import languages
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
@@ -150,6 +161,9 @@ class SandboxService:
         ws_plan = await to_thread.run_sync(
             self.workspace.plan, where or WorkspaceAsk(), limiter=self._threads
         )
+        environment, env_report = await self._environment_for(
+            ws_plan.root if ws_plan is not None else None
+        )
         run_id = pysecrets.token_hex(6)
         spec = self._spec(plan, run_id)
         with self._after.call():  # removals and refills wait for the reply
@@ -157,9 +171,11 @@ class SandboxService:
                 async with self._workspace_session(ws_plan, run_id, plan) as ws:
                     if ws is not None:
                         spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
+                    if environment is not None:
+                        spec = with_environment(spec, environment.id)
                     raw, tally = await self._launch(spec, plan, run_id, network, ws)
                     report = await ws.finish() if ws is not None else None
-        shaping = (raw, run_id, plan.limits.output_bytes, tally, report)
+        shaping = (raw, run_id, plan.limits.output_bytes, tally, report, env_report)
         if raw.stdout.total + raw.stderr.total <= SHAPE_ON_LOOP_BYTES:
             result = self._result(*shaping)
         else:  # scrubbing it takes milliseconds, hostile text up to the scrubber's budget
@@ -270,7 +286,12 @@ class SandboxService:
             return spec
         if ws_plan.mode != "ro":
             return None
-        return with_workspace(spec, ro_mounts(ws_plan), WORKDIR)
+        spec = with_workspace(spec, ro_mounts(ws_plan), WORKDIR)
+        try:
+            environment = self._environment_now(ws_plan.root)
+        except SandboxError:
+            return None
+        return spec if environment is None else with_environment(spec, environment.id)
 
     def _may_start(self) -> bool:
         floor = self.settings.pool.min_available_mib * 1024 * 1024
@@ -344,6 +365,7 @@ class SandboxService:
         budget: int,
         tally: EgressTally | None = None,
         workspace: WorkspaceReport | None = None,
+        environment: EnvironmentReport = NO_ENVIRONMENT,
     ) -> RunResult:
         out, err = shape(
             raw.stdout, raw.stderr, budget=budget, scrub=self._scrub, margin=self._margin
@@ -364,6 +386,7 @@ class SandboxService:
             # The sandbox picks these names: a secret can ride in one, as in its output.
             egress_denied=[neutralise(self._scrub(d)) for d in tally.denied] if tally else [],
             workspace=workspace,  # its paths were scrubbed before they were cut
+            environment=environment,
             stdout=out.text,
             stderr=err.text,
         )
@@ -391,7 +414,81 @@ class SandboxService:
         # Networks last: one with a container on it cannot go.
         await reap_networks(self.api, self.owner, self._threads, own_too=own_too)
         await reap_volumes(self.api, self._threads, owner=self.owner, own_too=own_too)
+        max_age_s = self.settings.environment.max_age_days * 86_400
+        await env_store.reap_environments(self.api, self._threads, max_age_s)
         return len(doomed)
+
+    # --- the workspace's project environment (``environment/``) ---------------------------
+
+    def _environment_now(self, root: Path) -> Environment | None:
+        """Blocking: the sealed environment of ``root`` under this server's image, if any."""
+        rows = [r for r in self.api.labelled_volumes() if r.labels.get(ENVIRONMENT_LABEL)]
+        return current(rows, environment_key(str(root), self.settings.image))
+
+    async def _environment_for(
+        self, root: Path | None
+    ) -> tuple[Environment | None, EnvironmentReport]:
+        """The environment a call of the workspace at ``root`` mounts, and what its result
+        says of it (None: no workspace, so none)."""
+        if root is None:
+            return None, NO_ENVIRONMENT
+        found = await to_thread.run_sync(self._environment_now, root, limiter=self._threads)
+        if found is None:
+            return None, NO_ENVIRONMENT
+        try:
+            manifests = await to_thread.run_sync(
+                env_build.manifests_of, self.settings, root, limiter=self._threads
+            )
+            digest: str | None = env_build.digest_of(self.settings, manifests)
+        except RequestRejected:
+            digest = None  # unreadable manifests: not the ones it was built from
+        state = found.state(digest)
+        hint = (
+            f"environment is stale: a dependency manifest changed since {found.built_at}; "
+            "rebuild it with the prepare_env tool or `mcp-sandbox env build`"
+            if state == "stale"
+            else None
+        )
+        return found, EnvironmentReport(
+            id=found.id, state=state, built_at=found.built_at, hint=hint
+        )
+
+    def _environment_root(self) -> Path:
+        root = self.workspace.root
+        if root is None:
+            raise RequestRejected(
+                "this server has no workspace, so no environment (use --workspace PATH)"
+            )
+        return root
+
+    async def build_environment(self, progress: env_build.Progress) -> env_build.BuildReport:
+        """Build the workspace's environment (``environment/build.py`` says how)."""
+        self._refuse_if_closing()
+        ctx = env_build.BuildContext(
+            settings=self.settings,
+            api=self.api,
+            threads=self._threads,
+            owner=self.owner,
+            seccomp_json=self._seccomp_json(),
+            scrub=self._scrub,
+        )
+        async with self._slot(self.settings.environment.timeout_s):
+            return await env_build.build_environment(ctx, self._environment_root(), progress)
+
+    async def environment_status(self) -> tuple[Environment | None, EnvironmentReport]:
+        """The workspace's environment, as a call would see it now."""
+        return await self._environment_for(self._environment_root())
+
+    async def remove_environment(self) -> list[str]:
+        """Remove the workspace's environments; returns the volumes removed."""
+        root = self._environment_root()
+        return await env_store.remove_environments(
+            self.api, self._threads, root, self.settings.image
+        )
+
+    async def environments(self) -> list[Environment]:
+        """Every sealed environment on this daemon (``doctor`` lists them)."""
+        return await env_store.all_environments(self.api, self._threads)
 
 
 def _listed_chars(output_bytes: int) -> int:

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from mcp_sandbox.config.audit import AuditSettings
 from mcp_sandbox.config.egress import EgressSettings
+from mcp_sandbox.config.environment import EnvironmentSettings
 from mcp_sandbox.config.http import HttpSettings
 from mcp_sandbox.config.workspace import WorkspacePolicy, check_root
 from mcp_sandbox.errors import ConfigError, RequestRejected
@@ -116,6 +117,7 @@ class Settings(BaseSettings):
     )
     workspace_policy: WorkspacePolicy = WorkspacePolicy()
     egress: EgressSettings = EgressSettings()
+    environment: EnvironmentSettings = EnvironmentSettings()
     launcher_socket: Path | None = Field(
         None, description="send runs to `mcp-sandbox launcher` here instead of using Docker"
     )

@@ -36,6 +36,22 @@ class WorkspaceReport(BaseModel):
     note: str | None = Field(None, description="a limit that was reached, if any")
 
 
+class EnvironmentReport(BaseModel):
+    """The project environment the run had at /env (``mcp-sandbox env build``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str | None = Field(None, description="the environment's volume; null without one")
+    state: Literal["ready", "stale", "none"] = Field(
+        "none", description="stale: a manifest changed since it was built (it still ran)"
+    )
+    built_at: str | None = Field(None, description="when it was built, UTC")
+    hint: str | None = Field(None, description="what to do when it is stale")
+
+
+NO_ENVIRONMENT = EnvironmentReport()
+
+
 # Characters of each stream the text block repeats, at most.
 PREVIEW_CHARS = 2_000
 
@@ -75,6 +91,9 @@ class RunResult(BaseModel):
     workspace: WorkspaceReport | None = Field(
         None, description="the workspace mode and, for copy and rw, the files the run changed"
     )
+    environment: EnvironmentReport = Field(
+        NO_ENVIRONMENT, description="the project environment mounted at /env, if any"
+    )
     stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
     stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
 
@@ -107,6 +126,8 @@ class RunResult(BaseModel):
                 + (f", {ws.applied} written back" if ws.applied is not None else "")
                 + (f" ({ws.note})" if ws.note else "")
             )
+        if self.environment.hint:
+            lines.append(self.environment.hint)
         if room is None:
             room = 1 << 62  # no limit but the previews' own
         # The verdict always; what follows it as far as the room goes.
