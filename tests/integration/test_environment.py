@@ -25,7 +25,16 @@ import pytest
 from mcp import Client
 
 from integration.package_index import fetch
-from sandbox_client import TEST_RUN_ID, TEST_RUN_LABEL, call, connect, server_params
+from integration.test_approval import Human
+from sandbox_client import (
+    MODES,
+    TEST_RUN_ID,
+    TEST_RUN_LABEL,
+    call,
+    call_error,
+    connect,
+    server_params,
+)
 
 IMAGE = "mcp-sandbox-runtime:0.1"
 FAKE = (Path(__file__).parent / "fake_outside.py").read_text()
@@ -163,7 +172,10 @@ def test_env_build_installs_the_test_dependencies_from_the_local_index(
 
 async def test_the_projects_suite_passes_in_ro_with_its_environment(ws: Client) -> None:
     result = await call(
-        ws, "shell", command="python -m pytest -q -p no:cacheprovider -x", timeout_s=120
+        ws,
+        "shell",
+        command="python -m pytest -q -p no:cacheprovider -x --hypothesis-profile=ci",
+        timeout_s=120,
     )
     assert result["exit_code"] == 0, result["stdout"][-3000:] + result["stderr"][-2000:]
     assert " passed" in result["stdout"]
@@ -272,3 +284,47 @@ async def test_a_changed_manifest_marks_the_environment_stale(
         manifest.write_text(before)
     result = await call(ws, "shell", command="true")
     assert result["environment"]["state"] == "ready"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_prepare_env_asks_the_human_reports_progress_and_later_calls_have_it(
+    index: Index, tmp_path: Path, mode: str
+) -> None:
+    (tmp_path / "requirements.txt").write_text("sortedcontainers\n")
+    human = Human("accept")
+    progress: list[str] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(message or "")
+
+    env = index.env(MCP_SANDBOX_WORKSPACE=str(tmp_path))
+    try:
+        async with connect(mode, env=env, elicitation_callback=human) as c:
+            before = await call(
+                c, "shell", command="python -c 'import sortedcontainers' 2>&1 | tail -1"
+            )
+            assert before["environment"]["state"] == "none"
+            assert "No module named 'sortedcontainers'" in before["stdout"]
+            result = await c.call_tool("prepare_env", {}, progress_callback=on_progress)
+            assert not result.is_error, result.content
+            built = result.structured_content
+            assert built is not None and built["state"] == "ready"
+            assert any(p.startswith("sortedcontainers-") for p in built["packages"])
+            after = await call(c, "shell", command="python -c 'import sortedcontainers; print(1)'")
+            assert after["stdout"] == "1\n"
+            assert after["environment"]["id"] == built["id"]
+            assert after["environment"]["state"] == "ready"
+        assert len(human.questions) == 1 and "index.test" in human.questions[0]
+        assert progress and progress[0].startswith("building the environment of")
+    finally:
+        env_command(tmp_path, index, "rm")
+    assert environment_volumes(tmp_path) == []
+
+
+async def test_a_declined_prepare_env_builds_nothing(index: Index, tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("sortedcontainers\n")
+    env = index.env(MCP_SANDBOX_WORKSPACE=str(tmp_path))
+    async with connect("auto", env=env, elicitation_callback=Human("decline")) as c:
+        message = await call_error(c, "prepare_env")
+    assert "declined" in message, message
+    assert environment_volumes(tmp_path) == []

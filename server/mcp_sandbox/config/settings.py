@@ -252,6 +252,8 @@ def profile_problems(settings: Settings) -> list[str]:
             problems.append(f"{where}: workspace {p.workspace!r} is not in workspace_policy.modes")
         if p.workspace == "rw" and rules.rw == "deny":
             problems.append(f'{where}: workspace "rw" but approval.rw = "deny"')
+        if p.environment and rules.environment == "deny":
+            problems.append(f'{where}: environment but approval.environment = "deny"')
         if raised_limits(settings.limits, limits) and rules.limits == "deny":
             problems.append(f'{where}: limits above the defaults but approval.limits = "deny"')
     return problems

@@ -52,6 +52,31 @@ class EnvironmentReport(BaseModel):
 NO_ENVIRONMENT = EnvironmentReport()
 
 
+class EnvironmentBuilt(BaseModel):
+    """prepare_env's result: the environment later calls of this workspace mount."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="the environment's volume")
+    state: Literal["ready"] = "ready"
+    built_at: str = Field(description="when it was built, UTC")
+    size_mib: int = Field(description="its size, measured after the build")
+    duration_ms: int = Field(description="how long the build took")
+    egress_allowed: int = Field(description="requests the build's proxy let through")
+    egress_denied: list[str] = Field(
+        default_factory=list, description='what the proxy refused, as "host:port (reason)"'
+    )
+    packages: list[str] = Field(default_factory=list, description="what it holds, by name")
+
+    def summary(self) -> str:
+        refused = f"; refused: {', '.join(self.egress_denied)}" if self.egress_denied else ""
+        return (
+            f"environment {self.id} ready ({self.size_mib} MiB, {len(self.packages)} "
+            f"package(s), built in {self.duration_ms / 1000:.1f} s){refused}; later calls "
+            "of this workspace have it at /env"
+        )
+
+
 # Characters of each stream the text block repeats, at most.
 PREVIEW_CHARS = 2_000
 

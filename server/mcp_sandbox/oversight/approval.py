@@ -61,6 +61,11 @@ def screen(
             )
     elif asked.tool == "shell" and not tools.shell.enabled:
         raise RequestRejected("shell is disabled on this server (tools.shell.enabled)")
+    elif asked.tool == "prepare_env" and local and workspace_root is None:
+        raise RequestRejected(
+            "there is no workspace, so no environment to prepare; start the server with "
+            "--workspace PATH"
+        )
 
     profile = Profile()
     if asked.profile is not None:
@@ -114,6 +119,16 @@ def screen(
                 "rw",
                 f"Allow writes to {workspace_root or 'the workspace'} for this call?",
                 profile.workspace == "rw",
+            )
+        )
+    if asked.tool == "prepare_env":
+        escalations.append(
+            Escalation(
+                "environment",
+                "Allow installing this project's dependencies from "
+                f"{_hosts(settings.environment.indexes)} into its environment? Their install "
+                "scripts run in a sandbox whose only network is those hosts.",
+                profile.environment,
             )
         )
     raised = raised_limits(settings.limits, limits)

@@ -72,6 +72,7 @@ _INPUT_REQUIRED_VERSION = "2026-07-28"
 _MAX_PENDING_QUESTIONS = 1_000
 
 Args = TypeVar("Args", RunCodeArgs, ShellArgs)
+T = TypeVar("T")
 
 
 _OVERSIGHT: weakref.WeakKeyDictionary[MCPServer[Any], Oversight] = weakref.WeakKeyDictionary()
@@ -234,6 +235,86 @@ class Oversight:
         await self._record(ctx, session, tool, args, screening, decisions, started, result=result)
         return result
 
+    async def run_prepare(
+        self,
+        profile: str | None,
+        outcome: object,
+        ctx: Context[Any, Any],
+        execute: Callable[[], Awaitable[T]],
+    ) -> T:
+        """prepare_env: decide its one escalation ("environment"), build, record it.
+        Raises SandboxError (the refusal or the failure, after recording it)."""
+        started = time.monotonic()
+        session = self.session()
+        await to_thread.run_sync(self.audit.check)
+        decisions: list[Decision] = []
+        try:
+            screening = self.screen(Asked("prepare_env", None, profile))
+            grants = self.grants(session)
+            needed = needs_human(self.rules, screening.escalations, grants)
+            answer = answer_of(outcome)
+            answers = {e.kind: answer for e in needed} if answer is not None else {}
+            decisions = decide(self.rules, screening.escalations, answers, grants)
+            refused = [d for d in decisions if not d.allowed]
+            if refused:
+                raise ApprovalRefused(refused[0].refusal())
+            for d in decisions:
+                if d.answer == "accept_session":
+                    self._grants.setdefault(session, set()).add(d.kind)
+            built = await execute()
+        except SandboxError as e:
+            failed = "refused" if isinstance(e, RequestRejected | ApprovalRefused) else "failed"
+            await self._record_prepare(session, profile, decisions, started, failed, str(e))
+            raise
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._record_prepare(session, profile, decisions, started, "failed", None)
+            raise
+        await self._record_prepare(session, profile, decisions, started, "built", None)
+        return built
+
+    async def _record_prepare(
+        self,
+        session: str,
+        profile: str | None,
+        decisions: list[Decision],
+        started: float,
+        outcome: str,
+        error: str | None,
+    ) -> None:
+        record: dict[str, Any] = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "session": session,
+            "tool": "prepare_env",
+            "profile": profile,
+            "language": None,
+            "code_sha256": None,
+            "code": "",
+            "workdir": ".",
+            "network": "environment.indexes",
+            "workspace": None,
+            "limits": None,
+            "decisions": [d.as_record() for d in decisions],
+            "outcome": outcome,
+            "error": error,
+            "run_id": None,
+            "sandbox": None,
+            "image": self.settings.image,
+            "exit_code": None,
+            "duration_ms": None,
+            "call_ms": int((time.monotonic() - started) * 1000),
+            "peak_memory_mib": None,
+            "truncated": None,
+            "timed_out": None,
+            "oom_killed": None,
+            "egress_allowed": None,
+            "egress_denied": [],
+            "flags": [],
+        }
+        record = scrubbed(record, self._scrub)
+        self.history.remember(session, record)
+        await to_thread.run_sync(self.audit.write, record)
+
     async def _record(
         self,
         ctx: Context[Any, Any],
@@ -389,6 +470,13 @@ async def ask_run_code(
     sizes = Sizes(timeout_s, memory_mib, cpus, output_bytes)
     asked = Asked("run_code", language, profile, network, workspace, sizes, workdir)
     return await _of(ctx).ask(ctx, asked)
+
+
+async def ask_prepare_env(
+    ctx: Context[Any, Any], profile: str | None
+) -> Elicit[Approval] | Verdict:
+    """Resolver of prepare_env's approval."""
+    return await _of(ctx).ask(ctx, Asked("prepare_env", None, profile))
 
 
 async def ask_shell(

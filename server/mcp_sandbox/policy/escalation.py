@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 Rule = Literal["deny", "allow", "ask"]
-Kind = Literal["egress", "rw", "limits"]
+Kind = Literal["egress", "rw", "limits", "environment"]
 
 
 Network = Literal["none", "egress"]
@@ -48,6 +48,7 @@ _WHAT: dict[Kind, str] = {
     "egress": "network egress",
     "rw": "workspace writes (rw)",
     "limits": "limits above the defaults",
+    "environment": "an environment build",
 }
 _SIZE_NAMES = (
     ("timeout_s", "s timeout"),
@@ -65,6 +66,9 @@ class EscalationRules(BaseModel):
     egress: Rule = Field("ask", description='network="egress" for a call')
     rw: Rule = Field("ask", description='workspace="rw": writes land in the user\'s files')
     limits: Rule = Field("allow", description="limits above the defaults, up to the maximum")
+    environment: Rule = Field(
+        "ask", description="prepare_env: a build that installs the project's dependencies"
+    )
     timeout_s: float = Field(
         120, gt=0, le=3600, description="how long a question waits for the human's answer"
     )
@@ -87,6 +91,7 @@ class Profile(BaseModel):
     output_bytes: int | None = Field(None, ge=MIN_OUTPUT_BYTES, description="output kept")
     workspace: Mode | None = Field(None, description="workspace mode")
     network: Network | None = Field(None, description='"egress" pre-approves the network')
+    environment: bool = Field(False, description="true pre-approves prepare_env")
 
     def sizes(self) -> Sizes:
         return Sizes(self.timeout_s, self.memory_mib, self.cpus, self.output_bytes)

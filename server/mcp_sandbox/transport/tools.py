@@ -21,9 +21,9 @@ from mcp_sandbox.app import make_scrubber
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.errors import SandboxError
-from mcp_sandbox.output.result import RESULT_CHARS, RunResult
+from mcp_sandbox.output.result import RESULT_CHARS, EnvironmentBuilt, RunResult
 from mcp_sandbox.oversight.approval import Outcome, can_allow
-from mcp_sandbox.oversight.calls import Oversight, ask_run_code, ask_shell
+from mcp_sandbox.oversight.calls import Oversight, ask_prepare_env, ask_run_code, ask_shell
 from mcp_sandbox.policy import languages
 from mcp_sandbox.policy.arguments import (
     CpusArg,
@@ -67,6 +67,19 @@ _WALLS = (
 )
 RUN_CODE_DOC = "Run a snippet of python, javascript (Node.js) or bash in a sandbox. " + _WALLS
 SHELL_DOC = "Run `/bin/sh -c command` in a sandbox (Debian, with python3, node, git). " + _WALLS
+
+
+PREPARE_ENV_DOC = (
+    "Install the project's dependencies once, into an environment that every later run_code "
+    "and shell call of this workspace has read-only at /env (python and pytest from its venv "
+    "come first on PATH; node finds its node_modules through NODE_PATH). It reads only the "
+    "dependency manifests at the workspace root (requirements*.txt, pyproject.toml, "
+    "package.json with its lockfile) and installs them in a sandbox whose only network is "
+    "the server's package indexes. Needs approval. Call it again when a result's "
+    "environment is stale."
+)
+# A result lists this many of the environment's packages at most.
+_LISTED_PACKAGES = 200
 
 
 def _error(message: str) -> CallToolResult:
@@ -245,6 +258,59 @@ def build_server(
         call = oversight.run("shell", args, approval, ctx, service.shell)
         return await _guarded(scrub, "shell", call)
 
+    @mcp.tool(
+        title="Prepare the project's environment",
+        annotations=ToolAnnotations(
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=True,
+            open_world_hint=True,
+        ),
+        description=PREPARE_ENV_DOC,
+    )
+    async def prepare_env(
+        profile: ProfileArg = None,
+        *,
+        ctx: Context[Any, Any],
+        approval: Annotated[Outcome, Resolve(ask_prepare_env)],
+    ) -> Annotated[CallToolResult, EnvironmentBuilt]:
+        """Build the workspace's environment, reporting progress while it runs."""
+        build = getattr(service, "build_environment", None)
+        if build is None:
+            raise ToolError("prepare_env needs the server's own Docker access (not a launcher)")
+        steps = 0
+
+        async def progress(line: str) -> None:
+            nonlocal steps
+            steps += 1
+            await ctx.report_progress(steps, None, scrub(line))
+
+        async def execute() -> EnvironmentBuilt:
+            report = await build(progress)
+            env = report.environment
+            return EnvironmentBuilt(
+                id=env.id,
+                built_at=env.built_at,
+                size_mib=env.size_mib,
+                duration_ms=report.duration_ms,
+                egress_allowed=report.egress_allowed,
+                egress_denied=[scrub(d) for d in report.egress_denied],
+                packages=[scrub(p)[:100] for p in report.packages[:_LISTED_PACKAGES]],
+            )
+
+        try:
+            built = await oversight.run_prepare(profile, approval, ctx, execute)
+        except SandboxError as e:
+            log.info("prepare_env refused: %s", e)
+            raise ToolError(scrub(str(e))) from None
+        except Exception:
+            log.exception("prepare_env failed")
+            raise ToolError("internal error; details are in the server log") from None
+        return CallToolResult(
+            content=[TextContent(type="text", text=built.summary())],
+            structured_content=built.model_dump(mode="json"),
+        )
+
     @mcp.resource(
         "sandbox://audit/session",
         name="audit-session",
@@ -259,6 +325,8 @@ def build_server(
         mcp.remove_tool("run_code")
     if not settings.tools.shell.enabled:
         mcp.remove_tool("shell")
+    if settings.approval.environment == "deny":
+        mcp.remove_tool("prepare_env")
     return mcp
 
 
