@@ -4,9 +4,10 @@ Serves the integration test's local index (h2's test dependencies, real wheels d
 once by pip on the host) in a container on an internal network of its own, then:
 
 - ``mcp-sandbox env build`` of h2's sdist: wall time, size;
-- ``shell("true")`` on a server whose workspace is that project, cold (pool off) and warm
-  (pool on), before the build (no environment) and after it (mounted at /env). Warm calls
-  are spaced so the pool has refilled before the next timed one.
+- ``shell("true")`` cold (pool off) and warm (pool on) on two servers, one per copy of the
+  project: one copy has the environment (mounted at /env), the other none. Their calls
+  alternate, so the host's drift taxes both alike; warm calls are spaced so the pool has
+  refilled before the next timed one.
 
 Usage: ``python benchmarks/environment.py [--n 10]``. Prints p50 and p90 in ms. Nothing is
 asserted; everything it made is removed.
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -64,24 +66,32 @@ def server_env(ip: str, network: str, workspace: Path, pool: bool) -> dict[str, 
     }
 
 
-async def calls(env: dict[str, str], n: int, pooled: bool) -> tuple[list[float], str, int]:
-    params = StdioServerParameters(
-        command=sys.executable, args=["-m", "mcp_sandbox", "serve"], env=env
-    )
-    times, state, warm = [], "", 0
-    async with Client(params) as client:
+async def interleaved(
+    envs: dict[str, dict[str, str]], n: int, pooled: bool
+) -> dict[str, tuple[list[float], str, int]]:
+    """``shell("true")`` on one server per workspace, one call of each per round, so the
+    host's load drift (other tenants) taxes both alike."""
+    out: dict[str, tuple[list[float], str, int]] = {k: ([], "", 0) for k in envs}
+    async with AsyncExitStack() as stack:
+        clients = {}
+        for name, env in envs.items():
+            args = ["-m", "mcp_sandbox", "serve"]
+            params = StdioServerParameters(command=sys.executable, args=args, env=env)
+            clients[name] = await stack.enter_async_context(Client(params))
         for i in range(n + 1):
-            if pooled:
-                await anyio.sleep(2.0)  # untimed: the pool refills
-            t = time.perf_counter()
-            result = await client.call_tool("shell", {"command": "true"})
-            ms = (time.perf_counter() - t) * 1000
-            sc = result.structured_content or {}
-            state = sc.get("environment", {}).get("state", "")
-            if i:  # the first call warms the server up
-                times.append(ms)
-                warm += bool(sc.get("pooled"))
-    return times, state, warm
+            for name, client in clients.items():
+                if pooled:
+                    await anyio.sleep(2.0)  # untimed: the pool refills
+                t = time.perf_counter()
+                result = await client.call_tool("shell", {"command": "true"})
+                ms = (time.perf_counter() - t) * 1000
+                sc = result.structured_content or {}
+                times, _, warm = out[name]
+                if i:  # the first round warms the servers up
+                    times.append(ms)
+                    warm += bool(sc.get("pooled"))
+                out[name] = (times, sc.get("environment", {}).get("state", ""), warm)
+    return out
 
 
 def p(values: list[float], q: float) -> float:
@@ -96,8 +106,9 @@ async def main() -> None:
     tag = uuid.uuid4().hex[:8]
     network, index = f"mcp-sandbox-bench-envnet-{tag}", f"mcp-sandbox-bench-envidx-{tag}"
     tmp = Path(tempfile.mkdtemp(prefix="mcp-sandbox-bench-env-"))
-    project = tmp / "h2"
+    project, bare = tmp / "with-env" / "h2", tmp / "without" / "h2"
     shutil.copytree(sdist, project)
+    shutil.copytree(sdist, bare)
     docker("network", "create", "--internal", "--label", "mcp-sandbox.bench=env", network)
     try:
         docker(
@@ -107,21 +118,22 @@ async def main() -> None:
         )  # fmt: skip
         fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
         ip = docker("inspect", "-f", fmt, index).strip()
-        rows = []
-        for pooled in (False, True):
-            times, state, warm = await calls(server_env(ip, network, project, pooled), n, pooled)
-            rows.append((f"shell(true) {'warm' if pooled else 'cold'}, {state}", times, warm))
         t = time.perf_counter()
         built = env_cli("build", server_env(ip, network, project, False), project)
-        assert built.returncode == 0, built.stderr
         build_s = time.perf_counter() - t
-        for pooled in (False, True):
-            times, state, warm = await calls(server_env(ip, network, project, pooled), n, pooled)
-            rows.append((f"shell(true) {'warm' if pooled else 'cold'}, {state}", times, warm))
+        assert built.returncode == 0, built.stderr
         print(f"env build of h2 4.2.0 (CLI, wall): {build_s:.1f} s; {built.stdout.splitlines()[0]}")
-        print(f"{'path':34} {'p50 ms':>8} {'p90 ms':>8} {'warm':>6}")
-        for name, times, warm in rows:
-            print(f"{name:34} {p(times, 0.5):8.0f} {p(times, 0.9):8.0f} {warm:>3}/{len(times)}")
+        print(f"{'shell(true)':24} {'p50 ms':>8} {'p90 ms':>8} {'warm':>6}")
+        for pooled in (False, True):
+            envs = {
+                "none": server_env(ip, network, bare, pooled),
+                "ready": server_env(ip, network, project, pooled),
+            }
+            for name, (times, state, warm) in (await interleaved(envs, n, pooled)).items():
+                label = f"{'warm' if pooled else 'cold'}, {state or name}"
+                print(
+                    f"{label:24} {p(times, 0.5):8.0f} {p(times, 0.9):8.0f} {warm:>3}/{len(times)}"
+                )
     finally:
         env_cli("rm", server_env("127.0.0.1", network, project, False), project)
         remove("rm", "-f", index)

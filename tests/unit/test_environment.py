@@ -233,3 +233,35 @@ def test_a_call_mounts_the_environment_read_only_with_the_venv_first_on_path() -
     host = with_env.host_config_kwargs()
     assert host["read_only"] and host["cap_drop"] == ["ALL"]
     assert with_env.create_kwargs()["network_disabled"] is True
+
+
+class VolumeDocker:
+    """Just enough of DockerApi for the volume reapers."""
+
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
+        self.removed: list[str] = []
+
+    def labelled_volumes(self) -> list[Row]:
+        return list(self.rows)
+
+    def remove_volume(self, name: str) -> None:
+        self.removed.append(name)
+
+
+async def test_the_per_owner_volume_reaper_leaves_environments_to_their_own() -> None:
+    from anyio import CapacityLimiter
+
+    from mcp_sandbox.environment.store import reap_environments
+    from mcp_sandbox.workspace.session import reap_volumes
+
+    key = environment_key("/p", "img")
+    rows = _env_rows(key, "aaaa", "d1", 100)
+    gone_owner = {LABEL: "1", OWNER_LABEL: "elsewhere:1:1"}
+    copy = Row("mcp-sandbox-x-ws", gone_owner, 0)
+    api = VolumeDocker([*rows, copy])
+    threads = CapacityLimiter(4)
+    await reap_volumes(api, threads, owner="me:1:1", own_too=True)  # type: ignore[arg-type]
+    assert api.removed == [copy.name]
+    await reap_environments(api, threads, max_age_s=1e12)  # type: ignore[arg-type]
+    assert api.removed == [copy.name]  # the newest sealed one stays
