@@ -135,7 +135,10 @@ async def main() -> None:
                     f"{label:24} {p(times, 0.5):8.0f} {p(times, 0.9):8.0f} {warm:>3}/{len(times)}"
                 )
     finally:
-        env_cli("rm", server_env("127.0.0.1", network, project, False), project)
+        # Removing needs no index: just the workspace (and this tree's code).
+        keep = ("PATH", "HOME", "PYTHONPATH")
+        plain = {k: v for k, v in os.environ.items() if k in keep}
+        env_cli("rm", {**plain, "MCP_SANDBOX_WORKSPACE": str(project)}, project)
         remove("rm", "-f", index)
         remove("network", "rm", network)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="show the audit log's records (setting audit.path)")
     audit.add_argument("-n", "--last", type=int, default=20, help="how many, newest last")
     audit.add_argument("--session", help="only this session's records")
-    audit.add_argument("--tool", choices=["run_code", "shell"], help="only this tool's")
+    audit.add_argument(
+        "--tool", choices=["run_code", "shell", "prepare_env"], help="only this tool's"
+    )
     audit.add_argument("--flag", help="only records with this flag (or its prefix: new_escalation)")
     audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     return p
