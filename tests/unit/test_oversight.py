@@ -319,18 +319,26 @@ async def test_annotations_tell_the_truth_for_the_config(
 ) -> None:
     settings = _settings(tmp_path, workspace, **overrides)
     async with Client(build_server(_runner(settings))) as client:
-        for tool in (await client.list_tools()).tools:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        for tool in (tools["run_code"], tools["shell"]):
             a = tool.annotations
             assert a is not None
             got = (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint)
             assert got == hints
             assert "approval" not in tool.input_schema["properties"]
+        # prepare_env writes an environment volume and reaches the indexes, whatever the
+        # config: never read-only, never destructive (it changes no file of the user's).
+        a = tools["prepare_env"].annotations
+        assert a is not None
+        got = (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint)
+        assert got == (False, False, True, True)
+        assert "approval" not in tools["prepare_env"].input_schema["properties"]
 
 
 async def test_a_disabled_tool_is_not_offered(tmp_path: Path, workspace: Path) -> None:
     settings = _settings(tmp_path, workspace, tools={"shell": {"enabled": False}})
     async with Client(build_server(_runner(settings))) as client:
-        assert [t.name for t in (await client.list_tools()).tools] == ["run_code"]
+        assert [t.name for t in (await client.list_tools()).tools] == ["run_code", "prepare_env"]
 
 
 SCHEMAS = Path(__file__).with_name("tool_input_schemas.json")
