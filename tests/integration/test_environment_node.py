@@ -55,7 +55,18 @@ class Registry:
 
 @pytest.fixture(scope="module")
 def registry() -> Iterator[Registry]:
-    has_npm = docker("run", "--rm", *_labels(), IMAGE, "sh", "-c", "command -v npm || true")
+    probe = (
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        *_labels(),
+        IMAGE,
+        "sh",
+        "-c",
+        "command -v npm || :",
+    )
+    has_npm = docker(*probe)
     if not has_npm:
         pytest.skip(f"{IMAGE} has no npm: rebuild it (`mcp-sandbox images build --rebuild-base`)")
     root = fetch()
