@@ -202,21 +202,13 @@ class CallRecord:
         """
         args, screening, result = self.args, self.screening, self.result
         build = isinstance(args, PrepareEnvArgs)
-        limits = screening.limits if screening is not None and not build else None
-        network = (
-            BUILD_NETWORK
-            if isinstance(args, PrepareEnvArgs)
-            else screening.network
-            if screening is not None
-            else args.network
-        )
-        workspace = (
-            None
-            if isinstance(args, PrepareEnvArgs)
-            else screening.workspace
-            if screening is not None
-            else args.workspace
-        )
+        network: str
+        if isinstance(args, PrepareEnvArgs):
+            network, workspace, limits = BUILD_NETWORK, None, None
+        elif screening is not None:
+            network, workspace, limits = screening.network, screening.workspace, screening.limits
+        else:
+            network, workspace, limits = args.network, args.workspace, None
         return {
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "session": self.session,

@@ -6,11 +6,11 @@ elicitation, in both protocol eras), with an answer timeout. After it, one audit
 its anomaly flags (also sent to the client as a warning).
 
 The call's arguments are built once, into one ``RunCodeArgs``, ``ShellArgs`` or
-``PrepareEnvArgs``, by a resolver
-(``run_code_args``): the approval resolver and the tool read that object, and the SDK runs a
-resolver once per call. The question rides a resolver too (``ask_run_code``): on 2026-07-28
-connections the SDK returns it inside an ``InputRequiredResult`` and only a reply to the
-exact question it sealed into ``requestState`` counts; on older ones we send it mid-call.
+``PrepareEnvArgs``, by a resolver (``run_code_args``): the approval resolver and the tool
+read that object, and the SDK runs a resolver once per call. The question rides a resolver
+too (``ask_run_code``): on 2026-07-28 connections the SDK returns it inside an
+``InputRequiredResult`` and only a reply to the exact question it sealed into
+``requestState`` counts; on older ones we send it mid-call.
 Anything the resolver concludes by itself (no question needed, no answer in time, a client
 that cannot be asked) is a ``Verdict``, a type of ours, so the framework wrapping it as
 "accepted" can never pass for a human's accept. Tool arguments only shape *which* question
@@ -78,6 +78,7 @@ _MAX_PENDING_QUESTIONS = 1_000
 
 # What a tool's body hands back: a sandbox call's result, or a build's.
 Result = TypeVar("Result", RunResult, EnvironmentBuilt)
+
 _OVERSIGHT: weakref.WeakKeyDictionary[MCPServer[Any], Oversight] = weakref.WeakKeyDictionary()
 
 
