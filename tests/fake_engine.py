@@ -293,6 +293,12 @@ class FakeEngine:
             self.calls.append(f"create_volume {name}")
             self.volumes[name] = dict(labels)
 
+    def create_local_volume(self, name: str, *, labels: dict[str, str]) -> None:
+        with self._lock:
+            self._check("create_local_volume")
+            self.calls.append(f"create_local_volume {name}")
+            self.volumes[name] = dict(labels)
+
     def remove_volume(self, name: str) -> None:
         with self._lock:
             self._check("remove_volume")

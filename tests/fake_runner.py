@@ -6,6 +6,8 @@ from pathlib import Path
 
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
+from mcp_sandbox.environment.build import BuildReport, Progress
+from mcp_sandbox.environment.volumes import Environment
 from mcp_sandbox.output.result import RunResult
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
 from mcp_sandbox.sandbox.slots import OnWait
@@ -22,6 +24,7 @@ class FakeRunner:
         self.stdout = stdout
         self.ran: list[RunCodeArgs | ShellArgs] = []
         self.reaped: list[bool] = []
+        self.builds = 0  # prepare_env builds asked for
         self.shut_down = False
         self._scrubber = make_scrubber(self.settings)
 
@@ -44,6 +47,23 @@ class FakeRunner:
 
     async def shell(self, args: ShellArgs, *, waiting: OnWait | None = None) -> RunResult:
         return self._result(args)
+
+    async def build_environment(self, progress: Progress) -> BuildReport:
+        """A build that installs nothing: one progress line, then a ready environment."""
+        self.builds += 1
+        await progress("building the environment")
+        root = str(self.workspace_root)
+        env = Environment(
+            id="mcp-sandbox-env-fake",
+            key="fake",
+            digest="0" * 64,
+            workspace=root,
+            image=self.settings.image,
+            built_unix=0,
+            size_mib=1,
+            packages=0,
+        )
+        return BuildReport(env, (), 0, 0, ())
 
     async def reap(self, *, own_too: bool) -> int:
         self.reaped.append(own_too)

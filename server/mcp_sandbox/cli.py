@@ -1,4 +1,4 @@
-"""The ``mcp-sandbox`` command: serve, images build, doctor, runtime install-runsc."""
+"""The ``mcp-sandbox`` command: serve, images build, env, doctor, runtime install-runsc."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from mcp_sandbox.config.settings import (
 )
 from mcp_sandbox.engine.docker_api import DockerApi
 from mcp_sandbox.errors import ConfigError, SandboxError
+from mcp_sandbox.output.shaping import neutralise
 from mcp_sandbox.service import SandboxService, make_scrubber
 from mcp_sandbox.transport.call_runner import CallRunner
 from mcp_sandbox.transport.launcher import LauncherClient
@@ -66,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--file", type=Path, help="append its hashed entry to this tokens file")
     ca = sub.add_parser("ca", help="the egress CA that signs certificates for credential hosts")
     ca.add_argument("action", choices=["rotate"], help="rotate: replace it with a new one")
+    env = sub.add_parser("env", help="the workspace's project environment (its dependencies)")
+    env.add_argument(
+        "action",
+        choices=["build", "status", "rm"],
+        help="build: install the manifests' dependencies once; status; rm: remove it",
+    )
+    env.add_argument(
+        "--workspace", type=Path, help="the project (setting workspace; default: the current one)"
+    )
     sub.add_parser("doctor", help="check what a first run needs")
     runtime = sub.add_parser("runtime", help="set up the OCI runtime sandboxes run under")
     runtime_sub = runtime.add_subparsers(dest="runtime_command", required=True)
@@ -80,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="show the audit log's records (setting audit.path)")
     audit.add_argument("-n", "--last", type=int, default=20, help="how many, newest last")
     audit.add_argument("--session", help="only this session's records")
-    audit.add_argument("--tool", choices=["run_code", "shell"], help="only this tool's")
+    audit.add_argument(
+        "--tool", choices=["run_code", "shell", "prepare_env"], help="only this tool's"
+    )
     audit.add_argument("--flag", help="only records with this flag (or its prefix: new_escalation)")
     audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     return p
@@ -216,6 +228,43 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+async def _env(service: SandboxService, action: str) -> int:
+    """``mcp-sandbox env build|status|rm``: progress on stderr, the outcome on stdout."""
+    if action == "build":
+
+        async def progress(line: str) -> None:
+            _progress(line)
+
+        try:
+            report = await service.build_environment(progress)
+        finally:
+            await service.reap(own_too=True)  # its proxy and networks; not the environment
+        env = report.environment
+        print(
+            f"built {env.id} in {report.duration_ms / 1000:.1f} s: {env.size_mib} MiB, "
+            f"{len(report.packages)} package(s), {report.egress_allowed} request(s) to the "
+            "index"
+        )
+        if report.egress_denied:
+            refused = ", ".join(neutralise(service.scrub(d)) for d in report.egress_denied)
+            print(f"refused: {refused}")
+        for name in report.packages:
+            print(f"  {name}")
+        return 0
+    if action == "status":
+        found, seen = await service.environment_status()
+        if found is None:
+            print("none: no environment for this workspace (`mcp-sandbox env build`)")
+            return 1
+        print(f"{seen.state}: {found.id}, built {found.built_at}, {found.size_mib} MiB")
+        if seen.hint:
+            print(seen.hint)
+        return 0
+    removed = await service.remove_environment()
+    print(f"removed {len(removed)} environment(s)" + "".join(f"\n  {n}" for n in removed))
+    return 0
+
+
 async def _doctor(settings: Settings) -> int:
     from mcp_sandbox.doctor import render, run_checks
 
@@ -256,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
 
             install_runsc(DockerApi(), daemon_json=args.daemon_json, runsc_path=args.runsc)
             return 0
+        if args.command == "env":
+            return anyio.run(_env, _serving_service(settings), args.action)
         if args.command == "images":
             from mcp_sandbox.images.build import build_images
 

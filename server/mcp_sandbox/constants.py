@@ -8,3 +8,7 @@ LABEL = "mcp-sandbox"  # on every container, network and volume of ours
 OWNER_LABEL = "mcp-sandbox.owner"  # which server process made it (``host:pid:start``)
 WORKDIR = "/workspace"  # where a sandbox sees the workspace
 MIB = 1024 * 1024
+# On the volumes of a project environment (``environment/``): they outlive the server that
+# built them, so the per-owner volume reaper leaves them to the environment's own.
+ENVIRONMENT_LABEL = "mcp-sandbox.environment"
+ENVIRONMENT_DIR = "/env"  # where a sandbox sees a project environment, read-only

@@ -118,6 +118,7 @@ async def run_checks(service: SandboxService, api: DockerApi) -> list[Check]:
     except SandboxError as e:
         checks.append(Check(False, "seccomp profile", str(e), "reinstall mcp-sandbox"))
         return checks
+    checks.append(await _environments(service))
     if not has_image:
         return checks
     # gVisor shows no cgroup files inside: there the filter mode stands in for them.
@@ -147,6 +148,21 @@ async def run_checks(service: SandboxService, api: DockerApi) -> list[Check]:
         )
     )
     return checks
+
+
+async def _environments(service: SandboxService) -> Check:
+    """Every project environment on this daemon, and whether the workspace's is current."""
+    try:
+        found = await service.environments()
+    except SandboxError as e:
+        return Check(False, "environments", str(e), "see the message; then run doctor again")
+    if not found:
+        return Check(True, "environments", "none (`mcp-sandbox env build` makes one)")
+    shown = "; ".join(
+        f"{e.workspace} ({e.image}): {e.size_mib} MiB, built {e.built_at}" for e in found[:10]
+    )
+    more = f"; and {len(found) - 10} more" if len(found) > 10 else ""
+    return Check(True, "environments", f"{len(found)}: {shown}{more}")
 
 
 def render(checks: list[Check]) -> str:

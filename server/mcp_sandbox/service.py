@@ -17,14 +17,24 @@ from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
-from mcp_sandbox.constants import OWNER_LABEL, WORKDIR
+from mcp_sandbox.constants import ENVIRONMENT_LABEL, OWNER_LABEL, WORKDIR
 from mcp_sandbox.egress.credentials import load_credentials, scrub_values
 from mcp_sandbox.egress.proxy import EgressProxy, EgressTally, reap_networks
 from mcp_sandbox.engine.backend import ContainerInfo, Engine
 from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import remove_quietly
+from mcp_sandbox.environment import build as env_build
+from mcp_sandbox.environment import store as env_store
+from mcp_sandbox.environment.mount import with_environment
+from mcp_sandbox.environment.volumes import Environment, current, environment_key
 from mcp_sandbox.errors import RequestRejected, SandboxError, SandboxUnavailable
-from mcp_sandbox.output.result import RESULT_CHARS, RunResult, WorkspaceReport
+from mcp_sandbox.output.result import (
+    NO_ENVIRONMENT,
+    RESULT_CHARS,
+    EnvironmentReport,
+    RunResult,
+    WorkspaceReport,
+)
 from mcp_sandbox.output.scrubber import Scrubber, secret_values_from_env
 from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
 from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs, ShellArgs
@@ -67,6 +77,13 @@ SWEEP_WAIT_S = 60.0
 # of its fields and the text block's first lines RESERVE_CHARS, and the workspace change
 # list what is left, up to LISTED_CHARS.
 RESERVE_CHARS = 4_000
+# An environment build reaches the package indexes through a proxy: egress, which gVisor
+# does not have on this daemon (``EGRESS_UNDER_GVISOR``). Its calls may still mount one.
+ENVIRONMENT_UNDER_GVISOR = (
+    "an environment build needs egress to the package indexes, which is not available under "
+    "runsc: gVisor does not start on a Docker network on this daemon; its operator can build "
+    "it with runtime = 'runc' (`mcp-sandbox env build`), and calls under runsc then mount it"
+)
 
 
 def make_scrubber(settings: Settings, environ: Mapping[str, str] | None = None) -> Scrubber:
@@ -182,6 +199,7 @@ class SandboxService:
             )
         # Checked, and the tree read, before any container starts.
         ws_plan = await to_thread.run_sync(self.workspace.plan, where, limiter=self._threads)
+        found = await self._environment_for(ws_plan.root if ws_plan is not None else None)
         run_id = pysecrets.token_hex(6)
         if (
             args.network != "none"
@@ -190,7 +208,7 @@ class SandboxService:
             raise SandboxUnavailable(EGRESS_UNDER_GVISOR)  # before any container: none leaks
         spec = self._spec(plan, run_id, networked=args.network != "none")
         try:
-            return await self._run_planned(args, plan, spec, ws_plan, run_id, waiting)
+            return await self._run_planned(args, plan, spec, ws_plan, found, run_id, waiting)
         except SandboxUnavailable:
             self._daemon_failed.set()  # perhaps the daemon went away: see _recover
             raise
@@ -201,19 +219,23 @@ class SandboxService:
         plan: RunPlan,
         spec: ContainerSpec,
         ws_plan: WorkspacePlan | None,
+        found: tuple[Environment | None, EnvironmentReport],
         run_id: str,
         waiting: OnWait | None,
     ) -> RunResult:
         network = args.network
+        environment, env_report = found
         with self._after.call():  # removals and refills wait for the reply
             self._refuse_if_closing()
             async with self.queue.slot(self.settings.bounds.queue_timeout_s, waiting) as queued_ms:
                 async with self._workspace_session(ws_plan, run_id, plan) as ws:
                     if ws is not None:
                         spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
+                    if environment is not None:
+                        spec = with_environment(spec, environment.id)
                     raw, tally = await self._launch(spec, plan, run_id, network, ws)
                     report = await ws.finish() if ws is not None else None
-        shaping = (raw, run_id, plan.limits.output_bytes, queued_ms, tally, report)
+        shaping = (raw, run_id, plan.limits.output_bytes, queued_ms, tally, report, env_report)
         if raw.stdout.total + raw.stderr.total <= SHAPE_ON_LOOP_BYTES:
             result = self._result(*shaping)
         else:  # scrubbing it takes milliseconds, hostile text up to the scrubber's budget
@@ -352,7 +374,12 @@ class SandboxService:
             # waits (its mask stays mounted, so the stub cannot see it go): with masks,
             # none waits.
             return None
-        return with_workspace(spec, mounts, WORKDIR)
+        spec = with_workspace(spec, mounts, WORKDIR)
+        try:
+            environment = self._environment_now(ws_plan.root)
+        except SandboxError:
+            return None
+        return spec if environment is None else with_environment(spec, environment.id)
 
     def _may_start(self) -> bool:
         floor = self.settings.pool.min_available_mib * 1024 * 1024
@@ -470,6 +497,7 @@ class SandboxService:
         queued_ms: int,
         tally: EgressTally | None = None,
         workspace: WorkspaceReport | None = None,
+        environment: EnvironmentReport = NO_ENVIRONMENT,
     ) -> RunResult:
         out, err = shape(
             raw.stdout, raw.stderr, budget=budget, scrub=self._scrub, margin=self._margin
@@ -492,6 +520,7 @@ class SandboxService:
             egress_credentials=list(tally.credentials) if tally else [],
             workspace=workspace,  # its paths were scrubbed before they were cut
             runtime=self._runtime.name if self._runtime is not None else None,
+            environment=environment,
             stdout=out.text,
             stderr=err.text,
             queued_ms=queued_ms,
@@ -499,7 +528,92 @@ class SandboxService:
 
     async def reap(self, *, own_too: bool) -> int:
         """Remove labelled containers whose server is gone (and ours, with ``own_too``)."""
-        return await reap_orphans(self.api, self.owner, self._threads, own_too=own_too)
+        removed = await reap_orphans(self.api, self.owner, self._threads, own_too=own_too)
+        max_age_s = self.settings.environment.max_age_days * 86_400
+        await env_store.reap_environments(self.api, self._threads, max_age_s)
+        return removed
+
+    # --- the workspace's project environment (``environment/``) ---------------------------
+
+    def _environment_now(self, root: Path) -> Environment | None:
+        """Blocking: the sealed environment of ``root`` under this server's image, if any."""
+        rows = [r for r in self.api.labelled_volumes() if r.labels.get(ENVIRONMENT_LABEL)]
+        return current(rows, environment_key(str(root), self.settings.image))
+
+    async def _environment_for(
+        self, root: Path | None
+    ) -> tuple[Environment | None, EnvironmentReport]:
+        """The environment a call of the workspace at ``root`` mounts, and what its result
+        says of it (None: no workspace, so none)."""
+        if root is None:
+            return None, NO_ENVIRONMENT
+        found = await to_thread.run_sync(self._environment_now, root, limiter=self._threads)
+        if found is None:
+            return None, NO_ENVIRONMENT
+        try:
+            manifests = await to_thread.run_sync(
+                env_build.manifests_of, self.settings, root, limiter=self._threads
+            )
+            digest: str | None = env_build.digest_of(self.settings, manifests)
+        except RequestRejected:
+            digest = None  # unreadable manifests: not the ones it was built from
+        state = found.state(digest)
+        hint = (
+            f"environment is stale: a dependency manifest changed since {found.built_at}; "
+            "rebuild it with the prepare_env tool or `mcp-sandbox env build`"
+            if state == "stale"
+            else None
+        )
+        return found, EnvironmentReport(
+            id=found.id, state=state, built_at=found.built_at, hint=hint
+        )
+
+    def _environment_root(self) -> Path:
+        root = self.workspace.root
+        if root is None:
+            raise RequestRejected(
+                "this server has no workspace, so no environment (use --workspace PATH)"
+            )
+        return root
+
+    async def build_environment(self, progress: env_build.Progress) -> env_build.BuildReport:
+        """Build the workspace's environment (``environment/build.py`` says how).
+
+        It holds a sandbox slot like a call, waiting for one as long as a build may run.
+        Raises RequestRejected, BuildFailed, HostBusy, SandboxUnavailable (under gVisor too:
+        the build needs egress to the indexes, which runsc does not have here).
+        """
+        self._refuse_if_closing()
+        root = self._environment_root()
+        runtime = await to_thread.run_sync(self.runtime, limiter=self._threads)
+        if runtime.gvisor:
+            raise SandboxUnavailable(ENVIRONMENT_UNDER_GVISOR)
+        ctx = env_build.BuildContext(
+            settings=self.settings,
+            api=self.api,
+            threads=self._threads,
+            owner=self.owner,
+            seccomp_json=self._seccomp_json(),
+            scrub=self._scrub,
+            runtime=runtime,
+        )
+        async with self.queue.slot(self.settings.environment.timeout_s):
+            return await env_build.build_environment(ctx, root, progress)
+
+    async def environment_status(self) -> tuple[Environment | None, EnvironmentReport]:
+        """The workspace's environment, as a call would see it now."""
+        return await self._environment_for(self._environment_root())
+
+    async def remove_environment(self) -> list[str]:
+        """Remove the workspace's environments; returns the volumes removed."""
+        root = self._environment_root()
+        return await env_store.remove_environments(
+            self.api, self._threads, root, self.settings.image
+        )
+
+    async def environments(self) -> list[Environment]:
+        """Every sealed environment on this daemon (``doctor`` lists them)."""
+        return await env_store.all_environments(self.api, self._threads)
 
 
 async def reap_orphans(api: Engine, owner: str, threads: CapacityLimiter, *, own_too: bool) -> int:

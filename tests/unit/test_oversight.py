@@ -15,6 +15,8 @@ from mcp_types import ElicitRequestParams, ElicitResult, LoggingMessageNotificat
 
 from fake_runner import FakeRunner
 from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.errors import RequestRejected
+from mcp_sandbox.transport.launcher import LauncherClient
 from mcp_sandbox.transport.tools import build_server as build_sandbox_server
 
 MODES = ("legacy", "auto")
@@ -319,18 +321,26 @@ async def test_annotations_tell_the_truth_for_the_config(
 ) -> None:
     settings = _settings(tmp_path, workspace, **overrides)
     async with Client(build_server(_runner(settings))) as client:
-        for tool in (await client.list_tools()).tools:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        for tool in (tools["run_code"], tools["shell"]):
             a = tool.annotations
             assert a is not None
             got = (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint)
             assert got == hints
             assert "approval" not in tool.input_schema["properties"]
+        # prepare_env writes an environment volume and reaches the indexes, whatever the
+        # config: never read-only, never destructive (it changes no file of the user's).
+        a = tools["prepare_env"].annotations
+        assert a is not None
+        got = (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint)
+        assert got == (False, False, True, True)
+        assert "approval" not in tools["prepare_env"].input_schema["properties"]
 
 
 async def test_a_disabled_tool_is_not_offered(tmp_path: Path, workspace: Path) -> None:
     settings = _settings(tmp_path, workspace, tools={"shell": {"enabled": False}})
     async with Client(build_server(_runner(settings))) as client:
-        assert [t.name for t in (await client.list_tools()).tools] == ["run_code"]
+        assert [t.name for t in (await client.list_tools()).tools] == ["run_code", "prepare_env"]
 
 
 SCHEMAS = Path(__file__).with_name("tool_input_schemas.json")
@@ -345,3 +355,72 @@ async def test_the_tools_input_schemas_stay_flat_and_unchanged(
     got = {t.name: t.input_schema for t in tools}
     expected = json.loads(SCHEMAS.read_text())
     assert json.dumps(got, indent=2) == json.dumps(expected, indent=2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_prepare_env_is_asked_built_and_recorded_as_the_other_tools_are(
+    tmp_path: Path, workspace: Path, mode: str
+) -> None:
+    settings = _settings(tmp_path, workspace)
+    asker = Asker("accept")
+    result, service = await _call(settings, mode, {}, asker, tool="prepare_env")
+    assert not result.is_error, _text(result)
+    assert service.builds == 1
+    [question] = asker.questions
+    assert question.startswith("Allow installing this project's dependencies from ")
+    assert result.structured_content is not None
+    assert result.structured_content["state"] == "ready"
+    # One audit shape for every tool: the same keys as a shell call's record.
+    await _call(settings, mode, {"command": "true"})
+    built, ran = _records(settings)
+    assert list(built) == list(ran)
+    assert built["tool"] == "prepare_env" and built["outcome"] == "built"
+    assert built["decisions"] == [
+        {"kind": "environment", "allowed": True, "by": "human", "answer": "accept"}
+    ]
+    fixed = {k: built[k] for k in ("network", "code", "workdir", "workspace", "limits")}
+    assert fixed == {
+        "network": "environment.indexes",
+        "code": "",
+        "workdir": ".",
+        "workspace": None,
+        "limits": None,
+    }
+    assert built["code_sha256"] is None and built["run_id"] is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_declined_prepare_env_builds_nothing_and_is_recorded(
+    tmp_path: Path, workspace: Path, mode: str
+) -> None:
+    settings = _settings(tmp_path, workspace)
+    result, service = await _call(settings, mode, {}, Asker("decline"), tool="prepare_env")
+    assert result.is_error and "an environment build refused: the user declined" in _text(result)
+    assert 'approval.environment = "allow"' in _text(result)
+    assert service.builds == 0
+    [record] = _records(settings)
+    assert (record["tool"], record["outcome"]) == ("prepare_env", "refused")
+    assert record["network"] == "environment.indexes"
+
+
+async def test_a_profile_pre_approves_prepare_env_and_a_bad_argument_gets_one_line(
+    tmp_path: Path, workspace: Path
+) -> None:
+    settings = _settings(tmp_path, workspace, profiles={"deps": {"environment": True}})
+    result, service = await _call(settings, "auto", {"profile": "deps"}, tool="prepare_env")
+    assert not result.is_error, _text(result)
+    [record] = _records(settings)
+    assert record["decisions"][0]["by"] == "profile" and service.builds == 1
+    result, _ = await _call(settings, "auto", {"code": "x"}, tool="prepare_env")
+    assert result.is_error and _text(result) == "invalid arguments: unknown argument 'code'"
+
+
+async def test_a_launcher_refuses_prepare_env_in_one_line() -> None:
+    client = LauncherClient(Path("/nonexistent/launcher.sock"))
+
+    async def progress(line: str) -> None:
+        raise AssertionError(line)
+
+    with pytest.raises(RequestRejected) as e:
+        await client.build_environment(progress)
+    assert str(e.value) == "prepare_env needs the server's own Docker access (not a launcher)"

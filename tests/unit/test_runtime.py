@@ -196,3 +196,24 @@ def test_under_gvisor_no_sandbox_waits_with_masked_files(tmp_path: Path) -> None
     assert gvisor._warm_spec("r") is None
     runc = make_service(settings.model_copy(update={"runtime": "runc"}), GvisorDocker(GVISOR))
     assert runc._warm_spec("r") is not None
+
+
+@pytest.fixture
+def python_project(tmp_path: Path) -> Path:
+    (tmp_path / "requirements.txt").write_text("iniconfig\n")
+    tmp_path.chmod(0o755)
+    return tmp_path
+
+
+async def test_under_gvisor_an_environment_build_is_refused_before_anything_is_made(
+    python_project: Path,
+) -> None:
+    api = GvisorDocker(GVISOR)
+    service = make_service(Settings(runtime="runsc", workspace=python_project), api)
+
+    async def progress(line: str) -> None:
+        raise AssertionError(line)
+
+    with pytest.raises(SandboxUnavailable, match="build it with runtime = 'runc'"):
+        await service.build_environment(progress)
+    assert api.created == [] and api.volumes == {}

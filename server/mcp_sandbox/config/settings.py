@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from mcp_sandbox.config.audit import AuditSettings
 from mcp_sandbox.config.egress import EgressSettings
+from mcp_sandbox.config.environment import EnvironmentSettings
 from mcp_sandbox.config.http import HttpSettings
 from mcp_sandbox.config.workspace import WorkspacePolicy, check_root
 from mcp_sandbox.errors import ConfigError, RequestRejected
@@ -121,6 +122,7 @@ class Settings(BaseSettings):
     )
     workspace_policy: WorkspacePolicy = WorkspacePolicy()
     egress: EgressSettings = EgressSettings()
+    environment: EnvironmentSettings = EnvironmentSettings()
     launcher_socket: Path | None = Field(
         None, description="send runs to `mcp-sandbox launcher` here instead of using Docker"
     )
@@ -255,6 +257,8 @@ def profile_problems(settings: Settings) -> list[str]:
             problems.append(f"{where}: workspace {p.workspace!r} is not in workspace_policy.modes")
         if p.workspace == "rw" and rules.rw == "deny":
             problems.append(f'{where}: workspace "rw" but approval.rw = "deny"')
+        if p.environment and rules.environment == "deny":
+            problems.append(f'{where}: environment but approval.environment = "deny"')
         if raised_limits(settings.limits, limits) and rules.limits == "deny":
             problems.append(f'{where}: limits above the defaults but approval.limits = "deny"')
     return problems

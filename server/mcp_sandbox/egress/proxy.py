@@ -234,6 +234,7 @@ class EgressProxy:
         seccomp_json: Callable[[], str],
         extra_labels: Mapping[str, str],
         credentials: Sequence[LoadedCredential] | None = None,
+        role: str = "egress",
     ) -> None:
         """Raises ConfigError when a credential's value cannot be read (``credentials``
         None: read from this process's environment now)."""
@@ -245,8 +246,9 @@ class EgressProxy:
         self.api = api
         self.owner = owner
         tag = hashlib.sha256(owner.encode()).hexdigest()[:12]
-        self.container = f"mcp-sandbox-egress-{tag}"
-        self.outbound = settings.outbound_network or f"mcp-sandbox-egress-out-{tag}"
+        # A second proxy of the same server (an environment build's) differs by ``role``.
+        self.container = f"mcp-sandbox-{role}-{tag}"
+        self.outbound = settings.outbound_network or f"mcp-sandbox-{role}-out-{tag}"
         self._own_outbound = settings.outbound_network is None
         self._seccomp_json = seccomp_json
         self._digest = rules_digest(settings)
@@ -309,6 +311,17 @@ class EgressProxy:
                         self.api.disconnect_network, network, self.container, limiter=threads
                     )
                     await to_thread.run_sync(self.api.remove_network, network, limiter=threads)
+
+    async def close(self, threads: CapacityLimiter) -> None:
+        """Remove the proxy, then its outbound network if it is ours; shielded, bounded."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(STEP_TIMEOUT_S):
+            with contextlib.suppress(SandboxUnavailable):
+                await to_thread.run_sync(self.api.remove, self.container, limiter=threads)
+            if self._own_outbound:
+                with contextlib.suppress(SandboxUnavailable):
+                    await to_thread.run_sync(
+                        self.api.remove_network, self.outbound, limiter=threads
+                    )
 
     async def _ensure(self, threads: CapacityLimiter) -> None:
         """The proxy runs with our current rules, or is made so. Raises SandboxUnavailable."""

@@ -102,6 +102,9 @@ class Engine(Protocol):
 
     def labelled_volumes(self) -> list[ContainerInfo]: ...
 
+    def create_local_volume(self, name: str, *, labels: dict[str, str]) -> None:
+        """A volume on the daemon's disk that outlives every container (an environment)."""
+
     def put_archive(self, name: str, path: str, chunks: Iterable[bytes]) -> None:
         """Unpack a tar stream at ``path`` of the running container ``name``."""
 

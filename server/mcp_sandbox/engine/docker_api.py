@@ -159,6 +159,11 @@ class DockerApi:
                 labels=labels,
             )
 
+    def create_local_volume(self, name: str, *, labels: dict[str, str]) -> None:
+        """A volume on the daemon's disk: it outlives every container (an environment)."""
+        with _translated("create the environment volume"):
+            self._api.create_volume(name, driver="local", labels=labels)
+
     def remove_volume(self, name: str) -> None:
         with _translated("remove the workspace volume"):
             try:

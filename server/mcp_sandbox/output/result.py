@@ -36,6 +36,47 @@ class WorkspaceReport(BaseModel):
     note: str | None = Field(None, description="a limit that was reached, if any")
 
 
+class EnvironmentReport(BaseModel):
+    """The project environment the run had at /env (``mcp-sandbox env build``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str | None = Field(None, description="the environment's volume; null without one")
+    state: Literal["ready", "stale", "none"] = Field(
+        "none", description="stale: a manifest changed since it was built (it still ran)"
+    )
+    built_at: str | None = Field(None, description="when it was built, UTC")
+    hint: str | None = Field(None, description="what to do when it is stale")
+
+
+NO_ENVIRONMENT = EnvironmentReport()
+
+
+class EnvironmentBuilt(BaseModel):
+    """prepare_env's result: the environment later calls of this workspace mount."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="the environment's volume")
+    state: Literal["ready"] = "ready"
+    built_at: str = Field(description="when it was built, UTC")
+    size_mib: int = Field(description="its size, measured after the build")
+    duration_ms: int = Field(description="how long the build took")
+    egress_allowed: int = Field(description="requests the build's proxy let through")
+    egress_denied: list[str] = Field(
+        default_factory=list, description='what the proxy refused, as "host:port (reason)"'
+    )
+    packages: list[str] = Field(default_factory=list, description="what it holds, by name")
+
+    def summary(self) -> str:
+        refused = f"; refused: {', '.join(self.egress_denied)}" if self.egress_denied else ""
+        return (
+            f"environment {self.id} ready ({self.size_mib} MiB, {len(self.packages)} "
+            f"package(s), built in {self.duration_ms / 1000:.1f} s){refused}; later calls "
+            "of this workspace have it at /env"
+        )
+
+
 # Characters of each stream the text block repeats, at most.
 PREVIEW_CHARS = 2_000
 
@@ -86,6 +127,9 @@ class RunResult(BaseModel):
     queued_ms: int | None = Field(
         None, description="time the call waited for a free sandbox slot before it started"
     )
+    environment: EnvironmentReport = Field(
+        NO_ENVIRONMENT, description="the project environment mounted at /env, if any"
+    )
     stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
     stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
 
@@ -118,6 +162,8 @@ class RunResult(BaseModel):
                 + (f", {ws.applied} written back" if ws.applied is not None else "")
                 + (f" ({ws.note})" if ws.note else "")
             )
+        if self.environment.hint:
+            lines.append(self.environment.hint)
         if room is None:
             room = 1 << 62  # no limit but the previews' own
         # The verdict always; what follows it as far as the room goes.

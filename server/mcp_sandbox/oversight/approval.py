@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from mcp_sandbox.errors import RequestRejected
-from mcp_sandbox.policy.arguments import CallArgs, Mode, RunCodeArgs
+from mcp_sandbox.policy.arguments import Mode, PrepareEnvArgs, RunCodeArgs, ToolArgs
 from mcp_sandbox.policy.escalation import (
     Escalation,
     Profile,
@@ -39,7 +39,7 @@ _SHOWN_HOSTS = 6
 
 
 def screen(
-    settings: Settings, args: CallArgs, workspace_root: Path | None, *, local: bool = True
+    settings: Settings, args: ToolArgs, workspace_root: Path | None, *, local: bool = True
 ) -> Screening:
     """Apply the profile, check what is enabled and bounded, and list the escalations.
 
@@ -47,6 +47,8 @@ def screen(
     (egress, the workspace and its modes) is its to check; the escalations are still ours.
     Raises RequestRejected (the caller can fix it) naming what is allowed.
     """
+    if isinstance(args, PrepareEnvArgs):
+        return _screen_build(settings, args, workspace_root, local=local)
     tools = settings.tools
     if isinstance(args, RunCodeArgs):
         if not tools.run_code.enabled:
@@ -59,13 +61,7 @@ def screen(
     elif not tools.shell.enabled:
         raise RequestRejected("shell is disabled on this server (tools.shell.enabled)")
 
-    profile = Profile()
-    if args.profile is not None:
-        found = settings.profiles.get(args.profile)
-        if found is None:
-            names = ", ".join(sorted(settings.profiles)) or "none are configured"
-            raise RequestRejected(f"unknown profile; the server's profiles: {names}")
-        profile = found
+    profile = _profile(settings, args.profile)
 
     network: Network = args.network if args.network != "none" else (profile.network or "none")
     if network == "egress" and local and not settings.egress.enabled:
@@ -131,6 +127,37 @@ def screen(
             )
         )
     return Screening(args.profile, network, effective, mode, limits, request, tuple(escalations))
+
+
+def _screen_build(
+    settings: Settings, args: PrepareEnvArgs, workspace_root: Path | None, *, local: bool
+) -> Screening:
+    """prepare_env: its one escalation, ``environment``; no limits or mode of the caller's."""
+    if local and workspace_root is None:
+        raise RequestRejected(
+            "there is no workspace, so no environment to prepare; start the server with "
+            "--workspace PATH"
+        )
+    profile = _profile(settings, args.profile)
+    build = Escalation(
+        "environment",
+        "Allow installing this project's dependencies from "
+        f"{_hosts(settings.environment.indexes)} into its environment? Their install "
+        "scripts run in a sandbox whose only network is those hosts.",
+        profile.environment,
+    )
+    return Screening(args.profile, "none", None, None, settings.limits, LimitRequest(), (build,))
+
+
+def _profile(settings: Settings, name: str | None) -> Profile:
+    """The named profile (none: the empty one). Raises RequestRejected naming the known."""
+    if name is None:
+        return Profile()
+    found = settings.profiles.get(name)
+    if found is None:
+        names = ", ".join(sorted(settings.profiles)) or "none are configured"
+        raise RequestRejected(f"unknown profile; the server's profiles: {names}")
+    return found
 
 
 def _hosts(allow: tuple[str, ...]) -> str:

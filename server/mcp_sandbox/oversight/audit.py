@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from mcp_sandbox.config.audit import AuditSettings, default_audit_path
 from mcp_sandbox.errors import ApprovalRefused, RequestRejected, SandboxError, SandboxUnavailable
-from mcp_sandbox.output.result import RunResult
+from mcp_sandbox.output.result import EnvironmentBuilt, RunResult
 from mcp_sandbox.output.shaping import neutralise
-from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs
+from mcp_sandbox.policy.arguments import PrepareEnvArgs, RunCodeArgs, ToolArgs
 from mcp_sandbox.policy.escalation import Decision, Kind, Screening
 
 SHOWN_CODE_CHARS = 400
@@ -146,7 +146,10 @@ class AuditLog:
                 log.warning("%d unreadable audit lines skipped in %s", bad, path)
 
 
-Outcome = Literal["exited", "timed_out", "oom_killed", "refused", "failed", "cancelled"]
+# "built": a prepare_env call's environment is ready.
+Outcome = Literal["exited", "timed_out", "oom_killed", "built", "refused", "failed", "cancelled"]
+# Where a build's network goes: the configured indexes, never a caller's choice.
+BUILD_NETWORK = "environment.indexes"
 
 
 @dataclass
@@ -155,7 +158,7 @@ class CallRecord:
     screened and decided, then its result or why it has none. ``fields()`` is the JSON line."""
 
     session: str
-    args: CallArgs  # as the caller sent them: the profile not applied
+    args: ToolArgs  # as the caller sent them: the profile not applied
     image: str  # the configured one, until a result names the one that ran
     started: float = field(default_factory=time.monotonic)
     screening: Screening | None = None
@@ -164,7 +167,11 @@ class CallRecord:
     outcome: Outcome = "failed"
     error: str | None = None
 
-    def finished(self, result: RunResult) -> None:
+    def finished(self, result: RunResult | EnvironmentBuilt) -> None:
+        """A sandbox call's result (kept for the record), or a build's (its outcome only)."""
+        if isinstance(result, EnvironmentBuilt):
+            self.outcome = "built"
+            return
         self.result = result
         self.outcome = (
             "timed_out" if result.timed_out else "oom_killed" if result.oom_killed else "exited"
@@ -188,20 +195,31 @@ class CallRecord:
         return self.screening.kinds if self.screening is not None else ()
 
     def fields(self, code: str, flags: list[str]) -> dict[str, Any]:
-        """The record as the log keeps it, ``code`` already shown (scrubbed and cut)."""
+        """The record as the log keeps it, ``code`` already shown (scrubbed and cut).
+
+        A build (prepare_env) has the same keys: no code, the workspace root, the indexes
+        for its network, and no mode, limits or run of the caller's.
+        """
         args, screening, result = self.args, self.screening, self.result
-        limits = screening.limits if screening is not None else None
+        build = isinstance(args, PrepareEnvArgs)
+        network: str
+        if isinstance(args, PrepareEnvArgs):
+            network, workspace, limits = BUILD_NETWORK, None, None
+        elif screening is not None:
+            network, workspace, limits = screening.network, screening.workspace, screening.limits
+        else:
+            network, workspace, limits = args.network, args.workspace, None
         return {
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "session": self.session,
             "tool": args.tool,
             "profile": args.profile,
             "language": args.language if isinstance(args, RunCodeArgs) else None,
-            "code_sha256": code_digest(args.source),
+            "code_sha256": None if build else code_digest(args.source),
             "code": code,
             "workdir": args.workdir,
-            "network": screening.network if screening is not None else args.network,
-            "workspace": screening.workspace if screening is not None else args.workspace,
+            "network": network,
+            "workspace": workspace,
             "limits": None
             if limits is None
             else {

@@ -5,11 +5,12 @@ for ``ask`` this module puts one plain question to the human through the client 
 elicitation, in both protocol eras), with an answer timeout. After it, one audit record and
 its anomaly flags (also sent to the client as a warning).
 
-The call's arguments are built once, into one ``RunCodeArgs`` or ``ShellArgs``, by a resolver
-(``run_code_args``): the approval resolver and the tool read that object, and the SDK runs a
-resolver once per call. The question rides a resolver too (``ask_run_code``): on 2026-07-28
-connections the SDK returns it inside an ``InputRequiredResult`` and only a reply to the
-exact question it sealed into ``requestState`` counts; on older ones we send it mid-call.
+The call's arguments are built once, into one ``RunCodeArgs``, ``ShellArgs`` or
+``PrepareEnvArgs``, by a resolver (``run_code_args``): the approval resolver and the tool
+read that object, and the SDK runs a resolver once per call. The question rides a resolver
+too (``ask_run_code``): on 2026-07-28 connections the SDK returns it inside an
+``InputRequiredResult`` and only a reply to the exact question it sealed into
+``requestState`` counts; on older ones we send it mid-call.
 Anything the resolver concludes by itself (no question needed, no answer in time, a client
 that cannot be asked) is a ``Verdict``, a type of ours, so the framework wrapping it as
 "accepted" can never pass for a human's accept. Tool arguments only shape *which* question
@@ -28,7 +29,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from anyio import to_thread
@@ -44,13 +45,19 @@ from mcp_types.version import is_version_at_least
 
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.errors import ApprovalRefused, SandboxError
-from mcp_sandbox.output.result import RunResult
+from mcp_sandbox.output.result import EnvironmentBuilt, RunResult
 from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES
 from mcp_sandbox.oversight.anomalies import SessionHistory
 from mcp_sandbox.oversight.approval import Approval, Verdict, _can_elicit, answer_of, screen
 from mcp_sandbox.oversight.audit import AuditLog, CallRecord, scrubbed, shown_code
 from mcp_sandbox.oversight.metrics import CallMetrics
-from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs, ShellArgs, takes_arguments_of
+from mcp_sandbox.policy.arguments import (
+    PrepareEnvArgs,
+    RunCodeArgs,
+    ShellArgs,
+    ToolArgs,
+    takes_arguments_of,
+)
 from mcp_sandbox.policy.escalation import (
     Answer,
     Args,
@@ -68,6 +75,9 @@ log = logging.getLogger("mcp_sandbox.audit")
 _INPUT_REQUIRED_VERSION = "2026-07-28"
 # Questions asked on 2026-07-28 connections whose answers have not come back yet.
 _MAX_PENDING_QUESTIONS = 1_000
+
+# What a tool's body hands back: a sandbox call's result, or a build's.
+Result = TypeVar("Result", RunResult, EnvironmentBuilt)
 
 _OVERSIGHT: weakref.WeakKeyDictionary[MCPServer[Any], Oversight] = weakref.WeakKeyDictionary()
 
@@ -110,14 +120,14 @@ class Oversight:
     def grants(self, session: str) -> frozenset[Kind]:
         return frozenset(self._grants.get(session, ()))
 
-    def screen(self, args: CallArgs) -> Screening:
+    def screen(self, args: ToolArgs) -> Screening:
         """Raises RequestRejected; a bad ``workdir`` too, so no human is asked in vain."""
         screening = screen(self.settings, args, self.root, local=self.local)
         if self.local and self.root is not None:
             resolve_workdir(self.root, args.workdir)
         return screening
 
-    async def ask(self, ctx: Context[Any, Any], args: CallArgs) -> Elicit[Approval] | Verdict:
+    async def ask(self, ctx: Context[Any, Any], args: ToolArgs) -> Elicit[Approval] | Verdict:
         """The resolver's body: the question for a human, or a Verdict without one."""
         try:
             await to_thread.run_sync(self.audit.check)
@@ -190,10 +200,11 @@ class Oversight:
         args: Args,
         outcome: object,
         ctx: Context[Any, Any],
-        execute: Callable[[Args], Awaitable[RunResult]],
-    ) -> RunResult:
-        """Decide the call's escalations, run it, and record it. Raises SandboxError (the
-        refusal or the failure, after recording it; AuditUnavailable when it cannot be)."""
+        execute: Callable[[Args], Awaitable[Result]],
+    ) -> Result:
+        """Decide the call's escalations, run it, and record it: every tool's one path, so
+        every tool's record has one shape. Raises SandboxError (the refusal or the failure,
+        after recording it; AuditUnavailable when it cannot be)."""
         record = CallRecord(self.session(), args, self.settings.image)
         try:
             await to_thread.run_sync(self.audit.check)  # fail closed before anything runs
@@ -310,6 +321,12 @@ async def shell_args(**arguments: Any) -> ShellArgs:
     return ShellArgs(**arguments)
 
 
+@takes_arguments_of(PrepareEnvArgs)
+async def prepare_env_args(**arguments: Any) -> PrepareEnvArgs:
+    """Resolver of prepare_env's arguments, as one object."""
+    return PrepareEnvArgs(**arguments)
+
+
 async def ask_run_code(
     ctx: Context[Any, Any], args: Annotated[RunCodeArgs, Resolve(run_code_args)]
 ) -> Elicit[Approval] | Verdict:
@@ -321,4 +338,11 @@ async def ask_shell(
     ctx: Context[Any, Any], args: Annotated[ShellArgs, Resolve(shell_args)]
 ) -> Elicit[Approval] | Verdict:
     """Resolver of shell's approval."""
+    return await _of(ctx).ask(ctx, args)
+
+
+async def ask_prepare_env(
+    ctx: Context[Any, Any], args: Annotated[PrepareEnvArgs, Resolve(prepare_env_args)]
+) -> Elicit[Approval] | Verdict:
+    """Resolver of prepare_env's approval."""
     return await _of(ctx).ask(ctx, args)

@@ -1,6 +1,6 @@
 """Tool arguments as the caller sends them: validated here, once per call, into the one
-object (``RunCodeArgs`` or ``ShellArgs``) that oversight, policy and the service all read.
-Decided on in ``policy.limits``."""
+object (``RunCodeArgs``, ``ShellArgs`` or ``PrepareEnvArgs``) that oversight, policy and the
+service all read. Decided on in ``policy.limits``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from mcp_sandbox.policy.languages import Language
 from mcp_sandbox.policy.limits import MIN_CPUS, MIN_MEMORY_MIB, MIN_OUTPUT_BYTES, MIN_TIMEOUT_S
 
 Mode = Literal["ro", "copy", "rw"]
-Tool = Literal["run_code", "shell"]
+Tool = Literal["run_code", "shell", "prepare_env"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 
 
@@ -163,10 +163,33 @@ class ShellArgs(_SandboxArgs):
         return (*languages.SHELL_PREFIX, self.command)
 
 
-CallArgs = RunCodeArgs | ShellArgs  # one call's arguments, validated
+CallArgs = RunCodeArgs | ShellArgs  # one sandbox call's arguments, validated
 
 
-def _flat_parameters(model: type[CallArgs]) -> list[inspect.Parameter]:
+class PrepareEnvArgs(BaseModel):
+    """prepare_env's: only a profile (one may pre-approve the build). The build runs none of
+    the caller's code, at the workspace root, its network the configured package indexes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tool: ClassVar[Tool] = "prepare_env"
+
+    profile: ProfileArg = None
+
+    @property
+    def source(self) -> str:
+        """No code of the caller's: the build's commands come from config and manifests."""
+        return ""
+
+    @property
+    def workdir(self) -> str:
+        return "."
+
+
+ToolArgs = CallArgs | PrepareEnvArgs  # any tool's arguments: what oversight screens and records
+
+
+def _flat_parameters(model: type[ToolArgs]) -> list[inspect.Parameter]:
     """``model``'s fields as keyword parameters, the required ones first, each typed as its
     field is declared (constraints and description included, a ``Field()`` default not):
     what a function's signature must say for the SDK to offer them as flat tool arguments."""
@@ -187,7 +210,7 @@ def _flat_parameters(model: type[CallArgs]) -> list[inspect.Parameter]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def takes_arguments_of(model: type[CallArgs]) -> Callable[[F], F]:
+def takes_arguments_of(model: type[ToolArgs]) -> Callable[[F], F]:
     """Give a tool or a resolver ``model``'s fields as parameters, before its own keyword-only
     ones (it takes them as ``**``): the SDK reads a tool's flat input schema, and the
     arguments a resolver takes by name, off the signature."""

@@ -1,7 +1,8 @@
 """PURE: which escalations a call asks for, and who decides each (config or a human).
 
 An escalation widens what a sandbox can do: ``network="egress"``, ``workspace="rw"``, limits
-above the configured defaults. Each kind has a rule in config: ``deny``, ``allow`` or ``ask``.
+above the configured defaults, an environment build (``prepare_env``). Each kind has a rule
+in config: ``deny``, ``allow`` or ``ask``.
 ``ask`` means a human answers through the client; nothing in the tool's arguments or the
 sandbox's output can answer for them. A profile (config too) pre-approves a shape of work.
 
@@ -18,7 +19,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mcp_sandbox.policy.arguments import Mode, RunCodeArgs, ShellArgs
+from mcp_sandbox.policy.arguments import Mode, PrepareEnvArgs, RunCodeArgs, ShellArgs
 from mcp_sandbox.policy.limits import (
     MIN_CPUS,
     MIN_MEMORY_MIB,
@@ -29,7 +30,7 @@ from mcp_sandbox.policy.limits import (
 )
 
 Rule = Literal["deny", "allow", "ask"]
-Kind = Literal["egress", "rw", "limits"]
+Kind = Literal["egress", "rw", "limits", "environment"]
 
 
 Network = Literal["none", "egress"]
@@ -37,7 +38,7 @@ Network = Literal["none", "egress"]
 Answer = Literal["accept", "accept_session", "decline", "cancel", "timeout", "unsupported"]
 DecidedBy = Literal["config", "profile", "session", "human"]
 
-Args = TypeVar("Args", RunCodeArgs, ShellArgs)
+Args = TypeVar("Args", RunCodeArgs, ShellArgs, PrepareEnvArgs)
 
 PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
@@ -46,6 +47,7 @@ _WHAT: dict[Kind, str] = {
     "egress": "network egress",
     "rw": "workspace writes (rw)",
     "limits": "limits above the defaults",
+    "environment": "an environment build",
 }
 _SIZE_NAMES = (
     ("timeout_s", "s timeout"),
@@ -63,6 +65,9 @@ class EscalationRules(BaseModel):
     egress: Rule = Field("ask", description='network="egress" for a call')
     rw: Rule = Field("ask", description='workspace="rw": writes land in the user\'s files')
     limits: Rule = Field("allow", description="limits above the defaults, up to the maximum")
+    environment: Rule = Field(
+        "ask", description="prepare_env: a build that installs the project's dependencies"
+    )
     timeout_s: float = Field(
         120, gt=0, le=3600, description="how long a question waits for the human's answer"
     )
@@ -85,6 +90,7 @@ class Profile(BaseModel):
     output_bytes: int | None = Field(None, ge=MIN_OUTPUT_BYTES, description="output kept")
     workspace: Mode | None = Field(None, description="workspace mode")
     network: Network | None = Field(None, description='"egress" pre-approves the network')
+    environment: bool = Field(False, description="true pre-approves prepare_env")
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,10 @@ class Screening:
         return tuple(e.kind for e in self.escalations)
 
     def applied(self, args: Args) -> Args:
-        """``args`` as they run: the profile's values filled in, so the service needs none."""
+        """``args`` as they run: the profile's values filled in, so the service needs none.
+        A build's are as they came: its profile only ever pre-approves it."""
+        if isinstance(args, PrepareEnvArgs):
+            return args
         update = {"network": self.network, "workspace": self.asked_workspace}
         return args.model_copy(update={"profile": None, **update, **asdict(self.request)})
 

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Protocol
 
 from mcp_sandbox.config.settings import Settings
+from mcp_sandbox.environment.build import BuildReport, Progress
 from mcp_sandbox.output.result import RunResult
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
 from mcp_sandbox.sandbox.slots import Load, OnWait
 
 
 class CallRunner(Protocol):
-    """Runs ``run_code`` and ``shell`` calls; says what the server's oversight needs."""
+    """Runs ``run_code`` and ``shell`` calls and ``prepare_env`` builds; says what the
+    server's oversight needs."""
 
     @property
     def settings(self) -> Settings:
@@ -39,6 +41,10 @@ class CallRunner(Protocol):
         """Run one call; ``waiting`` hears of its place while it waits for a slot."""
 
     async def shell(self, args: ShellArgs, *, waiting: OnWait | None = None) -> RunResult: ...
+
+    async def build_environment(self, progress: Progress) -> BuildReport:
+        """Build the workspace's environment, ``progress`` hearing of each step. Raises
+        SandboxError (RequestRejected where this runner cannot build one)."""
 
     def load(self) -> Load | None:
         """The slots' load now, for the metrics; None when it is another process's."""

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
+from mcp_sandbox.environment.build import BuildReport, Progress
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.output.result import RunResult
 from mcp_sandbox.output.scrubber import Scrubber
@@ -170,6 +171,10 @@ class LauncherClient:
 
     async def shell(self, args: ShellArgs, *, waiting: OnWait | None = None) -> RunResult:
         return _result(await self._call({"op": "shell", "args": args.model_dump(mode="json")}))
+
+    async def build_environment(self, progress: Progress) -> BuildReport:
+        """Not through a launcher: a build needs this server's own Docker access."""
+        raise RequestRejected("prepare_env needs the server's own Docker access (not a launcher)")
 
     async def ping(self) -> None:
         await self._call({"op": "ping"})

@@ -18,19 +18,24 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
 from mcp_sandbox import __version__
+from mcp_sandbox.environment.build import BuildReport
 from mcp_sandbox.errors import SandboxError
-from mcp_sandbox.output.result import RESULT_CHARS, RunResult
+from mcp_sandbox.output.result import RESULT_CHARS, EnvironmentBuilt, RunResult
+from mcp_sandbox.output.shaping import neutralise
 from mcp_sandbox.oversight.approval import Outcome, can_allow
 from mcp_sandbox.oversight.calls import (
     Oversight,
+    ask_prepare_env,
     ask_run_code,
     ask_shell,
+    prepare_env_args,
     run_code_args,
     shell_args,
 )
 from mcp_sandbox.oversight.metrics import CallMetrics
 from mcp_sandbox.policy import languages
 from mcp_sandbox.policy.arguments import (
+    PrepareEnvArgs,
     RunCodeArgs,
     ShellArgs,
     describe_bad_arguments,
@@ -41,7 +46,11 @@ from mcp_sandbox.transport.call_runner import CallRunner
 
 log = logging.getLogger("mcp_sandbox")
 
-ARGUMENT_MODELS: dict[str, type[BaseModel]] = {"run_code": RunCodeArgs, "shell": ShellArgs}
+ARGUMENT_MODELS: dict[str, type[BaseModel]] = {
+    "run_code": RunCodeArgs,
+    "shell": ShellArgs,
+    "prepare_env": PrepareEnvArgs,
+}
 
 INSTRUCTIONS = (
     "Runs code in a fresh, throw-away Docker container per call: no network, read-only root, "
@@ -63,6 +72,19 @@ _WALLS = (
 )
 RUN_CODE_DOC = "Run a snippet of python, javascript (Node.js) or bash in a sandbox. " + _WALLS
 SHELL_DOC = "Run `/bin/sh -c command` in a sandbox (Debian, with python3, node, git). " + _WALLS
+
+
+PREPARE_ENV_DOC = (
+    "Install the project's dependencies once, into an environment that every later run_code "
+    "and shell call of this workspace has read-only at /env (python and pytest from its venv "
+    "come first on PATH; node finds its node_modules through NODE_PATH). It reads only the "
+    "dependency manifests at the workspace root (requirements*.txt, pyproject.toml, "
+    "package.json with its lockfile) and installs them in a sandbox whose only network is "
+    "the server's package indexes. Needs approval. Call it again when a result's "
+    "environment is stale."
+)
+# A result lists this many of the environment's packages at most.
+_LISTED_PACKAGES = 200
 
 
 def _error(message: str) -> CallToolResult:
@@ -92,9 +114,14 @@ def result_chars(result: CallToolResult) -> int:
     return len(result.model_dump_json(by_alias=True, exclude_none=True))
 
 
-def _tool_result(result: RunResult) -> CallToolResult:
+def _tool_result(result: RunResult | EnvironmentBuilt) -> CallToolResult:
     """The structured result and a text block that takes what it leaves of the size."""
     structured = result.model_dump(mode="json")
+    if isinstance(result, EnvironmentBuilt):  # small: its package list is bounded
+        return CallToolResult(
+            content=[TextContent(type="text", text=result.summary())],
+            structured_content=structured,
+        )
     bare = CallToolResult(
         content=[TextContent(type="text", text="")], structured_content=structured
     )
@@ -193,6 +220,37 @@ def build_server(runner: CallRunner, metrics: CallMetrics | None = None) -> MCPS
         run = functools.partial(runner.shell, waiting=_queue_reports(ctx))
         return await _guarded(scrub, "shell", oversight.run(args, approval, ctx, run))
 
+    @mcp.tool(
+        title="Prepare the project's environment",
+        annotations=ToolAnnotations(
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=True,
+            open_world_hint=True,
+        ),
+        description=PREPARE_ENV_DOC,
+    )
+    @takes_arguments_of(PrepareEnvArgs)
+    async def prepare_env(
+        *,
+        ctx: Context[Any, Any],
+        args: Annotated[PrepareEnvArgs, Resolve(prepare_env_args)],
+        approval: Annotated[Outcome, Resolve(ask_prepare_env)],
+        **_: object,
+    ) -> Annotated[CallToolResult, EnvironmentBuilt]:
+        """Build the workspace's environment, reporting progress while it runs."""
+        steps = 0
+
+        async def progress(line: str) -> None:
+            nonlocal steps
+            steps += 1
+            await ctx.report_progress(steps, None, scrub(line))
+
+        async def build(_: PrepareEnvArgs) -> EnvironmentBuilt:
+            return _built(await runner.build_environment(progress), scrub)
+
+        return await _guarded(scrub, "prepare_env", oversight.run(args, approval, ctx, build))
+
     @mcp.resource(
         "sandbox://audit/session",
         name="audit-session",
@@ -207,7 +265,24 @@ def build_server(runner: CallRunner, metrics: CallMetrics | None = None) -> MCPS
         mcp.remove_tool("run_code")
     if not settings.tools.shell.enabled:
         mcp.remove_tool("shell")
+    if settings.approval.environment == "deny":
+        mcp.remove_tool("prepare_env")
     return mcp
+
+
+def _built(report: BuildReport, scrub: Callable[[str], str]) -> EnvironmentBuilt:
+    """prepare_env's result: what the build made, its names scrubbed and its list bounded."""
+    env = report.environment
+    return EnvironmentBuilt(
+        id=env.id,
+        built_at=env.built_at,
+        size_mib=env.size_mib,
+        duration_ms=report.duration_ms,
+        egress_allowed=report.egress_allowed,
+        # The build's install scripts pick these names, as a call's code picks a call's.
+        egress_denied=[neutralise(scrub(d)) for d in report.egress_denied],
+        packages=[scrub(p)[:100] for p in report.packages[:_LISTED_PACKAGES]],
+    )
 
 
 def _queue_reports(ctx: Context[Any, Any]) -> OnWait:

@@ -25,7 +25,7 @@ import anyio
 from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox.config.workspace import WorkspacePolicy
-from mcp_sandbox.constants import LABEL, MIB, OWNER_LABEL, WORKDIR
+from mcp_sandbox.constants import ENVIRONMENT_LABEL, LABEL, MIB, OWNER_LABEL, WORKDIR
 from mcp_sandbox.engine.backend import Engine
 from mcp_sandbox.engine.owners import owner_is_alive, pid_runs
 from mcp_sandbox.engine.steps import remove_quietly, step
@@ -350,6 +350,8 @@ async def reap_volumes(api: Engine, threads: CapacityLimiter, *, owner: str, own
     now = time.time()
     removed = 0
     for v in found:
+        if v.labels.get(ENVIRONMENT_LABEL):
+            continue  # an environment outlives its builder: ``environment.store`` reaps it
         who = v.labels.get(OWNER_LABEL, "")
         if who == owner:
             doomed = own_too
