@@ -51,7 +51,8 @@ def server_params(env: Mapping[str, str] | None = None, *args: str) -> StdioServ
         "MCP_SANDBOX_LABELS": json.dumps({TEST_RUN_LABEL: TEST_RUN_ID}),
         "MCP_SANDBOX_AUDIT__PATH": os.path.join(AUDIT_DIR, "audit.jsonl"),
     }
-    for key in ("DOCKER_HOST", "DOCKER_CONFIG"):
+    # PYTHONPATH: a worktree's tests run its own server, not the one the venv installed.
+    for key in ("DOCKER_HOST", "DOCKER_CONFIG", "PYTHONPATH"):
         if key in os.environ:
             base[key] = os.environ[key]
     return StdioServerParameters(

@@ -22,14 +22,22 @@ from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import remove_quietly
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.output.result import RESULT_CHARS, RunResult, WorkspaceReport
-from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
+from mcp_sandbox.output.shaping import (
+    SHAPE_ON_LOOP_BYTES,
+    capture_bytes,
+    json_chars,
+    neutralise,
+    shape,
+)
+from mcp_sandbox.output.test_report import SUMMARY_CHARS, summarise, wanted_runners
 from mcp_sandbox.policy import languages
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
-from mcp_sandbox.policy.limits import RunPlan, Sizes, decide
+from mcp_sandbox.policy.limits import Limits, RunPlan, Sizes, decide
 from mcp_sandbox.sandbox.after_reply import AfterReply
 from mcp_sandbox.sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.sandbox.runner import RawRun, run_once
 from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec, with_egress, with_workspace
+from mcp_sandbox.sandbox.usage import report_env, resources, with_usage
 from mcp_sandbox.sandbox.warm import STUB_ARGV
 from mcp_sandbox.workspace.changes import LISTED_CHARS
 from mcp_sandbox.workspace.session import (
@@ -119,14 +127,28 @@ class SandboxService:
         argv = languages.argv_for(args.language, args.code)
         where = WorkspaceAsk(args.workdir, args.workspace)
         return await self._run(
-            argv, args.code, args.timeout_s, args.stdin, args.network, where, _sizes(args)
+            argv,
+            args.code,
+            args.timeout_s,
+            args.stdin,
+            args.network,
+            where,
+            _sizes(args),
+            tests=_wants_tests(args, args.code),
         )
 
     async def shell(self, args: ShellArgs) -> RunResult:
         argv = (*languages.SHELL_PREFIX, args.command)
         where = WorkspaceAsk(args.workdir, args.workspace)
         return await self._run(
-            argv, args.command, args.timeout_s, args.stdin, args.network, where, _sizes(args)
+            argv,
+            args.command,
+            args.timeout_s,
+            args.stdin,
+            args.network,
+            where,
+            _sizes(args),
+            tests=_wants_tests(args, args.command),
         )
 
     async def _run(
@@ -138,6 +160,8 @@ class SandboxService:
         network: str = "none",
         where: WorkspaceAsk | None = None,
         sizes: Sizes | None = None,
+        *,
+        tests: bool = False,
     ) -> RunResult:
         s = self.settings
         plan = decide(s.limits, s.bounds, argv, source, timeout_s, stdin, sizes)
@@ -151,15 +175,19 @@ class SandboxService:
             self.workspace.plan, where or WorkspaceAsk(), limiter=self._threads
         )
         run_id = pysecrets.token_hex(6)
-        spec = self._spec(plan, run_id)
+        # A cold run reports what it used through the usage wrapper; a warm stub, itself.
+        spec = self._spec(replace(plan, argv=with_usage(plan.argv)), run_id)
+        if tests:  # the runners write a report; only the cold wrapper ships it out
+            env = dict(spec.env)
+            spec = replace(spec, env=tuple(sorted({**env, **report_env(env)}.items())))
         with self._after.call():  # removals and refills wait for the reply
             async with self._slot(plan.limits.timeout_s):
                 async with self._workspace_session(ws_plan, run_id, plan) as ws:
                     if ws is not None:
                         spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
-                    raw, tally = await self._launch(spec, plan, run_id, network, ws)
+                    raw, tally = await self._launch(spec, plan, run_id, network, ws, cold=tests)
                     report = await ws.finish() if ws is not None else None
-        shaping = (raw, run_id, plan.limits.output_bytes, tally, report)
+        shaping = (raw, run_id, plan.limits, tally, report, tests)
         if raw.stdout.total + raw.stderr.total <= SHAPE_ON_LOOP_BYTES:
             result = self._result(*shaping)
         else:  # scrubbing it takes milliseconds, hostile text up to the scrubber's budget
@@ -178,7 +206,14 @@ class SandboxService:
         return result
 
     async def _launch(
-        self, spec: ContainerSpec, plan: RunPlan, run_id: str, network: str, ws: Session | None
+        self,
+        spec: ContainerSpec,
+        plan: RunPlan,
+        run_id: str,
+        network: str,
+        ws: Session | None,
+        *,
+        cold: bool = False,
     ) -> tuple[RawRun, EgressTally | None]:
         """Run ``spec``; with ``network="egress"``, on a network of its own behind the proxy.
 
@@ -189,7 +224,7 @@ class SandboxService:
         keep = capture_bytes(plan.limits.output_bytes, self._margin)
         self._refuse_if_closing()
         if network == "none":
-            warm = self.pool.take(spec) if self.pool is not None else None
+            warm = self.pool.take(spec) if self.pool is not None and not cold else None
             if warm is not None:
                 assert self.pool is not None
                 try:
@@ -341,10 +376,18 @@ class SandboxService:
         self,
         raw: RawRun,
         run_id: str,
-        budget: int,
+        limits: Limits,
         tally: EgressTally | None = None,
         workspace: WorkspaceReport | None = None,
+        tests: bool = False,
     ) -> RunResult:
+        budget = limits.output_bytes
+        suite = None
+        if tests:
+            # The summary's room comes out of the streams': the result weighs what it did.
+            room = min(SUMMARY_CHARS, budget // 2)
+            suite = summarise(dict(raw.reports), self._scrub, room)
+            budget -= json_chars(suite.model_dump_json())
         out, err = shape(
             raw.stdout, raw.stderr, budget=budget, scrub=self._scrub, margin=self._margin
         )
@@ -366,6 +409,13 @@ class SandboxService:
             workspace=workspace,  # its paths were scrubbed before they were cut
             stdout=out.text,
             stderr=err.text,
+            resources=resources(
+                raw.usage,
+                wall_ms=raw.duration_ms,
+                limits=limits,
+                workdir_is_scratch=workspace is None or workspace.mode != "ro",
+            ),
+            tests=suite,
         )
 
     async def reap(self, *, own_too: bool) -> int:
@@ -397,6 +447,11 @@ class SandboxService:
 def _listed_chars(output_bytes: int) -> int:
     """What a result's workspace change list may take, beside streams of ``output_bytes``."""
     return max(0, min(LISTED_CHARS, RESULT_CHARS - RESERVE_CHARS - output_bytes))
+
+
+def _wants_tests(args: RunCodeArgs | ShellArgs, source: str) -> bool:
+    """Whether the call is a test run: asked with ``report="tests"``, or it starts a runner."""
+    return args.report == "tests" or bool(wanted_runners(source))
 
 
 def _sizes(args: RunCodeArgs | ShellArgs) -> Sizes:

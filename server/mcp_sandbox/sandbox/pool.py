@@ -211,7 +211,7 @@ async def run_warm(
     out, err = StreamCapture(keep_bytes), StreamCapture(keep_bytes)
     watches = {1: EndWatch(nonce, out), 2: EndWatch(nonce, err)}
     stdin_b64 = base64.b64encode(plan.stdin) if plan.stdin is not None else None
-    request = encode_request(nonce, plan.argv, cwd or WORKDIR, stdin_b64)
+    request = encode_request(nonce, plan.argv, cwd or WORKDIR, stdin_b64, report_usage=True)
     pumped = threading.Event()
     pumping = threading.Event()
 
@@ -270,4 +270,7 @@ async def run_warm(
             oom = state.oom_killed
     elif timed_out:
         oom = await step(threads, "inspect the sandbox", api.oom_killed, warm.spec.name)
-    return RawRun(out, err, exit_code, timed_out, oom, duration_ms, warm.spec.name, pooled=True)
+    usage = watches[1].usage
+    return RawRun(
+        out, err, exit_code, timed_out, oom, duration_ms, warm.spec.name, pooled=True, usage=usage
+    )

@@ -31,6 +31,7 @@ from mcp_sandbox.policy.arguments import (
     NetworkArg,
     OutputArg,
     ProfileArg,
+    ReportArg,
     RunCodeArgs,
     ShellArgs,
     StdinArg,
@@ -190,6 +191,7 @@ def build_server(
         memory_mib: MemoryArg = None,
         cpus: CpusArg = None,
         output_bytes: OutputArg = None,
+        report: ReportArg = None,
         *,
         ctx: Context[Any, Any],
         approval: Annotated[Outcome, Resolve(ask_run_code)],
@@ -207,6 +209,7 @@ def build_server(
             memory_mib=memory_mib,
             cpus=cpus,
             output_bytes=output_bytes,
+            report=report,
         )
         call = oversight.run("run_code", args, approval, ctx, service.run_code)
         return await _guarded(scrub, "run_code", call)
@@ -225,6 +228,7 @@ def build_server(
         memory_mib: MemoryArg = None,
         cpus: CpusArg = None,
         output_bytes: OutputArg = None,
+        report: ReportArg = None,
         *,
         ctx: Context[Any, Any],
         approval: Annotated[Outcome, Resolve(ask_shell)],
@@ -241,6 +245,7 @@ def build_server(
             memory_mib=memory_mib,
             cpus=cpus,
             output_bytes=output_bytes,
+            report=report,
         )
         call = oversight.run("shell", args, approval, ctx, service.shell)
         return await _guarded(scrub, "shell", call)
