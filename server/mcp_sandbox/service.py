@@ -22,11 +22,14 @@ from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import remove_quietly
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.output.result import RESULT_CHARS, RunResult, WorkspaceReport
+from mcp_sandbox.output.run_store import RunStore, output_uri
 from mcp_sandbox.output.shaping import (
     SHAPE_ON_LOOP_BYTES,
+    StreamCapture,
     capture_bytes,
     json_chars,
     neutralise,
+    safe_head,
     shape,
 )
 from mcp_sandbox.output.test_report import SUMMARY_CHARS, summarise, wanted_runners
@@ -93,6 +96,7 @@ class SandboxService:
         # Each run holds a stream-pump thread and makes short calls besides.
         self._threads = CapacityLimiter(max_concurrent * 3 + 8)
         self._after = AfterReply(api, self._threads)
+        self.runs = RunStore()  # the full text of cut streams, by run id
         self._closing = False
         self._egress = EgressProxy(
             settings.egress,
@@ -118,6 +122,11 @@ class SandboxService:
             if ps.enabled and ps.max_size > 0
             else None
         )
+
+    @property
+    def scrub_margin(self) -> int:
+        """Characters the scrubber needs past a cut to be sure no secret is split."""
+        return self._margin
 
     def scrub(self, text: str) -> str:
         """The one scrubber everything that leaves the server passes."""
@@ -175,8 +184,10 @@ class SandboxService:
             self.workspace.plan, where or WorkspaceAsk(), limiter=self._threads
         )
         run_id = pysecrets.token_hex(6)
-        # A cold run reports what it used through the usage wrapper; a warm stub, itself.
-        spec = self._spec(replace(plan, argv=with_usage(plan.argv)), run_id)
+        # A cold run reports what it used through the usage wrapper (outermost: it ends every
+        # other process of the sandbox before it reports); a warm stub, itself.
+        spec = self._spec(plan, run_id)
+        spec = replace(spec, argv=with_usage(spec.argv))
         if tests:  # the runners write a report; only the cold wrapper ships it out
             env = dict(spec.env)
             spec = replace(spec, env=tuple(sorted({**env, **report_env(env)}.items())))
@@ -391,6 +402,11 @@ class SandboxService:
         out, err = shape(
             raw.stdout, raw.stderr, budget=budget, scrub=self._scrub, margin=self._margin
         )
+        full_output = [
+            self._keep_full(run_id, name, capture)
+            for name, capture, shaped in (("stdout", raw.stdout, out), ("stderr", raw.stderr, err))
+            if shaped.truncated and capture.kept
+        ]
         return RunResult(
             exit_code=raw.exit_code,
             timed_out=raw.timed_out,
@@ -416,7 +432,20 @@ class SandboxService:
                 workdir_is_scratch=workspace is None or workspace.mode != "ro",
             ),
             tests=suite,
+            full_output=full_output,
         )
+
+    def _keep_full(self, run_id: str, name: str, capture: StreamCapture) -> str:
+        """Keep the full text of a cut stream (its first ``KEPT_BYTES``); return its URI."""
+        text = capture.kept.decode("utf-8", "replace")
+        if len(capture.kept) < capture.total:
+            text = safe_head(text, self._scrub, self._margin) + (
+                f"\n[mcp-sandbox: kept the first {len(capture.kept)} of {capture.total} bytes]\n"
+            )
+        else:
+            text = self._scrub(text)
+        self.runs.keep(run_id, name, neutralise(text))
+        return output_uri(run_id, name)
 
     async def reap(self, *, own_too: bool) -> int:
         """Remove labelled containers whose server is gone (and ours, with ``own_too``)."""

@@ -9,9 +9,10 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 
-from sandbox_client import MODES, call, connect
+from sandbox_client import MODES, PLANTED_VALUE, call, connect
 
 COLD = {"MCP_SANDBOX_POOL__ENABLED": "false"}
 ALLOCATE_MIB = 200
@@ -184,4 +185,46 @@ async def test_hundreds_of_failures_keep_the_result_under_40000_chars(sample: Cl
     tests = result["tests"]
     assert tests["failed"] == 400 and 0 < len(tests["failing"]) < 400
     assert "cut at" in tests["note"] and tests["note"].endswith("not listed")
+    assert _wire_chars(full) < 40_000
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_ten_second_run_sends_progress_with_its_last_line(mode: str) -> None:
+    seen: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, message))
+
+    command = (
+        f"echo token {PLANTED_VALUE}; for i in 1 2 3 4 5 6 7 8 9 10; do echo step $i; sleep 1; done"
+    )
+    async with connect(mode) as c:
+        result = await c.call_tool(
+            "shell", {"command": command, "timeout_s": 30}, progress_callback=on_progress
+        )
+    assert not result.is_error
+    assert len(seen) >= 3, seen
+    progress = [p for p, _ in seen]
+    assert progress == sorted(progress) and progress[0] >= 3
+    assert all(m is not None and m.split(" s", 1)[0].isdigit() for _, m in seen)
+    assert any("step " in (m or "") for _, m in seen)
+    assert PLANTED_VALUE not in repr(seen)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_long_log_is_readable_in_full_as_a_resource_and_scrubbed(mode: str) -> None:
+    command = f"seq 1 100000; echo token {PLANTED_VALUE}; echo last line >&2"
+    async with connect(mode) as c:
+        full = await c.call_tool("shell", {"command": command, "output_bytes": 2048})
+        result = full.structured_content
+        assert result is not None and result["truncated"] is True
+        run_id = result["run_id"]
+        assert result["full_output"] == [f"sandbox://runs/{run_id}/stdout"]
+        read = await c.read_resource(f"sandbox://runs/{run_id}/stdout")
+        with pytest.raises(MCPError):
+            await c.read_resource(f"sandbox://runs/{run_id}x/stdout")
+    text = read.contents[0].text  # type: ignore[union-attr]
+    lines = text.splitlines()
+    assert lines[:3] == ["1", "2", "3"] and "99999" in lines and "100000" in lines
+    assert PLANTED_VALUE not in text and lines[-1].startswith("token ")
     assert _wire_chars(full) < 40_000

@@ -146,6 +146,11 @@ class RunResult(BaseModel):
     tests: SuiteSummary | None = Field(
         None, description="a test run's counts and failing tests, from its runner's report"
     )
+    full_output: list[str] = Field(
+        default_factory=list,
+        description="a cut stream's full text (its first 2 MiB, scrubbed), as resources to "
+        'read: "sandbox://runs/<run_id>/stdout" and .../stderr',
+    )
     stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
     stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
 
@@ -168,6 +173,8 @@ class RunResult(BaseModel):
         ]
         if self.resources is not None:
             lines.append(self.resources.line())
+        if self.full_output:
+            lines.append("full output: " + ", ".join(self.full_output))
         if self.tests is not None:
             t = self.tests
             lines.append(

@@ -13,7 +13,8 @@ from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox.engine.docker_api import AttachedStreams, DockerApi
 from mcp_sandbox.engine.steps import remove_quietly, step
-from mcp_sandbox.output.shaping import STOPPED_NOTE, StreamCapture, past_stop
+from mcp_sandbox.output.shaping import KEPT_BYTES, STOPPED_NOTE, StreamCapture, past_stop
+from mcp_sandbox.sandbox.live import watch_live
 from mcp_sandbox.sandbox.spec import ContainerSpec
 from mcp_sandbox.sandbox.usage import RunTail, Usage
 
@@ -58,7 +59,8 @@ async def run_once(
 ) -> RawRun:
     """Run ``spec`` to exit or deadline. When this raises, the container is gone; when it
     returns, the container has stopped and is gone, or handed to ``dispose`` to remove."""
-    out, err = StreamCapture(keep_bytes), StreamCapture(keep_bytes)
+    out, err = StreamCapture(keep_bytes, KEPT_BYTES), StreamCapture(keep_bytes, KEPT_BYTES)
+    watch_live(out, err)
     # The usage wrapper's report ends stderr: held back from the capture, then parsed.
     report = RunTail(err)
     captures = {1: out.feed, 2: report.feed}

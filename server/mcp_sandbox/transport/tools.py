@@ -22,6 +22,7 @@ from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.output.result import RESULT_CHARS, RunResult
+from mcp_sandbox.output.run_store import RunStore
 from mcp_sandbox.oversight.approval import Outcome, can_allow
 from mcp_sandbox.oversight.calls import Oversight, ask_run_code, ask_shell
 from mcp_sandbox.policy import languages
@@ -43,6 +44,7 @@ from mcp_sandbox.policy.arguments import (
 from mcp_sandbox.policy.languages import Language
 from mcp_sandbox.service import SandboxService
 from mcp_sandbox.transport.launcher import LauncherClient
+from mcp_sandbox.transport.progress import with_progress
 
 log = logging.getLogger("mcp_sandbox")
 
@@ -158,6 +160,8 @@ def build_server(
     )
     # A launcher client's errors were scrubbed where they were made.
     scrub: Callable[[str], str] = getattr(service, "scrub", lambda text: text)
+    # Through the launcher no output is seen live: progress says the elapsed time only.
+    margin: int = getattr(service, "scrub_margin", 0)
     if isinstance(service, SandboxService):
         settings = settings or service.settings
         oversight = Oversight(settings, service.scrub, service.workspace.root)
@@ -212,7 +216,7 @@ def build_server(
             report=report,
         )
         call = oversight.run("run_code", args, approval, ctx, service.run_code)
-        return await _guarded(scrub, "run_code", call)
+        return await with_progress(ctx, scrub, margin, _guarded(scrub, "run_code", call))
 
     @mcp.tool(
         title="Run a shell command in a sandbox", annotations=annotations, description=SHELL_DOC
@@ -248,7 +252,7 @@ def build_server(
             report=report,
         )
         call = oversight.run("shell", args, approval, ctx, service.shell)
-        return await _guarded(scrub, "shell", call)
+        return await with_progress(ctx, scrub, margin, _guarded(scrub, "shell", call))
 
     @mcp.resource(
         "sandbox://audit/session",
@@ -259,6 +263,24 @@ def build_server(
     )
     def audit_session() -> str:
         return json.dumps(oversight.recent(), ensure_ascii=False)
+
+    runs: RunStore | None = getattr(service, "runs", None)
+
+    @mcp.resource(
+        "sandbox://runs/{run_id}/{stream}",
+        name="run-output",
+        title="A cut stream's full text",
+        description="The full stdout or stderr of a recent run whose result was cut (its first "
+        "2 MiB), scrubbed; named in the result's full_output",
+        mime_type="text/plain",
+    )
+    def run_output(run_id: str, stream: str) -> str:
+        text = runs.read(run_id, stream) if runs is not None else None
+        if text is None:
+            raise SandboxError(
+                "no kept output by that name: only a cut stream is kept, and only a while"
+            )
+        return text
 
     if not settings.tools.run_code.enabled:
         mcp.remove_tool("run_code")
