@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mcp_sandbox.output.shaping import StreamCapture
 from mcp_sandbox.policy.limits import Limits
-from mcp_sandbox.sandbox.usage import RunTail, Usage, parse_fields, resources
+from mcp_sandbox.sandbox.usage import (
+    RunTail,
+    Usage,
+    parse_fields,
+    report_env,
+    resources,
+    tail_bytes,
+)
 from mcp_sandbox.sandbox.warm import EndWatch
 
 REPORT = b"\x00mcp-sandbox-usage:5000000,2000000,104857600,0,3,4096,-1\x00"
@@ -104,4 +113,31 @@ def test_frames_followed_by_output_are_output(after: bytes, chunk: int) -> None:
 def test_more_frames_than_the_wrapper_writes_are_held_back_no_further() -> None:
     tail, cap = _tail(FRAME * 50 + REPORT, 64)
     assert cap.whole() == FRAME * 48  # the last two frames and the usage end the stream
+    assert tail.usage is not None
+
+
+def test_a_flood_of_nuls_costs_what_other_bytes_do() -> None:
+    """Each NUL could open a frame; none is looked at byte by byte (8 MiB took minutes)."""
+    cap = StreamCapture(100_000)
+    tail = RunTail(cap)
+    started = time.monotonic()
+    for _ in range(128):
+        tail.feed(b"\x00" * 65_536)
+    tail.feed(FRAME + REPORT)
+    tail.finish()
+    assert time.monotonic() - started < 2.0
+    assert cap.total == 128 * 65_536 and tail.usage is not None
+    assert tail.reports == {"pytest.xml": b"PHRlc3RzdWl0ZS8+"}
+
+
+def test_only_a_run_that_ships_reports_holds_their_room_back() -> None:
+    assert tail_bytes((("PATH", "/bin"),)) < 200
+    assert tail_bytes(tuple(report_env({}).items())) > 2 * 1024 * 1024
+    # Held back to its usage frame's room only, a report frame is the program's output.
+    frame = b"\x00mcp-sandbox-report:pytest.xml:" + b"A" * 400 + b"\x00"
+    cap = StreamCapture(100_000)
+    tail = RunTail(cap, tail_bytes(()))
+    tail.feed(b"x" * 1000 + frame + REPORT)
+    tail.finish()
+    assert cap.whole() == b"x" * 1000 + frame and tail.reports == {}
     assert tail.usage is not None

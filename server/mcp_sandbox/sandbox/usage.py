@@ -6,7 +6,7 @@ program ends and before the container does: by the usage wrapper of a cold run
 (``USAGE_ARGV``), or by the warm stub (it puts the same figures in its end marker). A cold
 run's wrapper kills whatever the program left behind first, then writes one report, last
 thing on stderr: ``NUL mcp-sandbox-usage: FIELDS NUL``, which the server strips
-(``UsageTail``). A program can forge its own report (as it can choose its own exit code),
+(``RunTail``). A program can forge its own report (as it can choose its own exit code),
 never another call's; every figure is parsed strictly and bounded.
 
 The fields, in order, -1 when the kernel does not offer one: CPU time in user and system
@@ -170,121 +170,85 @@ def parse_fields(fields: bytes) -> Usage | None:
     )
 
 
-# What a report frame may carry: a report's name, then its bytes as base64.
-_FRAME_OPENERS = (
-    REPORT_PREFIX,
-    *(b"\x00mcp-sandbox-report:%s:" % n.encode() for n in REPORT_NAMES),
+# A report frame: its opener names the report, then its bytes as base64, then a NUL.
+_REPORT_OPENER = b"\x00mcp-sandbox-report:"
+_REPORT_BODY_MAX = (REPORT_FILE_MAX_BYTES + 2) // 3 * 4
+_REPORT_FRAME = re.compile(
+    re.escape(_REPORT_OPENER)
+    + rb"("
+    + b"|".join(re.escape(n.encode()) for n in REPORT_NAMES)
+    + rb"):([A-Za-z0-9+/=]{0,%d})\x00" % _REPORT_BODY_MAX
 )
-_BASE64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
-_FIELD_BYTES = frozenset(b"0123456789,-")
-_FRAME_BODY_MAX = {REPORT_PREFIX: REPORT_MAX_BYTES} | {
-    o: (REPORT_FILE_MAX_BYTES + 2) // 3 * 4 for o in _FRAME_OPENERS[1:]
-}
+# The most the frames that end a stream weigh: one report frame per name, then the usage.
+TAIL_MAX_BYTES = (
+    sum(len(_REPORT_OPENER) + len(n) + 1 + _REPORT_BODY_MAX + 1 for n in REPORT_NAMES)
+    + REPORT_MAX_BYTES
+)
+
+
+def tail_bytes(env: tuple[tuple[str, str], ...]) -> int:
+    """What ``RunTail`` holds back of a sandbox with ``env``: room for the report frames
+    only when the wrapper ships reports (``report_env``), else the usage frame alone (the
+    rest reaches the capture, and a call's progress, at once)."""
+    wants = any(k == "MCP_SANDBOX_REPORTS" for k, _ in env)
+    return TAIL_MAX_BYTES if wants else REPORT_MAX_BYTES
 
 
 class RunTail:
-    """Feeds stderr into its capture, holding back the frames that may end it.
+    """Feeds stderr into its capture, holding back the last bytes, which may be its frames.
 
     The cold wrapper ends stderr with its frames: a report file's, then the usage figures.
     Only frames that end the stream count; any elsewhere are the program's output, and go
-    to the capture byte for byte. What is held back is bounded: one frame each, at most.
+    to the capture byte for byte. What is held back is bounded (``hold_bytes``); every byte
+    is handled by C code (a copy, ``rfind``, one regex match per frame at the end), so a
+    stream of NULs costs what any other does.
     """
 
-    def __init__(self, capture: StreamCapture) -> None:
+    def __init__(self, capture: StreamCapture, hold_bytes: int = TAIL_MAX_BYTES) -> None:
         self.capture = capture
         self.usage: Usage | None = None
         self.reports: dict[str, bytes] = {}
-        self._done: list[tuple[bytes, bytes]] = []  # (opener, body) of whole frames
-        self._raw = bytearray()  # the bytes of those frames and of the one under way
-        self._opener: bytes | None = None  # the frame under way, once its opener is whole
-        self._body = 0
+        self._hold = hold_bytes
+        self._held = bytearray()
 
     def feed(self, chunk: bytes) -> None:
-        i = 0
-        while i < len(chunk):
-            if not self._raw:
-                at = chunk.find(b"\x00", i)
-                if at == -1:
-                    self.capture.feed(chunk[i:])
-                    return
-                self.capture.feed(chunk[i:at])
-                i = at
-            if self._opener is None:
-                i = self._feed_opener(chunk, i)
-            else:
-                i = self._feed_body(chunk, i)
-
-    def _feed_opener(self, chunk: bytes, i: int) -> int:
-        """Take bytes of a frame's opener; on a mismatch give the held bytes back."""
-        need = max(len(o) for o in _FRAME_OPENERS) - self._opening_len()
-        take = chunk[i : i + need]
-        start = len(self._raw) - self._opening_len()
-        for b in take:
-            self._raw.append(b)
-            i += 1
-            sofar = bytes(self._raw[start:])
-            whole = [o for o in _FRAME_OPENERS if o == sofar]
-            if whole:
-                self._opener, self._body = whole[0], 0
-                return i
-            if not any(o.startswith(sofar) for o in _FRAME_OPENERS):
-                return self._give_back(chunk, i)
-        return i
-
-    def _opening_len(self) -> int:
-        frames = sum(len(o) + len(body) + 1 for o, body in self._done)
-        return len(self._raw) - frames
-
-    def _feed_body(self, chunk: bytes, i: int) -> int:
-        assert self._opener is not None
-        allowed = _FIELD_BYTES if self._opener == REPORT_PREFIX else _BASE64
-        limit = _FRAME_BODY_MAX[self._opener]
-        while i < len(chunk):
-            b = chunk[i]
-            if b == 0:
-                self._raw.append(0)
-                start = len(self._raw) - self._body - 1
-                self._done.append((self._opener, bytes(self._raw[start : start + self._body])))
-                self._opener = None
-                if len(self._done) > len(_FRAME_OPENERS):
-                    # More frames than the wrapper writes: the first is the program's.
-                    opener, body = self._done.pop(0)
-                    first = len(opener) + len(body) + 1
-                    self.capture.feed(bytes(self._raw[:first]))
-                    del self._raw[:first]
-                return i + 1
-            if b not in allowed or self._body >= limit:
-                return self._give_back(chunk, i)
-            self._raw.append(b)
-            self._body += 1
-            i += 1
-        return i
-
-    def _give_back(self, chunk: bytes, i: int) -> int:
-        """Not frames after all: the first held byte is output; the rest is read again."""
-        held = bytes(self._raw)
-        self._raw.clear()
-        self._done.clear()
-        self._opener = None
-        self.capture.feed(held[:1])
-        self.feed(held[1:])
-        return i
+        self._held += chunk
+        over = len(self._held) - self._hold
+        if over > 0:
+            self.capture.feed(bytes(self._held[:over]))
+            del self._held[:over]  # from the front: CPython moves no bytes for it
 
     def finish(self) -> None:
         """The stream has ended: frames that end it are taken; the rest is output."""
-        if self._opener is not None or self._opening_len():
-            # A frame cut short: all of what was held is output.
-            self.capture.feed(bytes(self._raw))
-            self._done.clear()
-        for opener, body in self._done:
-            if opener == REPORT_PREFIX:
-                self.usage = parse_fields(body)
-            else:
-                name = opener[len(b"\x00mcp-sandbox-report:") : -1].decode()
-                self.reports[name] = body
-        self._raw.clear()
-        self._done = []
-        self._opener = None
+        held = bytes(self._held)
+        self._held.clear()
+        start = _frames_start(held)
+        self.capture.feed(held[:start])
+        if start == len(held):
+            return
+        end = held.rfind(REPORT_PREFIX)
+        self.usage = parse_fields(held[end + len(REPORT_PREFIX) : -1])
+        for m in _REPORT_FRAME.finditer(held, start, end):
+            self.reports[m.group(1).decode()] = m.group(2)
+
+
+def _frames_start(data: bytes) -> int:
+    """Where the frames that end ``data`` start: a usage frame last, and before it up to one
+    report frame per name (more are the program's output); ``len(data)`` when none."""
+    usage_at = data.rfind(REPORT_PREFIX)
+    if (
+        usage_at < 0
+        or re.fullmatch(FIELDS_PATTERN + rb"\x00", data[usage_at + len(REPORT_PREFIX) :]) is None
+    ):
+        return len(data)
+    start = usage_at
+    for _ in REPORT_NAMES:
+        # A frame holds no NUL but its first and last byte, and its opener only once.
+        at = data.rfind(_REPORT_OPENER, 0, start)
+        if at < 0 or _REPORT_FRAME.fullmatch(data, at, start) is None:
+            break
+        start = at
+    return start
 
 
 def resources(
