@@ -39,6 +39,13 @@ class FakeRunner:
     def scrub(self, text: str) -> str:
         return self._scrubber.scrub(text)
 
+    @property
+    def scrub_margin(self) -> int:
+        return 0
+
+    async def kept_output(self, run_id: str, stream: str) -> str | None:
+        return None
+
     def load(self) -> None:
         return None
 

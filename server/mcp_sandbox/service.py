@@ -35,10 +35,20 @@ from mcp_sandbox.output.result import (
     RunResult,
     WorkspaceReport,
 )
+from mcp_sandbox.output.run_store import RunStore, output_uri
 from mcp_sandbox.output.scrubber import Scrubber, secret_values_from_env
-from mcp_sandbox.output.shaping import SHAPE_ON_LOOP_BYTES, capture_bytes, neutralise, shape
+from mcp_sandbox.output.shaping import (
+    SHAPE_ON_LOOP_BYTES,
+    StreamCapture,
+    capture_bytes,
+    json_chars,
+    neutralise,
+    safe_head,
+    shape,
+)
+from mcp_sandbox.output.test_report import SUMMARY_CHARS, summarise, wanted_runners
 from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs, ShellArgs
-from mcp_sandbox.policy.limits import LimitRequest, RunPlan, plan_run
+from mcp_sandbox.policy.limits import LimitRequest, Limits, RunPlan, plan_run
 from mcp_sandbox.sandbox.after_reply import AfterReply
 from mcp_sandbox.sandbox.pool import StaleSandbox, WarmPool, run_warm
 from mcp_sandbox.sandbox.runner import RawRun, run_once
@@ -46,6 +56,7 @@ from mcp_sandbox.sandbox.runtime import EGRESS_UNDER_GVISOR, Runtime, choose_run
 from mcp_sandbox.sandbox.seccomp import for_gvisor
 from mcp_sandbox.sandbox.slots import Load, OnWait, SlotQueue
 from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec, with_egress, with_workspace
+from mcp_sandbox.sandbox.usage import report_env, resources, with_usage
 from mcp_sandbox.sandbox.warm import STUB_ARGV
 from mcp_sandbox.workspace.changes import LISTED_CHARS
 from mcp_sandbox.workspace.session import (
@@ -127,6 +138,7 @@ class SandboxService:
         # Each run holds a stream-pump thread and makes short calls besides.
         self._threads = CapacityLimiter(max_concurrent * 3 + 8)
         self._after = AfterReply(api, self._threads)
+        self.runs = RunStore()  # the full text of cut streams, by run id
         self._closing = False
         self._daemon_failed = anyio.Event()
         self.outages = 0  # times the daemon stopped answering, and came back
@@ -156,6 +168,11 @@ class SandboxService:
             else None
         )
 
+    @property
+    def scrub_margin(self) -> int:
+        """Characters the scrubber needs past a cut to be sure no secret is split."""
+        return self._margin
+
     def scrub(self, text: str) -> str:
         """The one scrubber everything that leaves the server passes."""
         return self._scrub(text)
@@ -169,6 +186,10 @@ class SandboxService:
     def checks_its_own_workspace(self) -> bool:
         """False: calls run here, so the server's oversight checks their workdirs."""
         return False
+
+    async def kept_output(self, run_id: str, stream: str) -> str | None:
+        """The kept full text of a cut stream of ``run_id`` (None: none, or dropped)."""
+        return self.runs.read(run_id, stream)
 
     def load(self) -> Load:
         """The slots' load now: warm sandboxes ready, calls running and waiting."""
@@ -225,6 +246,13 @@ class SandboxService:
     ) -> RunResult:
         network = args.network
         environment, env_report = found
+        tests = _wants_tests(args)
+        # A cold run reports what it used through the usage wrapper (outermost: it ends every
+        # other process of the sandbox before it reports); a warm stub, itself.
+        spec = replace(spec, argv=with_usage(spec.argv))
+        if tests:  # the runners write a report; only the cold wrapper ships it out
+            env = dict(spec.env)
+            spec = replace(spec, env=tuple(sorted({**env, **report_env(env)}.items())))
         with self._after.call():  # removals and refills wait for the reply
             self._refuse_if_closing()
             async with self.queue.slot(self.settings.bounds.queue_timeout_s, waiting) as queued_ms:
@@ -233,9 +261,9 @@ class SandboxService:
                         spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
                     if environment is not None:
                         spec = with_environment(spec, environment.id)
-                    raw, tally = await self._launch(spec, plan, run_id, network, ws)
+                    raw, tally = await self._launch(spec, plan, run_id, network, ws, cold=tests)
                     report = await ws.finish() if ws is not None else None
-        shaping = (raw, run_id, plan.limits.output_bytes, queued_ms, tally, report, env_report)
+        shaping = (raw, run_id, plan.limits, queued_ms, tally, report, env_report, tests)
         if raw.stdout.total + raw.stderr.total <= SHAPE_ON_LOOP_BYTES:
             result = self._result(*shaping)
         else:  # scrubbing it takes milliseconds, hostile text up to the scrubber's budget
@@ -255,7 +283,14 @@ class SandboxService:
         return result
 
     async def _launch(
-        self, spec: ContainerSpec, plan: RunPlan, run_id: str, network: str, ws: Session | None
+        self,
+        spec: ContainerSpec,
+        plan: RunPlan,
+        run_id: str,
+        network: str,
+        ws: Session | None,
+        *,
+        cold: bool = False,
     ) -> tuple[RawRun, EgressTally | None]:
         """Run ``spec``; with ``network="egress"``, on a network of its own behind the proxy.
 
@@ -266,7 +301,7 @@ class SandboxService:
         keep = capture_bytes(plan.limits.output_bytes, self._margin)
         self._refuse_if_closing()
         if network == "none":
-            warm = self.pool.take(spec) if self.pool is not None else None
+            warm = self.pool.take(spec) if self.pool is not None and not cold else None
             if warm is not None:
                 assert self.pool is not None
                 try:
@@ -493,15 +528,28 @@ class SandboxService:
         self,
         raw: RawRun,
         run_id: str,
-        budget: int,
+        limits: Limits,
         queued_ms: int,
         tally: EgressTally | None = None,
         workspace: WorkspaceReport | None = None,
         environment: EnvironmentReport = NO_ENVIRONMENT,
+        tests: bool = False,
     ) -> RunResult:
+        budget = limits.output_bytes
+        suite = None
+        if tests:
+            # The summary's room comes out of the streams': the result weighs what it did.
+            room = min(SUMMARY_CHARS, budget // 2)
+            suite = summarise(dict(raw.reports), self._scrub, room)
+            budget -= json_chars(suite.model_dump_json())
         out, err = shape(
             raw.stdout, raw.stderr, budget=budget, scrub=self._scrub, margin=self._margin
         )
+        full_output = [
+            self._keep_full(run_id, name, capture)
+            for name, capture, shaped in (("stdout", raw.stdout, out), ("stderr", raw.stderr, err))
+            if shaped.truncated and capture.kept
+        ]
         return RunResult(
             exit_code=raw.exit_code,
             timed_out=raw.timed_out,
@@ -524,7 +572,27 @@ class SandboxService:
             stdout=out.text,
             stderr=err.text,
             queued_ms=queued_ms,
+            resources=resources(
+                raw.usage,
+                wall_ms=raw.duration_ms,
+                limits=limits,
+                workdir_is_scratch=workspace is None or workspace.mode != "ro",
+            ),
+            tests=suite,
+            full_output=full_output,
         )
+
+    def _keep_full(self, run_id: str, name: str, capture: StreamCapture) -> str:
+        """Keep the full text of a cut stream (its first ``KEPT_BYTES``); return its URI."""
+        text = capture.kept.decode("utf-8", "replace")
+        if len(capture.kept) < capture.total:
+            text = safe_head(text, self._scrub, self._margin) + (
+                f"\n[mcp-sandbox: kept the first {len(capture.kept)} of {capture.total} bytes]\n"
+            )
+        else:
+            text = self._scrub(text)
+        self.runs.keep(run_id, name, neutralise(text))
+        return output_uri(run_id, name)
 
     async def reap(self, *, own_too: bool) -> int:
         """Remove labelled containers whose server is gone (and ours, with ``own_too``)."""
@@ -646,3 +714,8 @@ async def reap_orphans(api: Engine, owner: str, threads: CapacityLimiter, *, own
 def _listed_chars(output_bytes: int) -> int:
     """What a result's workspace change list may take, beside streams of ``output_bytes``."""
     return max(0, min(LISTED_CHARS, RESULT_CHARS - RESERVE_CHARS - output_bytes))
+
+
+def _wants_tests(args: CallArgs) -> bool:
+    """Whether the call is a test run: asked with ``report="tests"``, or it starts a runner."""
+    return args.report == "tests" or bool(wanted_runners(args.source))

@@ -80,6 +80,12 @@ FORBIDDEN: list[tuple[str, object]] = [
     ("args not an object", {"op": "shell", "args": "id"}),
     ("a list of requests", [{"op": "ping"}, {"op": "run_code", "args": OK_ARGS}]),
     ("op not a string", {"op": ["run_code"], "args": OK_ARGS}),
+    ("output of a path", {"op": "output", "run_id": "../../etc/passwd", "stream": "stdout"}),
+    ("output of a file", {"op": "output", "run_id": "0123456789ab", "stream": "pytest.xml"}),
+    (
+        "output with a path",
+        {"op": "output", "run_id": "0123456789ab", "stream": "stdout", "path": "/"},
+    ),
 ]
 
 
@@ -237,6 +243,21 @@ async def test_client_and_launcher_speak_the_same_protocol(tmp_path: Path) -> No
         assert result.exit_code == 0 and result.stdout == "ok\n"
         with pytest.raises(RequestRejected, match="empty"):
             await client.run_code(RunCodeArgs(language="python", code="   "))
+
+
+async def test_a_cut_streams_full_text_is_read_from_the_launcher(tmp_path: Path) -> None:
+    api = FakeEngine(Script(stdout=b"line of a long log\n" * 20_000))
+    sock = tmp_path / "l.sock"
+    async with serving(sock, _launcher(_service(api))):
+        client = LauncherClient(sock)
+        from mcp_sandbox.policy.arguments import ShellArgs
+
+        result = await client.shell(ShellArgs(command="make"))
+        assert result.truncated and result.full_output == [f"sandbox://runs/{result.run_id}/stdout"]
+        text = await client.kept_output(result.run_id, "stdout")
+        assert text == "line of a long log\n" * 20_000
+        assert await client.kept_output(result.run_id, "stderr") is None
+        assert await client.kept_output("../" + result.run_id, "stdout") is None
 
 
 async def test_a_hang_up_stops_the_run_and_removes_its_container(tmp_path: Path) -> None:

@@ -77,6 +77,71 @@ class EnvironmentBuilt(BaseModel):
         )
 
 
+class Resources(BaseModel):
+    """What a run used, read from its cgroup inside the sandbox as it ended.
+
+    A figure is null when the sandbox could not report it: a run that timed out or was
+    stopped for its output is killed before it can. The sandbox reports these itself, so
+    a program can misstate its own (never another run's).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    wall_ms: int = Field(description="wall time from start to exit")
+    cpu_user_ms: int | None = Field(None, description="CPU time in user mode")
+    cpu_system_ms: int | None = Field(None, description="CPU time in the kernel")
+    peak_memory_mib: float | None = Field(
+        None, description="the sandbox's peak memory (its memory cgroup's high-water mark)"
+    )
+    memory_limit_mib: int = Field(description="the memory limit the run had")
+    oom_kills: int | None = Field(None, description="processes of the run the memory limit killed")
+    peak_processes: int | None = Field(None, description="the most processes at once")
+    processes_limit: int = Field(description="the process limit the run had")
+    tmp_bytes_added: int | None = Field(None, description="bytes the run left in /tmp")
+    workdir_bytes_added: int | None = Field(
+        None,
+        description="bytes the run left in its working directory (null for a read-only "
+        "workspace, which is the host's disk)",
+    )
+
+    def line(self) -> str:
+        """One line for the text block: CPU, and how close memory came to its limit."""
+        parts = []
+        if self.cpu_user_ms is not None and self.cpu_system_ms is not None:
+            parts.append(f"CPU {(self.cpu_user_ms + self.cpu_system_ms) / 1000:.2f} s")
+        if self.peak_memory_mib is not None:
+            parts.append(f"peak memory {self.peak_memory_mib:.1f} of {self.memory_limit_mib} MiB")
+        if self.peak_processes is not None:
+            parts.append(f"{self.peak_processes} of {self.processes_limit} processes")
+        return "resources: " + (", ".join(parts) if parts else "not reported")
+
+
+class FailingTest(BaseModel):
+    """A test that failed or erred: its id and the first lines of what the runner said."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description='as the runner names it: "path::Class::test", or its title')
+    outcome: Literal["failed", "error"]
+    text: str = Field(description="the first lines of its failure: scrubbed, cut")
+
+
+class SuiteSummary(BaseModel):
+    """A test run's counts and failures, from the report its runner wrote in the sandbox."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reports: list[str] = Field(description='which reports were read: "pytest.xml", "node.tap"')
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: int = Field(0, description="tests that erred outside their assertions")
+    failing: list[FailingTest] = Field(
+        default_factory=list, description="the first failing tests, as many as fit"
+    )
+    note: str | None = Field(None, description="why there are no counts, or what was left out")
+
+
 # Characters of each stream the text block repeats, at most.
 PREVIEW_CHARS = 2_000
 
@@ -130,6 +195,17 @@ class RunResult(BaseModel):
     environment: EnvironmentReport = Field(
         NO_ENVIRONMENT, description="the project environment mounted at /env, if any"
     )
+    resources: Resources | None = Field(
+        None, description="what the run used: CPU, peak memory and processes, bytes written"
+    )
+    tests: SuiteSummary | None = Field(
+        None, description="a test run's counts and failing tests, from its runner's report"
+    )
+    full_output: list[str] = Field(
+        default_factory=list,
+        description="a cut stream's full text (its first 2 MiB, scrubbed), as resources to "
+        'read: "sandbox://runs/<run_id>/stdout" and .../stderr',
+    )
     stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
     stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
 
@@ -150,6 +226,18 @@ class RunResult(BaseModel):
         lines = [
             f"{verdict} in {self.duration_ms} ms" + (" (output cut)" if self.truncated else "")
         ]
+        if self.resources is not None:
+            lines.append(self.resources.line())
+        if self.full_output:
+            lines.append("full output: " + ", ".join(self.full_output))
+        if self.tests is not None:
+            t = self.tests
+            lines.append(
+                f"tests: {t.passed} passed, {t.failed} failed, {t.skipped} skipped, "
+                f"{t.errors} errors"
+                + "".join(f"\n  {f.outcome.upper()} {f.id}" for f in t.failing)
+                + (f" ({t.note})" if t.note else "")
+            )
         if self.egress_allowed or self.egress_denied:
             lines.append(
                 f"egress: {self.egress_allowed} allowed"

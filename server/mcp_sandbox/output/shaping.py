@@ -48,20 +48,29 @@ def capture_bytes(budget: int, margin: int) -> int:
     return budget + _MAX_CHAR_BYTES * margin
 
 
+# The most of a stream kept whole besides its ends, for a cut stream's full text (``kept``).
+KEPT_BYTES = 2 * 1024 * 1024
+
+
 class StreamCapture:
-    """The first ``keep`` bytes and the last ``keep`` bytes of a stream, and its length.
+    """The first ``keep`` bytes and the last ``keep`` bytes of a stream, and its length;
+    with ``kept_max``, also its first ``kept_max`` bytes whole (``kept``).
 
     Memory stays bounded whatever the stream's size. ``capture_bytes`` says how much to keep.
     """
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, kept_max: int = 0) -> None:
         self.keep = keep
         self.head = bytearray()
         self._rest = bytearray()
         self.total = 0  # bytes held or passed, our own notes included
         self._noted = 0
+        self.kept_max = kept_max
+        self.kept = bytearray()
 
     def feed(self, chunk: bytes) -> None:
+        if len(self.kept) < self.kept_max:
+            self.kept += chunk[: self.kept_max - len(self.kept)]
         self.total += len(chunk)
         room = self.keep - len(self.head)
         if room > 0:

@@ -238,7 +238,9 @@ class CallRecord:
             "exit_code": result.exit_code if result is not None else None,
             "duration_ms": result.duration_ms if result is not None else None,
             "call_ms": int((time.monotonic() - self.started) * 1000),
-            "peak_memory_mib": None,  # not measured yet: the container is gone at the end
+            "peak_memory_mib": result.resources.peak_memory_mib
+            if result is not None and result.resources is not None
+            else None,
             "truncated": result.truncated if result is not None else None,
             "timed_out": result.timed_out if result is not None else None,
             "oom_killed": result.oom_killed if result is not None else None,

@@ -115,6 +115,15 @@ WorkspaceArg = Annotated[
     ),
 ]
 
+ReportArg = Annotated[
+    Literal["tests"] | None,
+    Field(
+        description='"tests": the program is a test run (pytest, node --test); the result '
+        "gets `tests` (counts, failing ids, first lines of each failure) from the runner's "
+        "own report. Omitted: asked for when the command starts pytest or node --test",
+    ),
+]
+
 
 class _SandboxArgs(BaseModel):
     """What both tools take besides the program itself."""
@@ -130,6 +139,7 @@ class _SandboxArgs(BaseModel):
     memory_mib: MemoryArg = None
     cpus: CpusArg = None
     output_bytes: OutputArg = None
+    report: ReportArg = None
 
 
 class RunCodeArgs(_SandboxArgs):

@@ -22,9 +22,10 @@ from mcp_sandbox.constants import WORKDIR
 from mcp_sandbox.engine.backend import Attachment, Engine
 from mcp_sandbox.engine.steps import remove_quietly, step
 from mcp_sandbox.errors import SandboxUnavailable
-from mcp_sandbox.output.shaping import StreamCapture, past_stop
+from mcp_sandbox.output.shaping import KEPT_BYTES, StreamCapture, past_stop
 from mcp_sandbox.policy.limits import RunPlan
 from mcp_sandbox.sandbox.after_reply import AfterReply
+from mcp_sandbox.sandbox.live import watch_live
 from mcp_sandbox.sandbox.runner import RawRun, stop_flooded
 from mcp_sandbox.sandbox.spec import ContainerSpec
 from mcp_sandbox.sandbox.warm import STALE_CODE, EndWatch, encode_request, shape_of
@@ -218,10 +219,11 @@ async def run_warm(
     Raises StaleSandbox when the stub refused the call before running it.
     """
     nonce = secrets.token_hex(16)
-    out, err = StreamCapture(keep_bytes), StreamCapture(keep_bytes)
+    out, err = StreamCapture(keep_bytes, KEPT_BYTES), StreamCapture(keep_bytes, KEPT_BYTES)
+    watch_live(out, err)
     watches = {1: EndWatch(nonce, out), 2: EndWatch(nonce, err)}
     stdin_b64 = base64.b64encode(plan.stdin) if plan.stdin is not None else None
-    request = encode_request(nonce, plan.argv, cwd or WORKDIR, stdin_b64)
+    request = encode_request(nonce, plan.argv, cwd or WORKDIR, stdin_b64, report_usage=True)
     pumped = threading.Event()
     pumping = threading.Event()
 
@@ -280,4 +282,7 @@ async def run_warm(
             oom = state.oom_killed
     elif timed_out:
         oom = await step(threads, "inspect the sandbox", api.oom_killed, warm.spec.name)
-    return RawRun(out, err, exit_code, timed_out, oom, duration_ms, warm.spec.name, pooled=True)
+    usage = watches[1].usage
+    return RawRun(
+        out, err, exit_code, timed_out, oom, duration_ms, warm.spec.name, pooled=True, usage=usage
+    )

@@ -5,16 +5,18 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import anyio
 from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox.engine.backend import Attachment, Engine
 from mcp_sandbox.engine.steps import remove_quietly, step
-from mcp_sandbox.output.shaping import STOPPED_NOTE, StreamCapture, past_stop
+from mcp_sandbox.output.shaping import KEPT_BYTES, STOPPED_NOTE, StreamCapture, past_stop
+from mcp_sandbox.sandbox.live import watch_live
 from mcp_sandbox.sandbox.spec import ContainerSpec
+from mcp_sandbox.sandbox.usage import RunTail, Usage, tail_bytes
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class RawRun:
     duration_ms: int
     container: str = ""  # the container's name
     pooled: bool = False  # a warm sandbox, pre-started for this one call
+    usage: Usage | None = None  # what it used, as the sandbox reported it (``usage``)
+    reports: Mapping[str, bytes] = field(default_factory=dict)  # name -> base64 (``usage``)
 
 
 async def stop_flooded(
@@ -55,8 +59,11 @@ async def run_once(
 ) -> RawRun:
     """Run ``spec`` to exit or deadline. When this raises, the container is gone; when it
     returns, the container has stopped and is gone, or handed to ``dispose`` to remove."""
-    out, err = StreamCapture(keep_bytes), StreamCapture(keep_bytes)
-    captures = {1: out, 2: err}
+    out, err = StreamCapture(keep_bytes, KEPT_BYTES), StreamCapture(keep_bytes, KEPT_BYTES)
+    watch_live(out, err)
+    # The usage wrapper's report ends stderr: held back from the capture, then parsed.
+    report = RunTail(err, tail_bytes(spec.env))
+    captures = {1: out.feed, 2: report.feed}
     streams: Attachment | None = None
     pumped = threading.Event()
     pumping = threading.Event()
@@ -66,12 +73,13 @@ async def run_once(
         pumping.set()
 
         def sink(stream: int, chunk: bytes) -> bool:
-            captures.get(stream, err).feed(chunk)
+            captures.get(stream, report.feed)(chunk)
             return past_stop(out, err)
 
         try:
             streams.pump(sink)
         finally:
+            report.finish()
             pumped.set()
 
     try:
@@ -111,7 +119,17 @@ async def run_once(
             if pumping.is_set():  # a deadline that passed before the pump began has no stream
                 await to_thread.run_sync(pumped.wait, 10.0, limiter=threads, abandon_on_cancel=True)
             oom = await step(threads, "inspect the sandbox", api.oom_killed, spec.name)
-        run = RawRun(out, err, exit_code, timed_out, oom, duration_ms, spec.name)
+        run = RawRun(
+            out,
+            err,
+            exit_code,
+            timed_out,
+            oom,
+            duration_ms,
+            spec.name,
+            usage=report.usage,
+            reports=report.reports,
+        )
     except BaseException:
         if streams is not None:
             streams.close()

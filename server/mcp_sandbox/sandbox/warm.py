@@ -21,13 +21,22 @@ from pathlib import Path
 
 from mcp_sandbox.output.shaping import StreamCapture
 from mcp_sandbox.sandbox.spec import ContainerSpec
+from mcp_sandbox.sandbox.usage import (
+    FIELDS_PATTERN,
+    REPORT_MAX_BYTES,
+    USAGE_SH,
+    Usage,
+    parse_fields,
+)
 
 # The sh stub, for an image without python3: no extra processes for small requests. Each
 # argument arrives as one line with backslashes doubled and control bytes as \0ooo, which
 # printf %b turns back; the "." keeps trailing newlines through the command substitution.
 # `read` takes one byte at a time from a pipe, so the nonce stays in the pipe until the
 # program's arguments are in; the program gets /dev/null or the decoded rest as stdin.
-SH_STUB = r"""
+SH_STUB = (
+    USAGE_SH
+    + r"""
 mounts() {
   m=
   while IFS=' ' read -r _ _ _ _ point _; do m="$m $point"; done </proc/self/mountinfo
@@ -44,6 +53,8 @@ mounts0=$(mounts)
 IFS= read -r size || exit 97
 IFS= read -r cwd || exit 97
 IFS= read -r has_stdin || exit 97
+report=
+case $has_stdin in *u) report=1 has_stdin=${has_stdin%u} ;; esac
 IFS= read -r n || exit 97
 set --
 i=0
@@ -67,14 +78,17 @@ if [ "$cwd" != "$PWD" ]; then
 fi
 unset PWD OLDPWD
 kills=$(oom_kills)
+[ -n "$report" ] && before=$(usage_now)
 if [ "$has_stdin" = 1 ]; then base64 -d | "$@"; else "$@" </dev/null; fi
 code=$?
 oom=
 [ "$kills" -ge 0 ] && [ "$(oom_kills)" -gt "$kills" ] && oom=:oom
+[ -n "$report" ] && oom="$oom:u=$(usage_since "$before")"
 printf '\000mcp-sandbox-end:%s:%s%s\000' "$nonce" "$code" "$oom"
 printf '\000mcp-sandbox-end:%s:%s%s\000' "$nonce" "$code" "$oom" >&2
 exit "$code"
 """
+)
 # The Python stub (``warm_stub``) when the image has python3: its interpreter has started
 # before the call, so a `python3 -c` call skips the start-up. Both speak the same protocol.
 PY_STUB = (Path(__file__).parent / "warm_stub.py").read_text(encoding="utf-8")
@@ -89,7 +103,10 @@ STALE_CODE = 999
 _MARKER = b"\x00mcp-sandbox-end:"
 # `:oom` when a process of the program's was killed for memory (the daemon says so of a
 # cold sandbox, and a warm one's container lives on after its call).
-_MARKER_RE = re.compile(rb"\x00mcp-sandbox-end:([0-9a-f]{32}):(\d{1,3})(:oom)?\x00")
+# `:u=FIELDS` carries what the call used (``usage``), read by the stub once it has ended.
+_MARKER_RE = re.compile(
+    rb"\x00mcp-sandbox-end:([0-9a-f]{32}):(\d{1,3})(:oom)?(?::u=(" + FIELDS_PATTERN + rb"))?\x00"
+)
 
 
 def _line(arg: str) -> str:
@@ -99,13 +116,22 @@ def _line(arg: str) -> str:
     return "".join(f"\\0{ord(c):03o}" if ord(c) < 0x20 or c == "\x7f" else c for c in out)
 
 
-def encode_request(nonce: str, argv: tuple[str, ...], cwd: str, stdin_b64: bytes | None) -> bytes:
+def encode_request(
+    nonce: str,
+    argv: tuple[str, ...],
+    cwd: str,
+    stdin_b64: bytes | None,
+    *,
+    report_usage: bool = False,
+) -> bytes:
     """The bytes written to the stub's stdin. ``argv`` holds no NUL (policy refuses it).
 
-    Its byte length, the program block (working directory, whether stdin follows, argv),
-    then the nonce, then stdin as base64: a stub starts the program before it reads the nonce.
+    Its byte length, the program block (working directory, whether stdin follows and, with
+    a ``u``, that the marker is to carry the call's usage; argv), then the nonce, then
+    stdin as base64: a stub starts the program before it reads the nonce.
     """
-    head = [_line(cwd), "1" if stdin_b64 is not None else "0", str(len(argv))]
+    mode = ("1" if stdin_b64 is not None else "0") + ("u" if report_usage else "")
+    head = [_line(cwd), mode, str(len(argv))]
     block = ("\n".join([*head, *(_line(a) for a in argv)]) + "\n").encode(
         "utf-8", "surrogateescape"
     )
@@ -129,9 +155,10 @@ class EndWatch:
     exit_code: int | None = None
     ended: bool = False
     oom: bool = False
+    usage: Usage | None = None
     _held: bytes = field(default=b"", repr=False)
 
-    _HOLD = len(_MARKER) + 32 + 1 + 3 + 4 + 1
+    _HOLD = len(_MARKER) + 32 + 1 + 3 + 4 + 3 + REPORT_MAX_BYTES + 1
 
     def feed(self, chunk: bytes) -> bool:
         """True once the marker has been seen; what follows it is dropped."""
@@ -147,6 +174,7 @@ class EndWatch:
             self.capture.feed(data[: m.start()])
             self.exit_code, self.ended, self._held = int(m.group(2)), True, b""
             self.oom = m.group(3) is not None
+            self.usage = parse_fields(m.group(4)) if m.group(4) else None
             return True
         # Keep back what could be the start of a marker split across chunks.
         cut = data.rfind(_MARKER[:1], max(len(data) - self._HOLD, 0))

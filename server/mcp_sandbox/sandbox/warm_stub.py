@@ -172,12 +172,59 @@ if __name__ == "__main__":
                 pass
         return -1
 
+    def _cgroup_number(path: str, key: bytes = b"") -> int:
+        """The first number of a cgroup file, or the one after ``key``; -1 if unreadable."""
+        try:
+            with open(path, "rb") as f:
+                for line in f:
+                    words = line.split()
+                    if not key:
+                        return int(words[0])
+                    if len(words) == 2 and words[0] == key:
+                        return int(words[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return -1
+
+    def _usage_now(cwd: str) -> "list[int]":
+        """As ``usage.USAGE_SH``'s ``usage_now``: the sandbox's figures so far."""
+        c = "/sys/fs/cgroup/"
+        cpu_user = _cgroup_number(c + "cpuacct/cpuacct.usage_user")
+        cpu_sys = _cgroup_number(c + "cpuacct/cpuacct.usage_sys")
+        if cpu_user < 0:
+            cpu_user = _cgroup_number(c + "cpu.stat", b"user_usec")
+            cpu_sys = _cgroup_number(c + "cpu.stat", b"system_usec")
+            cpu_user, cpu_sys = (v * 1000 if v >= 0 else -1 for v in (cpu_user, cpu_sys))
+        peak = _cgroup_number(c + "memory/memory.max_usage_in_bytes")
+        kills = _oom_kills()
+        if peak < 0:
+            peak = _cgroup_number(c + "memory.peak")
+        pids = _cgroup_number(c + "pids/pids.peak")
+        if pids < 0:
+            pids = _cgroup_number(c + "pids.peak")
+        used = []
+        for path in ("/tmp", cwd):
+            try:
+                st = os.statvfs(path)
+                used.append((st.f_blocks - st.f_bfree) * st.f_frsize)
+            except OSError:
+                used.append(-1)
+        return [cpu_user, cpu_sys, peak, kills, pids, used[0], used[1]]
+
+    def _usage_since(before: "list[int]", cwd: str) -> str:
+        """The fields of ``usage.Usage``: cpu and bytes added since ``before``, peaks."""
+        now = _usage_now(cwd)
+        for i in (0, 1, 5, 6):
+            now[i] = -1 if now[i] < 0 or before[i] < 0 else now[i] - before[i]
+        return ",".join(str(v) for v in now)
+
     def _serve() -> str:
         """Parent: run the call and exit with its code. Child: exec, or return the code
         of a ``python3 -c`` request for the module level below to run."""
         block = _read_exact(int(_read_line(20))).decode("utf-8", "surrogateescape")
         lines = block.split("\n")
-        cwd, has_stdin, count = _unescape(lines[0]), lines[1] == "1", int(lines[2])
+        cwd, count = _unescape(lines[0]), int(lines[2])
+        has_stdin, report = lines[1].startswith("1"), lines[1].endswith("u")
         argv = [_unescape(arg) for arg in lines[3 : 3 + count]]
         early = -1 if _NONCE_PAGE is None else _read_nonce_into_page()
         if _mount_points() != _MOUNTS:
@@ -189,6 +236,7 @@ if __name__ == "__main__":
         else:
             stdin, feed = os.open(os.devnull, os.O_RDONLY), -1
         kills = _oom_kills()
+        before = _usage_now(cwd) if report else []
         pid = os.fork()
         if pid == 0:
             if _set_dumpable is not None:
@@ -221,11 +269,13 @@ if __name__ == "__main__":
         status = os.waitpid(pid, 0)[1]
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
         # A process of the program's killed for memory, as a cold run's daemon reports it.
-        _end(nonce, code, 0 <= kills < _oom_kills())
+        usage = _usage_since(before, cwd) if report else ""
+        _end(nonce, code, 0 <= kills < _oom_kills(), usage)
         return ""  # not reached: _end exits
 
-    def _end(nonce: str, code: int, oom: bool = False) -> None:
-        marker = f"\0mcp-sandbox-end:{nonce}:{code}{':oom' if oom else ''}\0".encode("ascii")
+    def _end(nonce: str, code: int, oom: bool = False, usage: str = "") -> None:
+        tags = (":oom" if oom else "") + (":u=" + usage if usage else "")
+        marker = f"\0mcp-sandbox-end:{nonce}:{code}{tags}\0".encode("ascii")
         _write_all(1, marker)
         _write_all(2, marker)
         os._exit(95 if code == 999 else code)

@@ -37,6 +37,11 @@ class CallRunner(Protocol):
     def scrub(self, text: str) -> str:
         """The scrubber every record, question and error text passes before it leaves."""
 
+    @property
+    def scrub_margin(self) -> int:
+        """Characters the scrubber needs past a cut to be sure no secret is split (0: the
+        runner's output is not seen live here, so no progress line is cut)."""
+
     async def run_code(self, args: RunCodeArgs, *, waiting: OnWait | None = None) -> RunResult:
         """Run one call; ``waiting`` hears of its place while it waits for a slot."""
 
@@ -45,6 +50,10 @@ class CallRunner(Protocol):
     async def build_environment(self, progress: Progress) -> BuildReport:
         """Build the workspace's environment, ``progress`` hearing of each step. Raises
         SandboxError (RequestRejected where this runner cannot build one)."""
+
+    async def kept_output(self, run_id: str, stream: str) -> str | None:
+        """The full text kept of a cut stream (``sandbox://runs/<run_id>/<stream>``), or
+        None when there is none by that name (any more)."""
 
     def load(self) -> Load | None:
         """The slots' load now, for the metrics; None when it is another process's."""

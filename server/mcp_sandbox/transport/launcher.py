@@ -5,7 +5,9 @@ hold it. The server sends the launcher a tool's arguments (``run_code`` or ``she
 as the tool validated them) over a Unix socket; the launcher validates them again, decides
 them against *its own* settings and builds every container itself (``spec.build_spec``). No
 request can name an image, a mount, a capability, a namespace, a device or a profile: the
-request has no field for them, and an unknown field is refused.
+request has no field for them, and an unknown field is refused. Besides runs it answers
+``output``: the kept full text of a cut stream of one of its runs, by run id (48 random bits,
+named in that run's result), and ``ping``.
 
 Wire format, both ways: a 4-byte big-endian length, then that many bytes of JSON. One request
 per connection. The caller keeps the connection open until the reply; when it closes early
@@ -19,6 +21,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import struct
@@ -75,8 +78,17 @@ class PingRequest(_Request):
     op: Literal["ping"]
 
 
-LauncherRequest = Annotated[RunCodeRequest | ShellRequest | PingRequest, Field(discriminator="op")]
-_REQUEST: TypeAdapter[RunCodeRequest | ShellRequest | PingRequest] = TypeAdapter(LauncherRequest)
+class OutputRequest(_Request):
+    """The kept full text of a cut stream of a run the launcher made (``full_output``)."""
+
+    op: Literal["output"]
+    run_id: str = Field(pattern=r"^[0-9a-f]{12}$")
+    stream: Literal["stdout", "stderr"]
+
+
+AnyRequest = RunCodeRequest | ShellRequest | PingRequest | OutputRequest
+LauncherRequest = Annotated[AnyRequest, Field(discriminator="op")]
+_REQUEST: TypeAdapter[AnyRequest] = TypeAdapter(LauncherRequest)
 
 
 def max_request_bytes(bounds: CallBounds) -> int:
@@ -102,7 +114,7 @@ def frame_length(header: bytes, limit: int) -> int:
     return length
 
 
-def parse_request(body: bytes) -> RunCodeRequest | ShellRequest | PingRequest:
+def parse_request(body: bytes) -> AnyRequest:
     """A request body, or RequestRejected. The message never echoes the request."""
     try:
         data = json.loads(body.decode("utf-8"))
@@ -116,7 +128,7 @@ def parse_request(body: bytes) -> RunCodeRequest | ShellRequest | PingRequest:
             for err in e.errors()[:5]
         )
         raise RequestRejected(
-            f"the launcher accepts run_code, shell or ping only ({where})"
+            f"the launcher accepts run_code, shell, output or ping only ({where})"
         ) from None
 
 
@@ -176,6 +188,19 @@ class LauncherClient:
         """Not through a launcher: a build needs this server's own Docker access."""
         raise RequestRejected("prepare_env needs the server's own Docker access (not a launcher)")
 
+    @property
+    def scrub_margin(self) -> int:
+        """0: a run's output is the launcher's, not seen here while it runs."""
+        return 0
+
+    async def kept_output(self, run_id: str, stream: str) -> str | None:
+        """Asked of the launcher, which keeps what its runs cut."""
+        if stream not in ("stdout", "stderr") or re.fullmatch(r"[0-9a-f]{12}", run_id) is None:
+            return None
+        reply = await self._call({"op": "output", "run_id": run_id, "stream": stream})
+        text = reply.get("text")
+        return text if isinstance(text, str) else None
+
     async def ping(self) -> None:
         await self._call({"op": "ping"})
 
@@ -216,13 +241,13 @@ def _result(reply: dict[str, Any]) -> RunResult:
         raise SandboxUnavailable("the launcher sent a malformed result") from None
 
 
-async def _dispatch(
-    service: SandboxService, request: RunCodeRequest | ShellRequest | PingRequest
-) -> dict[str, Any]:
+async def _dispatch(service: SandboxService, request: AnyRequest) -> dict[str, Any]:
     try:
         if isinstance(request, PingRequest):
             await to_thread.run_sync(service.api.ping)
             return {"pong": True}
+        if isinstance(request, OutputRequest):
+            return {"text": await service.kept_output(request.run_id, request.stream)}
         if isinstance(request, RunCodeRequest):
             result = await service.run_code(request.args)
         else:

@@ -41,8 +41,9 @@ from mcp_sandbox.policy.arguments import (
     describe_bad_arguments,
     takes_arguments_of,
 )
-from mcp_sandbox.sandbox.slots import OnWait, QueuePlace
+from mcp_sandbox.sandbox.slots import OnWait
 from mcp_sandbox.transport.call_runner import CallRunner
+from mcp_sandbox.transport.progress import with_progress
 
 log = logging.getLogger("mcp_sandbox")
 
@@ -172,6 +173,7 @@ def build_server(runner: CallRunner, metrics: CallMetrics | None = None) -> MCPS
     )
     settings = runner.settings
     scrub = runner.scrub
+    margin = runner.scrub_margin
     oversight = Oversight(
         settings,
         scrub,
@@ -202,8 +204,12 @@ def build_server(runner: CallRunner, metrics: CallMetrics | None = None) -> MCPS
         **_: object,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run a snippet of python, javascript (Node.js) or bash in a fresh container."""
-        run = functools.partial(runner.run_code, waiting=_queue_reports(ctx))
-        return await _guarded(scrub, "run_code", oversight.run(args, approval, ctx, run))
+
+        async def call(on_wait: OnWait) -> RunResult:
+            run = functools.partial(runner.run_code, waiting=on_wait)
+            return await oversight.run(args, approval, ctx, run)
+
+        return await _guarded(scrub, "run_code", with_progress(ctx, scrub, margin, call))
 
     @mcp.tool(
         title="Run a shell command in a sandbox", annotations=annotations, description=SHELL_DOC
@@ -217,8 +223,12 @@ def build_server(runner: CallRunner, metrics: CallMetrics | None = None) -> MCPS
         **_: object,
     ) -> Annotated[CallToolResult, RunResult]:
         """Run `/bin/sh -c command` in a fresh container."""
-        run = functools.partial(runner.shell, waiting=_queue_reports(ctx))
-        return await _guarded(scrub, "shell", oversight.run(args, approval, ctx, run))
+
+        async def call(on_wait: OnWait) -> RunResult:
+            run = functools.partial(runner.shell, waiting=on_wait)
+            return await oversight.run(args, approval, ctx, run)
+
+        return await _guarded(scrub, "shell", with_progress(ctx, scrub, margin, call))
 
     @mcp.tool(
         title="Prepare the project's environment",
@@ -261,6 +271,22 @@ def build_server(runner: CallRunner, metrics: CallMetrics | None = None) -> MCPS
     def audit_session() -> str:
         return json.dumps(oversight.recent(), ensure_ascii=False)
 
+    @mcp.resource(
+        "sandbox://runs/{run_id}/{stream}",
+        name="run-output",
+        title="A cut stream's full text",
+        description="The full stdout or stderr of a recent run whose result was cut (its first "
+        "2 MiB), scrubbed; named in the result's full_output",
+        mime_type="text/plain",
+    )
+    async def run_output(run_id: str, stream: str) -> str:
+        text = await runner.kept_output(run_id, stream)
+        if text is None:
+            raise SandboxError(
+                "no kept output by that name: only a cut stream is kept, and only a while"
+            )
+        return text
+
     if not settings.tools.run_code.enabled:
         mcp.remove_tool("run_code")
     if not settings.tools.shell.enabled:
@@ -283,23 +309,6 @@ def _built(report: BuildReport, scrub: Callable[[str], str]) -> EnvironmentBuilt
         egress_denied=[neutralise(scrub(d)) for d in report.egress_denied],
         packages=[scrub(p)[:100] for p in report.packages[:_LISTED_PACKAGES]],
     )
-
-
-def _queue_reports(ctx: Context[Any, Any]) -> OnWait:
-    """A waiting call's place, as progress notifications (sent only if the client asked,
-    with a progress token). Progress is the seconds waited: it must grow with each one."""
-    last = -1.0
-
-    async def report(place: QueuePlace) -> None:
-        nonlocal last
-        progress = last = max(round(place.waited_s, 3), last + 0.001)
-        await ctx.report_progress(
-            progress,
-            message=f"waiting for a sandbox slot: {place.position} of {place.waiting} in the "
-            f"queue, all {place.slots} slots busy",
-        )
-
-    return report
 
 
 async def _reap_at_start(runner: CallRunner) -> None:
