@@ -8,13 +8,15 @@ to the server's process group does not reach it), on a pipe whose write end the 
 holds: the pipe's end is the server's death, however it came. The undertaker then waits until
 the server no longer runs and removes every container, network and volume of ours whose
 server is gone (the rule a server's own start-up reaper applies), twice, a few seconds apart
-(a create the daemon had under way when the server died shows up late), and the dead
-servers' mask blanks. While it waits it has loaded the standard library alone.
+(a create the daemon had under way when the server died shows up late), a build's
+half-built environment, and the dead servers' mask blanks. While it waits it has loaded the
+standard library alone.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -59,6 +61,7 @@ async def _bury() -> None:
 
     from mcp_sandbox.engine.docker_api import DockerApi
     from mcp_sandbox.engine.owners import process_identity
+    from mcp_sandbox.environment.store import reap_environments
     from mcp_sandbox.service import reap_orphans
     from mcp_sandbox.workspace.session import sweep_dead_blanks
 
@@ -68,6 +71,9 @@ async def _bury() -> None:
     await reap_orphans(api, me, threads, own_too=False)
     await anyio.sleep(SETTLE_S)
     await reap_orphans(api, me, threads, own_too=False)
+    # A build the server had under way: its half-built environment (none is ever marked
+    # ready). Old ones are the next server's to judge, by its own environment.max_age_days.
+    await reap_environments(api, threads, max_age_s=math.inf)
     sweep_dead_blanks()
 
 
