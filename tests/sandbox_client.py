@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
+import psutil
 from mcp import Client, StdioServerParameters
 
 # Planted in the server's environment: no sandbox may ever see it.
@@ -88,6 +89,33 @@ def _labelled(*listing: str) -> list[str]:
 
 def labelled_containers() -> list[str]:
     return _labelled("ps", "-a")
+
+
+def our_servers() -> set[int]:
+    """Pids of the servers this test process started (other modules' may still run)."""
+    return {
+        p.pid
+        for p in psutil.Process().children(recursive=True)
+        if "serve" in p.cmdline() and "mcp_sandbox" in p.cmdline()
+    }
+
+
+def containers_of(server_pid: int) -> list[str]:
+    """This test run's containers that the server ``server_pid`` made (its owner label)."""
+    out = subprocess.run(
+        [
+            "docker", "ps", "-a", "--filter", f"label={TEST_RUN_LABEL}={TEST_RUN_ID}",
+            "--format", '{{.ID}} {{.Label "mcp-sandbox.owner"}}',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )  # fmt: skip
+    return [
+        line.split()[0]
+        for line in out.stdout.splitlines()
+        if f":{server_pid}:" in line.partition(" ")[2]
+    ]
 
 
 def labelled_volumes() -> list[str]:

@@ -22,7 +22,7 @@ from mcp_sandbox.egress.credentials import load_credentials, scrub_values
 from mcp_sandbox.egress.proxy import EgressProxy, EgressTally, reap_networks
 from mcp_sandbox.engine.backend import ContainerInfo, Engine
 from mcp_sandbox.engine.owners import owner_is_alive
-from mcp_sandbox.engine.steps import remove_quietly
+from mcp_sandbox.engine.steps import remove_quietly, step
 from mcp_sandbox.environment import build as env_build
 from mcp_sandbox.environment import store as env_store
 from mcp_sandbox.environment.mount import with_environment
@@ -107,6 +107,10 @@ def make_scrubber(settings: Settings, environ: Mapping[str, str] | None = None) 
     remote = settings.launcher_socket is not None
     known.update(scrub_values(load_credentials(settings.egress, environ, skip_missing=remote)))
     return Scrubber(known)
+
+
+# How long a call waits for the daemon's list of environments (one volume listing).
+ENVIRONMENT_LOOKUP_S = 10.0
 
 
 class SandboxService:
@@ -615,7 +619,12 @@ class SandboxService:
         says of it (None: no workspace, so none)."""
         if root is None:
             return None, NO_ENVIRONMENT
-        found = await to_thread.run_sync(self._environment_now, root, limiter=self._threads)
+        # Bounded like our own steps, but short: it comes before the run's own bounded steps,
+        # so a daemon that stopped answering must not hold the call for a step's whole bound.
+        found = await step(
+            self._threads, "list the project environments", self._environment_now, root,
+            bound_s=ENVIRONMENT_LOOKUP_S,
+        )  # fmt: skip
         if found is None:
             return None, NO_ENVIRONMENT
         try:

@@ -86,18 +86,24 @@ def run_inspector(
     return done, payload
 
 
-def test_tools_list_shows_both_tools_with_their_annotations(
-    inspector: Path, tmp_path: Path
-) -> None:
+def test_tools_list_shows_the_tools_with_their_annotations(inspector: Path, tmp_path: Path) -> None:
     proc, payload = run_inspector(inspector, tmp_path, "--method", "tools/list")
 
     assert proc.returncode == 0, proc.stderr
     tools = {tool["name"]: tool for tool in payload["result"]["tools"]}
-    assert set(tools) == {"run_code", "shell"}
-    for tool in tools.values():
-        assert tool["annotations"] == EXPECTED_ANNOTATIONS
+    assert set(tools) == {"run_code", "shell", "prepare_env"}
+    for name in ("run_code", "shell"):
+        assert tools[name]["annotations"] == EXPECTED_ANNOTATIONS
     assert tools["run_code"]["inputSchema"]["required"] == ["language", "code"]
     assert tools["shell"]["inputSchema"]["required"] == ["command"]
+    # It writes an environment volume and reaches the package indexes: neither read-only nor
+    # closed-world, and it changes no file of the user's.
+    assert tools["prepare_env"]["annotations"] == {
+        "readOnlyHint": False,
+        "destructiveHint": False,
+        "idempotentHint": True,
+        "openWorldHint": True,
+    }
 
 
 def test_run_code_call_returns_output_and_exit_code(inspector: Path, tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ from mcp import Client
 
 from sandbox_client import (
     connect,
+    containers_of,
     describe_labelled_containers,
     eventually,
-    labelled_containers,
     labelled_volumes,
+    our_servers,
 )
 
 CALLS = 160
@@ -51,7 +52,9 @@ async def test_calls_past_the_slots_queue_instead_of_failing(tmp_path: Path) -> 
         assert result.structured_content is not None
         results.append((code, result.structured_content))
 
+    before = our_servers()
     async with connect(env=env) as client:
+        (server,) = our_servers() - before
         todo = iter(plan)
 
         async def worker() -> None:
@@ -76,8 +79,9 @@ async def test_calls_past_the_slots_queue_instead_of_failing(tmp_path: Path) -> 
         f"\n{len(results)} results, {cancelled} cancelled; queued_ms p50 "
         f"{queued[len(queued) // 2]}, max {queued[-1]}"
     )
-    # Removals still under way on a loaded daemon finish; none may stay.
+    # Removals still under way on a loaded daemon finish; none of this server's may stay
+    # (the session's shared servers keep their warm ones meanwhile).
     await eventually(
-        lambda: labelled_containers() == [], timeout_s=30, describe=describe_labelled_containers
+        lambda: containers_of(server) == [], timeout_s=30, describe=describe_labelled_containers
     )
     assert labelled_volumes() == []

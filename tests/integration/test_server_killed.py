@@ -12,20 +12,12 @@ import psutil
 
 from sandbox_client import (
     connect,
+    containers_of,
     describe_labelled_containers,
     eventually,
-    labelled_containers,
     labelled_volumes,
+    our_servers,
 )
-
-
-def _our_servers() -> list[psutil.Process]:
-    me = psutil.Process()
-    return [
-        p
-        for p in me.children(recursive=True)
-        if "serve" in p.cmdline() and "mcp_sandbox" in p.cmdline()
-    ]
 
 
 def _undertakers_of(pid: int) -> list[psutil.Process]:
@@ -41,12 +33,11 @@ async def test_a_sigkilled_server_leaves_no_sandbox_and_no_process(tmp_path: Pat
     await anyio.Path(tmp_path).chmod(0o755)  # the sandbox user (65534) enters /workspace
     await anyio.Path(tmp_path / "data.txt").write_text("x\n")
     env = {"MCP_SANDBOX_WORKSPACE": str(tmp_path)}
-    killed: int | None = None
+    before = our_servers()
     async with connect(env=env) as client:
         warm = await client.call_tool("shell", {"command": "true"})
         assert not warm.is_error
-        (server,) = _our_servers()
-        killed = server.pid
+        (killed,) = our_servers() - before
         assert len(_undertakers_of(killed)) == 1
         async with anyio.create_task_group() as tg:
 
@@ -57,11 +48,11 @@ async def test_a_sigkilled_server_leaves_no_sandbox_and_no_process(tmp_path: Pat
                     await client.call_tool("shell", args)
 
             tg.start_soon(long_call)
-            await eventually(lambda: len(labelled_containers()) >= 2)  # the call's and warm
+            await eventually(lambda: len(containers_of(killed)) >= 2)  # the call's and warm
             os.kill(killed, signal.SIGKILL)
             tg.cancel_scope.cancel()
     await eventually(
-        lambda: labelled_containers() == [], timeout_s=30, describe=describe_labelled_containers
+        lambda: containers_of(killed) == [], timeout_s=30, describe=describe_labelled_containers
     )
     await eventually(lambda: labelled_volumes() == [], timeout_s=10)
     await eventually(lambda: _undertakers_of(killed) == [], timeout_s=10)
