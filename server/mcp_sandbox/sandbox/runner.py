@@ -31,6 +31,7 @@ class RawRun:
     pooled: bool = False  # a warm sandbox, pre-started for this one call
     usage: Usage | None = None  # what it used, as the sandbox reported it (``usage``)
     reports: Mapping[str, bytes] = field(default_factory=dict)  # name -> base64 (``usage``)
+    files: tuple[tuple[bytes, bytes, bytes, bytes], ...] = ()  # file frames (``usage``)
 
 
 async def stop_flooded(
@@ -129,6 +130,7 @@ async def run_once(
             spec.name,
             usage=report.usage,
             reports=report.reports,
+            files=tuple(report.files),
         )
     except BaseException:
         if streams is not None:
