@@ -95,6 +95,7 @@ def test_more_frames_than_the_cap_are_output_or_dropped() -> None:
     tail = _tail(frames + USAGE)
     assert len(tail.files) == FILES_MAX
     assert len(parse_frames(tail.files)) == FILES_MAX
+    assert _shape(parse_frames(tail.files)).note == f"only the first {FILES_MAX} entries come back"
     assert tail.capture.whole().count(b"mcp-sandbox-file:") == 5
 
 

@@ -178,7 +178,9 @@ def shape_files(
             texts[entry.uri.rsplit("/", 1)[1]] = text
         if image is not None:
             sent.append(image)
-    return ShapedFiles(listed, texts, sent)
+    # The wrapper stops at the cap: there may have been more.
+    full = f"only the first {FILES_MAX} entries come back" if len(shipped) >= FILES_MAX else None
+    return ShapedFiles(listed, texts, sent, full)
 
 
 def _shape_one(
@@ -198,6 +200,9 @@ def _shape_one(
     if f.kind == "o":
         return entry("other", note="not returned: not a regular file"), None, None
     cut = len(f.body) < f.size
+    if cut and not f.body:
+        past = f"not returned: past the {FILES_TOTAL_BYTES}-byte cap of all files together"
+        return entry("file", note=past), None, None
     text = _as_text(f.body, cut)
     mime = _image_type(shown, f.body, text)
     if mime is not None and mime != "image/svg+xml":  # bytes no scrubber can read
