@@ -23,7 +23,7 @@ from mcp_sandbox.output.output_files import (
 )
 from mcp_sandbox.output.scrubber import Scrubber
 from mcp_sandbox.output.shaping import StreamCapture
-from mcp_sandbox.sandbox.usage import RunTail, outputs_env, tail_bytes
+from mcp_sandbox.sandbox.usage import RunTail, outputs_env, ships_files, tail_bytes
 
 SECRET = "hunter2-secret-value-0123456789"
 SCRUB = Scrubber({"S": SECRET}).scrub
@@ -55,7 +55,8 @@ def _shape(files: list[ShippedFile], *, images: bool = False, room: int = 20_000
 
 
 def _tail(data: bytes, chunk: int = 4096) -> RunTail:
-    tail = RunTail(StreamCapture(1 << 20), tail_bytes(tuple(outputs_env().items())))
+    env = tuple(outputs_env().items())
+    tail = RunTail(StreamCapture(1 << 20), tail_bytes(env), files=ships_files(env))
     for i in range(0, len(data), chunk):
         tail.feed(data[i : i + chunk])
     tail.finish()
@@ -68,6 +69,15 @@ def test_file_frames_before_the_usage_are_taken_out_of_stderr() -> None:
     assert tail.capture.whole() == b"program said\n"
     assert [parse.name for parse in parse_frames(tail.files)] == [b"a.txt", b"b.png"]
     assert tail.usage is not None and tail.usage.peak_pids == 4
+
+
+def test_file_frames_of_a_run_that_ships_none_are_output() -> None:
+    data = _frame(b"a.txt", b"x") + USAGE
+    tail = RunTail(StreamCapture(1 << 20), tail_bytes(()) + FILES_TAIL_BYTES)
+    tail.feed(data)
+    tail.finish()
+    assert tail.files == [] and tail.capture.whole() == _frame(b"a.txt", b"x")
+    assert tail.usage is not None
 
 
 def test_file_frames_followed_by_output_are_output() -> None:

@@ -16,7 +16,7 @@ from mcp_sandbox.engine.steps import remove_quietly, step
 from mcp_sandbox.output.shaping import KEPT_BYTES, STOPPED_NOTE, StreamCapture, past_stop
 from mcp_sandbox.sandbox.live import watch_live
 from mcp_sandbox.sandbox.spec import ContainerSpec
-from mcp_sandbox.sandbox.usage import RunTail, Usage, tail_bytes
+from mcp_sandbox.sandbox.usage import RunTail, Usage, ships_files, tail_bytes
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ async def run_once(
     out, err = StreamCapture(keep_bytes, KEPT_BYTES), StreamCapture(keep_bytes, KEPT_BYTES)
     watch_live(out, err)
     # The usage wrapper's report ends stderr: held back from the capture, then parsed.
-    report = RunTail(err, tail_bytes(spec.env))
+    report = RunTail(err, tail_bytes(spec.env), files=ships_files(spec.env))
     captures = {1: out.feed, 2: report.feed}
     streams: Attachment | None = None
     pumped = threading.Event()

@@ -233,9 +233,15 @@ def tail_bytes(env: tuple[tuple[str, str], ...]) -> int:
     """What ``RunTail`` holds back of a sandbox with ``env``: room for the report frames
     only when the wrapper ships reports (``report_env``), else the usage frame alone (the
     rest reaches the capture, and a call's progress, at once)."""
-    names = {k for k, _ in env}
-    hold = TAIL_MAX_BYTES if "MCP_SANDBOX_REPORTS" in names else REPORT_MAX_BYTES
-    return hold + (FILES_TAIL_BYTES if "MCP_SANDBOX_OUTPUTS" in names else 0)
+    wants = any(k == "MCP_SANDBOX_REPORTS" for k, _ in env)
+    hold = TAIL_MAX_BYTES if wants else REPORT_MAX_BYTES
+    return hold + (FILES_TAIL_BYTES if ships_files(env) else 0)
+
+
+def ships_files(env: tuple[tuple[str, str], ...]) -> bool:
+    """Whether the wrapper of a sandbox with ``env`` ships ``/tmp/outputs`` (``outputs_env``):
+    only then are file frames at the end of its stderr taken for files."""
+    return any(k == "MCP_SANDBOX_OUTPUTS" for k, _ in env)
 
 
 class RunTail:
@@ -248,8 +254,11 @@ class RunTail:
     stream of NULs costs what any other does.
     """
 
-    def __init__(self, capture: StreamCapture, hold_bytes: int = TAIL_MAX_BYTES) -> None:
+    def __init__(
+        self, capture: StreamCapture, hold_bytes: int = TAIL_MAX_BYTES, *, files: bool = False
+    ) -> None:
         self.capture = capture
+        self._take_files = files
         self.usage: Usage | None = None
         self.reports: dict[str, bytes] = {}
         self.files: list[tuple[bytes, bytes, bytes, bytes]] = []  # ``FILE_FRAME`` groups
@@ -267,7 +276,7 @@ class RunTail:
         """The stream has ended: frames that end it are taken; the rest is output."""
         held = bytes(self._held)
         self._held.clear()
-        start = _frames_start(held)
+        start = _frames_start(held, files=self._take_files)
         self.capture.feed(held[:start])
         if start == len(held):
             return
@@ -279,10 +288,10 @@ class RunTail:
             self.files.append((f.group(1), f.group(2), f.group(3), f.group(4)))
 
 
-def _frames_start(data: bytes) -> int:
+def _frames_start(data: bytes, *, files: bool) -> int:
     """Where the frames that end ``data`` start: a usage frame last, before it up to one
-    report frame per name, and before those up to ``FILES_MAX`` file frames (more are the
-    program's output); ``len(data)`` when none."""
+    report frame per name, and before those (with ``files``) up to ``FILES_MAX`` file frames
+    (more are the program's output); ``len(data)`` when none."""
     usage_at = data.rfind(REPORT_PREFIX)
     if (
         usage_at < 0
@@ -296,7 +305,7 @@ def _frames_start(data: bytes) -> int:
         if at < 0 or _REPORT_FRAME.fullmatch(data, at, start) is None:
             break
         start = at
-    for _ in range(FILES_MAX):
+    for _ in range(FILES_MAX if files else 0):
         at = data.rfind(FILE_OPENER, 0, start)
         if at < 0 or FILE_FRAME.fullmatch(data, at, start) is None:
             break
