@@ -201,7 +201,10 @@ def _shape_one(
         return entry("other", note="not returned: not a regular file"), None, None
     cut = len(f.body) < f.size
     if cut and not f.body:
-        past = f"not returned: past the {FILES_TOTAL_BYTES}-byte cap of all files together"
+        past = (
+            f"not returned: past the {FILES_TOTAL_BYTES}-byte cap of all files together, "
+            "or unreadable"
+        )
         return entry("file", note=past), None, None
     text = _as_text(f.body, cut)
     mime = _image_type(shown, f.body, text)

@@ -159,7 +159,7 @@ class OutputFile(BaseModel):
     name: str = Field(description="as the program named it: scrubbed, neutralised, cut")
     size: int = Field(description="its size in bytes, as the sandbox reported it")
     kind: Literal["text", "image", "binary", "symlink", "other", "file"] = Field(
-        description='"file": a regular file past the total cap, so not read'
+        description='"file": a regular file past the total cap (or unreadable), so not read'
     )
     mime_type: str | None = None
     content: Literal["image", "resource"] | None = Field(
