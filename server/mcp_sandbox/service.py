@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets as pysecrets
@@ -28,6 +29,7 @@ from mcp_sandbox.environment import store as env_store
 from mcp_sandbox.environment.mount import with_environment
 from mcp_sandbox.environment.volumes import Environment, current, environment_key
 from mcp_sandbox.errors import RequestRejected, SandboxError, SandboxUnavailable
+from mcp_sandbox.output.output_files import ShapedFiles, parse_frames, shape_files
 from mcp_sandbox.output.result import (
     NO_ENVIRONMENT,
     RESULT_CHARS,
@@ -56,7 +58,7 @@ from mcp_sandbox.sandbox.runtime import EGRESS_UNDER_GVISOR, Runtime, choose_run
 from mcp_sandbox.sandbox.seccomp import for_gvisor
 from mcp_sandbox.sandbox.slots import Load, OnWait, SlotQueue
 from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec, with_egress, with_workspace
-from mcp_sandbox.sandbox.usage import report_env, resources, with_usage
+from mcp_sandbox.sandbox.usage import outputs_env, report_env, resources, with_usage
 from mcp_sandbox.sandbox.warm import STUB_ARGV
 from mcp_sandbox.workspace.changes import LISTED_CHARS
 from mcp_sandbox.workspace.session import (
@@ -251,12 +253,15 @@ class SandboxService:
         network = args.network
         environment, env_report = found
         tests = _wants_tests(args)
+        outputs = args.outputs
         # A cold run reports what it used through the usage wrapper (outermost: it ends every
         # other process of the sandbox before it reports); a warm stub, itself.
         spec = replace(spec, argv=with_usage(spec.argv))
         if tests:  # the runners write a report; only the cold wrapper ships it out
             env = dict(spec.env)
             spec = replace(spec, env=tuple(sorted({**env, **report_env(env)}.items())))
+        if outputs:  # only the cold wrapper ships /tmp/outputs out, once the program ends
+            spec = replace(spec, env=tuple(sorted({**dict(spec.env), **outputs_env()}.items())))
         with self._after.call():  # removals and refills wait for the reply
             self._refuse_if_closing()
             async with self.queue.slot(self.settings.bounds.queue_timeout_s, waiting) as queued_ms:
@@ -265,10 +270,12 @@ class SandboxService:
                         spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
                     if environment is not None:
                         spec = with_environment(spec, environment.id)
-                    raw, tally = await self._launch(spec, plan, run_id, network, ws, cold=tests)
+                    raw, tally = await self._launch(
+                        spec, plan, run_id, network, ws, cold=tests or outputs
+                    )
                     report = await ws.finish() if ws is not None else None
-        shaping = (raw, run_id, plan.limits, queued_ms, tally, report, env_report, tests)
-        if raw.stdout.total + raw.stderr.total <= SHAPE_ON_LOOP_BYTES:
+        shaping = (raw, run_id, plan.limits, queued_ms, tally, report, env_report, tests, outputs)
+        if raw.stdout.total + raw.stderr.total <= SHAPE_ON_LOOP_BYTES and not raw.files:
             result = self._result(*shaping)
         else:  # scrubbing it takes milliseconds, hostile text up to the scrubber's budget
             result = await to_thread.run_sync(self._result, *shaping, limiter=self._threads)
@@ -538,9 +545,26 @@ class SandboxService:
         workspace: WorkspaceReport | None = None,
         environment: EnvironmentReport = NO_ENVIRONMENT,
         tests: bool = False,
+        outputs: bool = False,
     ) -> RunResult:
         budget = limits.output_bytes
         suite = None
+        files = ShapedFiles([], {}, [])
+        if outputs:
+            # As the summary's, the list's room comes out of the streams'.
+            files = shape_files(
+                parse_frames(list(raw.files)),
+                run_id=run_id,
+                scrub=self._scrub,
+                margin=self._margin,
+                images=self.settings.outputs.images,
+                room=budget // 2,
+            )
+            for key, text in files.texts.items():
+                self.runs.keep(run_id, f"files/{key}", text)
+            budget -= json_chars(
+                json.dumps([f.model_dump(mode="json") for f in files.listed], ensure_ascii=False)
+            )
         if tests:
             # The summary's room comes out of the streams': the result weighs what it did.
             room = min(SUMMARY_CHARS, budget // 2)
@@ -584,7 +608,9 @@ class SandboxService:
             ),
             tests=suite,
             full_output=full_output,
-        )
+            files=files.listed,
+            files_note=files.note,
+        ).with_images(tuple(files.images))
 
     def _keep_full(self, run_id: str, name: str, capture: StreamCapture) -> str:
         """Keep the full text of a cut stream (its first ``KEPT_BYTES``); return its URI."""

@@ -87,6 +87,17 @@ async def test_a_server_without_docker_runs_through_the_launcher(
         assert result["stdout"].split()[:3] == ["65534", "CapEff:", "0000000000000000"]
 
 
+async def test_files_out_are_read_through_the_launcher(stack: tuple[Path, HttpServer]) -> None:
+    _, server = stack
+    command = "printf 'from the sandbox\\n' > /tmp/outputs/notes.txt; echo done"
+    async with http_client(server.url) as client:
+        result = await call(client, "shell", command=command, outputs=True)
+        [notes] = result["files"]
+        assert notes["content"] == "resource" and result["stdout"] == "done\n"
+        read = await client.read_resource(notes["uri"])
+        assert read.contents[0].text == "from the sandbox\n"  # type: ignore[union-attr]
+
+
 def running(program: str) -> set[str]:
     """Our containers in which ``program`` runs (the launcher's pool keeps warm ones too)."""
     found = set()

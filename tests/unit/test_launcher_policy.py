@@ -362,3 +362,32 @@ async def test_host_busy_says_whether_memory_or_slots_held_the_call(
         with pytest.raises(HostBusy, match=needle):
             await service.shell(ShellArgs(command="true", timeout_s=0.2))
         tg.cancel_scope.cancel()
+
+
+async def test_files_out_travel_from_the_launcher(tmp_path: Path) -> None:
+    import base64
+
+    from mcp_sandbox.policy.arguments import ShellArgs
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\x01" * 20
+
+    def frame(name: bytes, body: bytes) -> bytes:
+        b64 = base64.b64encode
+        return b"\x00mcp-sandbox-file:%s:f:%d:%s\x00" % (b64(name), len(body), b64(body))
+
+    stderr = (
+        frame(b"notes.txt", b"some notes\n")
+        + frame(b"plot.png", png)
+        + b"\x00mcp-sandbox-usage:1,1,1,0,1,0,0\x00"
+    )
+    api = FakeEngine(Script(stderr=stderr))
+    sock = tmp_path / "l.sock"
+    async with serving(sock, _launcher(_service(api, outputs={"images": True}))):
+        client = LauncherClient(sock)
+        result = await client.shell(ShellArgs(command="make", outputs=True))
+        assert result.stderr == ""
+        notes, plot = result.files
+        assert notes.uri == f"sandbox://runs/{result.run_id}/files/notes.txt"
+        assert await client.kept_output(result.run_id, "files/notes.txt") == "some notes\n"
+        assert await client.kept_output(result.run_id, "files/../notes.txt") is None
+        assert plot.content == "image" and [i.data for i in result.images] == [png]

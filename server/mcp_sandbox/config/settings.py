@@ -47,6 +47,18 @@ class PoolSettings(BaseModel):
     )
 
 
+class OutputsSettings(BaseModel):
+    """Files a call asks back with ``outputs=true`` (the caps are fixed: ``output_files``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Off: the scrubber reads text, never an image's pixels, so an image is the one way out
+    # of a sandbox a secret it saw could take unredacted.
+    images: bool = Field(
+        False, description="send PNG, JPEG and SVG files back as image content (unscrubbed)"
+    )
+
+
 class RunCodeTool(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -116,6 +128,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     limits: Limits = Limits()
     pool: PoolSettings = PoolSettings()
+    outputs: OutputsSettings = OutputsSettings()
     bounds: CallBounds = CallBounds()
     workspace: Path | None = Field(
         None, description="directory mounted at /workspace; None: where the server started"

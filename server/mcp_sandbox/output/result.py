@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from mcp_sandbox.output.shaping import fit, json_chars
 from mcp_sandbox.policy.arguments import Mode
@@ -142,6 +143,36 @@ class SuiteSummary(BaseModel):
     note: str | None = Field(None, description="why there are no counts, or what was left out")
 
 
+@dataclass(frozen=True)
+class Image:
+    """An image file of a run, to send as MCP image content: its bytes as written."""
+
+    mime_type: str
+    data: bytes
+
+
+class OutputFile(BaseModel):
+    """A file the run left under /tmp/outputs (asked with ``outputs=true``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="as the program named it: scrubbed, neutralised, cut")
+    size: int = Field(description="its size in bytes, as the sandbox reported it")
+    kind: Literal["text", "image", "binary", "symlink", "other", "file"] = Field(
+        description='"file": a regular file past the total cap (or unreadable), so not read'
+    )
+    mime_type: str | None = None
+    content: Literal["image", "resource"] | None = Field(
+        None,
+        description='how it came back: "image", as image content in this result; '
+        '"resource", as a resource to read at `uri`; null: not returned (see note)',
+    )
+    uri: str | None = Field(
+        None, description='a text file\'s scrubbed contents: "sandbox://runs/<run_id>/files/<key>"'
+    )
+    note: str | None = Field(None, description="why it was not returned, or what was cut")
+
+
 # Characters of each stream the text block repeats, at most.
 PREVIEW_CHARS = 2_000
 
@@ -159,6 +190,8 @@ class RunResult(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True)
+    # Sent as image content beside the structured result, never in it (nor over a launcher).
+    _images: tuple[Image, ...] = PrivateAttr(default=())
 
     exit_code: int | None = Field(description="the program's exit status; null if killed first")
     timed_out: bool = Field(description="the wall-clock limit ended the run")
@@ -206,8 +239,23 @@ class RunResult(BaseModel):
         description="a cut stream's full text (its first 2 MiB, scrubbed), as resources to "
         'read: "sandbox://runs/<run_id>/stdout" and .../stderr',
     )
+    files: list[OutputFile] = Field(
+        default_factory=list,
+        description="outputs=true: the files the run left under /tmp/outputs, the first few",
+    )
+    files_note: str | None = Field(None, description="outputs=true: a cap that was reached, if any")
     stdout: str = Field(description="standard output: scrubbed, control characters neutralised")
     stderr: str = Field(description="standard error: scrubbed, control characters neutralised")
+
+    @property
+    def images(self) -> tuple[Image, ...]:
+        """The run's image files to send as image content (``outputs``)."""
+        return self._images
+
+    def with_images(self, images: tuple[Image, ...]) -> RunResult:
+        """This result, with ``images`` to send beside it."""
+        self._images = images
+        return self
 
     def summary(self, room: int | None = None, preview_chars: int = PREVIEW_CHARS) -> str:
         """A short text block for clients that ignore structured content.
@@ -230,6 +278,14 @@ class RunResult(BaseModel):
             lines.append(self.resources.line())
         if self.full_output:
             lines.append("full output: " + ", ".join(self.full_output))
+        if self.files or self.files_note:
+            lines.append(
+                "files: "
+                + ", ".join(
+                    f"{f.name} ({f.uri or f.content or 'not returned'})" for f in self.files
+                )
+                + (f" ({self.files_note})" if self.files_note else "")
+            )
         if self.tests is not None:
             t = self.tests
             lines.append(

@@ -123,6 +123,14 @@ ReportArg = Annotated[
         "own report. Omitted: asked for when the command starts pytest or node --test",
     ),
 ]
+OutputsArg = Annotated[
+    bool,
+    Field(
+        description="true: the files the program writes under /tmp/outputs come back (at most "
+        "16, 256 KiB each, 1 MiB in all): text files as resources named in `files` "
+        "(scrubbed), PNG, JPEG and SVG images as image content where the server allows",
+    ),
+]
 
 
 class _SandboxArgs(BaseModel):
@@ -140,6 +148,7 @@ class _SandboxArgs(BaseModel):
     cpus: CpusArg = None
     output_bytes: OutputArg = None
     report: ReportArg = None
+    outputs: OutputsArg = False
 
 
 class RunCodeArgs(_SandboxArgs):

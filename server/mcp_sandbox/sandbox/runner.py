@@ -16,7 +16,7 @@ from mcp_sandbox.engine.steps import remove_quietly, step
 from mcp_sandbox.output.shaping import KEPT_BYTES, STOPPED_NOTE, StreamCapture, past_stop
 from mcp_sandbox.sandbox.live import watch_live
 from mcp_sandbox.sandbox.spec import ContainerSpec
-from mcp_sandbox.sandbox.usage import RunTail, Usage, tail_bytes
+from mcp_sandbox.sandbox.usage import RunTail, Usage, ships_files, tail_bytes
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class RawRun:
     pooled: bool = False  # a warm sandbox, pre-started for this one call
     usage: Usage | None = None  # what it used, as the sandbox reported it (``usage``)
     reports: Mapping[str, bytes] = field(default_factory=dict)  # name -> base64 (``usage``)
+    files: tuple[tuple[bytes, bytes, bytes, bytes], ...] = ()  # file frames (``usage``)
 
 
 async def stop_flooded(
@@ -62,7 +63,7 @@ async def run_once(
     out, err = StreamCapture(keep_bytes, KEPT_BYTES), StreamCapture(keep_bytes, KEPT_BYTES)
     watch_live(out, err)
     # The usage wrapper's report ends stderr: held back from the capture, then parsed.
-    report = RunTail(err, tail_bytes(spec.env))
+    report = RunTail(err, tail_bytes(spec.env), files=ships_files(spec.env))
     captures = {1: out.feed, 2: report.feed}
     streams: Attachment | None = None
     pumped = threading.Event()
@@ -129,6 +130,7 @@ async def run_once(
             spec.name,
             usage=report.usage,
             reports=report.reports,
+            files=tuple(report.files),
         )
     except BaseException:
         if streams is not None:

@@ -22,6 +22,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mcp_sandbox.constants import MIB
+from mcp_sandbox.output.output_files import (
+    FILE_FRAME,
+    FILE_MAX_BYTES,
+    FILE_OPENER,
+    FILES_MAX,
+    FILES_TAIL_BYTES,
+    FILES_TOTAL_BYTES,
+    OUTPUTS_DIR,
+)
 from mcp_sandbox.output.result import Resources
 from mcp_sandbox.output.shaping import StreamCapture
 from mcp_sandbox.output.test_report import REPORT_SHIPPED_BYTES
@@ -83,9 +92,33 @@ _WRAPPER = (
     (
         USAGE_SH
         + r"""
+ship_outputs() {
+  [ -d "$1" ] && [ ! -L "$1" ] || return 0
+  n=0 left=@TOTAL@
+  for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+    [ -e "$f" ] || [ -L "$f" ] || continue
+    [ "$n" -lt @FILES@ ] || break
+    n=$((n + 1)) s=0 m=0
+    if [ -L "$f" ]; then k=l
+    elif [ -f "$f" ]; then
+      k=f
+      s=$(stat -c %s -- "$f" 2>/dev/null) || s=0
+      case $s in ''|*[!0-9]*) s=0 ;; esac
+      m=$s
+      [ "$m" -gt @FILEMAX@ ] && m=@FILEMAX@
+      [ "$m" -gt "$left" ] && m=$left
+      left=$((left - m))
+    else k=o
+    fi
+    printf '\000mcp-sandbox-file:%s:%s:%s:' "$(printf %s "${f##*/}" | base64 -w0)" "$k" "$s" >&3
+    [ "$m" -gt 0 ] && head -c "$m" -- "$f" 2>/dev/null | base64 -w0 >&3
+    printf '\000' >&3
+  done
+}
 before=$(usage_now)
 [ -n "$MCP_SANDBOX_REPORTS" ] && mkdir -p "$MCP_SANDBOX_REPORTS"
 unset PWD OLDPWD
+[ -n "$MCP_SANDBOX_OUTPUTS" ] && mkdir -p "$MCP_SANDBOX_OUTPUTS"
 exec 3>&2 2>/dev/null
 ( exec "$@" 2>&3 3>&- )
 code=$?
@@ -99,12 +132,16 @@ if [ -n "$MCP_SANDBOX_REPORTS" ]; then
     printf '\000' >&3
   done
 fi
+if [ -n "$MCP_SANDBOX_OUTPUTS" ]; then ship_outputs "$MCP_SANDBOX_OUTPUTS"; fi
 printf '\000mcp-sandbox-usage:%s\000' "$(usage_since "$before")" >&3
 exit "$code"
 """
     )
     .replace("@NAMES@", " ".join(REPORT_NAMES))
     .replace("@MAX@", str(REPORT_FILE_MAX_BYTES))
+    .replace("@TOTAL@", str(FILES_TOTAL_BYTES))
+    .replace("@FILES@", str(FILES_MAX))
+    .replace("@FILEMAX@", str(FILE_MAX_BYTES))
 )
 USAGE_ARGV: tuple[str, ...] = ("/bin/sh", "-c", _WRAPPER, "mcp-sandbox-usage")
 
@@ -141,6 +178,12 @@ def report_env(env: Mapping[str, str]) -> dict[str, str]:
         "PYTEST_ADDOPTS": f"{env.get('PYTEST_ADDOPTS', '')} --junitxml={REPORTS_DIR}/pytest.xml",
         "NODE_OPTIONS": f"{env.get('NODE_OPTIONS', '')} {node}".strip(),
     }
+
+
+def outputs_env() -> dict[str, str]:
+    """What a sandbox's ``env`` gains when its files are wanted back: the wrapper makes
+    ``OUTPUTS_DIR`` before the program starts and ships what it holds after it ends."""
+    return {"MCP_SANDBOX_OUTPUTS": OUTPUTS_DIR}
 
 
 def with_usage(argv: tuple[str, ...]) -> tuple[str, ...]:
@@ -191,7 +234,14 @@ def tail_bytes(env: tuple[tuple[str, str], ...]) -> int:
     only when the wrapper ships reports (``report_env``), else the usage frame alone (the
     rest reaches the capture, and a call's progress, at once)."""
     wants = any(k == "MCP_SANDBOX_REPORTS" for k, _ in env)
-    return TAIL_MAX_BYTES if wants else REPORT_MAX_BYTES
+    hold = TAIL_MAX_BYTES if wants else REPORT_MAX_BYTES
+    return hold + (FILES_TAIL_BYTES if ships_files(env) else 0)
+
+
+def ships_files(env: tuple[tuple[str, str], ...]) -> bool:
+    """Whether the wrapper of a sandbox with ``env`` ships ``/tmp/outputs`` (``outputs_env``):
+    only then are file frames at the end of its stderr taken for files."""
+    return any(k == "MCP_SANDBOX_OUTPUTS" for k, _ in env)
 
 
 class RunTail:
@@ -204,10 +254,14 @@ class RunTail:
     stream of NULs costs what any other does.
     """
 
-    def __init__(self, capture: StreamCapture, hold_bytes: int = TAIL_MAX_BYTES) -> None:
+    def __init__(
+        self, capture: StreamCapture, hold_bytes: int = TAIL_MAX_BYTES, *, files: bool = False
+    ) -> None:
         self.capture = capture
+        self._take_files = files
         self.usage: Usage | None = None
         self.reports: dict[str, bytes] = {}
+        self.files: list[tuple[bytes, bytes, bytes, bytes]] = []  # ``FILE_FRAME`` groups
         self._hold = hold_bytes
         self._held = bytearray()
 
@@ -222,7 +276,7 @@ class RunTail:
         """The stream has ended: frames that end it are taken; the rest is output."""
         held = bytes(self._held)
         self._held.clear()
-        start = _frames_start(held)
+        start = _frames_start(held, files=self._take_files)
         self.capture.feed(held[:start])
         if start == len(held):
             return
@@ -230,11 +284,14 @@ class RunTail:
         self.usage = parse_fields(held[end + len(REPORT_PREFIX) : -1])
         for m in _REPORT_FRAME.finditer(held, start, end):
             self.reports[m.group(1).decode()] = m.group(2)
+        for f in FILE_FRAME.finditer(held, start, end):
+            self.files.append((f.group(1), f.group(2), f.group(3), f.group(4)))
 
 
-def _frames_start(data: bytes) -> int:
-    """Where the frames that end ``data`` start: a usage frame last, and before it up to one
-    report frame per name (more are the program's output); ``len(data)`` when none."""
+def _frames_start(data: bytes, *, files: bool) -> int:
+    """Where the frames that end ``data`` start: a usage frame last, before it up to one
+    report frame per name, and before those (with ``files``) up to ``FILES_MAX`` file frames
+    (more are the program's output); ``len(data)`` when none."""
     usage_at = data.rfind(REPORT_PREFIX)
     if (
         usage_at < 0
@@ -246,6 +303,11 @@ def _frames_start(data: bytes) -> int:
         # A frame holds no NUL but its first and last byte, and its opener only once.
         at = data.rfind(_REPORT_OPENER, 0, start)
         if at < 0 or _REPORT_FRAME.fullmatch(data, at, start) is None:
+            break
+        start = at
+    for _ in range(FILES_MAX if files else 0):
+        at = data.rfind(FILE_OPENER, 0, start)
+        if at < 0 or FILE_FRAME.fullmatch(data, at, start) is None:
             break
         start = at
     return start

@@ -16,6 +16,7 @@ per connection. The caller keeps the connection open until the reply; when it cl
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -39,7 +40,8 @@ from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
 from mcp_sandbox.environment.build import BuildReport, Progress
 from mcp_sandbox.errors import HostBusy, RequestRejected, SandboxError, SandboxUnavailable
-from mcp_sandbox.output.result import RunResult
+from mcp_sandbox.output.output_files import FILES_TOTAL_BYTES
+from mcp_sandbox.output.result import Image, RunResult
 from mcp_sandbox.output.scrubber import Scrubber
 from mcp_sandbox.policy.arguments import RunCodeArgs, ShellArgs
 from mcp_sandbox.policy.limits import CallBounds
@@ -78,12 +80,17 @@ class PingRequest(_Request):
     op: Literal["ping"]
 
 
+KEPT_NAME = r"^(stdout|stderr|files/[A-Za-z0-9_-][A-Za-z0-9._-]{0,63})$"
+
+
 class OutputRequest(_Request):
-    """The kept full text of a cut stream of a run the launcher made (``full_output``)."""
+    """The kept full text of a cut stream of a run the launcher made (``full_output``), or
+    of a text file it left (``files``)."""
 
     op: Literal["output"]
     run_id: str = Field(pattern=r"^[0-9a-f]{12}$")
-    stream: Literal["stdout", "stderr"]
+    # A cut stream, or a kept text file of the run's (``output_files``).
+    stream: str = Field(pattern=KEPT_NAME)
 
 
 AnyRequest = RunCodeRequest | ShellRequest | PingRequest | OutputRequest
@@ -195,7 +202,7 @@ class LauncherClient:
 
     async def kept_output(self, run_id: str, stream: str) -> str | None:
         """Asked of the launcher, which keeps what its runs cut."""
-        if stream not in ("stdout", "stderr") or re.fullmatch(r"[0-9a-f]{12}", run_id) is None:
+        if re.fullmatch(KEPT_NAME, stream) is None or re.fullmatch(r"[0-9a-f]{12}", run_id) is None:
             return None
         reply = await self._call({"op": "output", "run_id": run_id, "stream": stream})
         text = reply.get("text")
@@ -234,11 +241,24 @@ class LauncherClient:
         return reply
 
 
+class _SentImage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mime_type: Literal["image/png", "image/jpeg", "image/svg+xml"]
+    data: str = Field(max_length=(FILES_TOTAL_BYTES + 2) // 3 * 4)
+
+
 def _result(reply: dict[str, Any]) -> RunResult:
+    """The launcher's result, with the images it sent beside it (``files``)."""
     try:
-        return RunResult.model_validate(reply.get("result"))
-    except ValidationError:
+        result = RunResult.model_validate(reply.get("result"))
+        sent = [_SentImage.model_validate(i) for i in reply.get("images") or []]
+        images = tuple(Image(i.mime_type, base64.b64decode(i.data, validate=True)) for i in sent)
+    except (ValidationError, ValueError, TypeError):
         raise SandboxUnavailable("the launcher sent a malformed result") from None
+    if sum(len(i.data) for i in images) > FILES_TOTAL_BYTES:
+        raise SandboxUnavailable("the launcher sent a malformed result")
+    return result.with_images(images)
 
 
 async def _dispatch(service: SandboxService, request: AnyRequest) -> dict[str, Any]:
@@ -252,7 +272,11 @@ async def _dispatch(service: SandboxService, request: AnyRequest) -> dict[str, A
             result = await service.run_code(request.args)
         else:
             result = await service.shell(request.args)
-        return {"result": result.model_dump(mode="json")}
+        images = [
+            {"mime_type": i.mime_type, "data": base64.b64encode(i.data).decode("ascii")}
+            for i in result.images
+        ]
+        return {"result": result.model_dump(mode="json"), "images": images}
     except SandboxError as e:
         kind = type(e).__name__ if type(e).__name__ in _ERROR_KINDS else "SandboxError"
         return {"error": {"kind": kind, "message": str(e)}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -14,7 +15,14 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resolve import Resolve
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types import (
+    CallToolResult,
+    ContentBlock,
+    ImageContent,
+    ResourceLink,
+    TextContent,
+    ToolAnnotations,
+)
 from pydantic import BaseModel, ValidationError
 
 from mcp_sandbox import __version__
@@ -123,12 +131,27 @@ def _tool_result(result: RunResult | EnvironmentBuilt) -> CallToolResult:
             content=[TextContent(type="text", text=result.summary())],
             structured_content=structured,
         )
+    # A link per file to read, inside RESULT_CHARS; images after it, outside (their own
+    # blocks, sent only where the server allows: see README, "Files out").
+    links: list[ContentBlock] = [
+        ResourceLink(
+            type="resource_link", name=f.name, uri=f.uri, mime_type=f.mime_type, size=f.size
+        )
+        for f in result.files
+        if f.uri is not None
+    ]
     bare = CallToolResult(
-        content=[TextContent(type="text", text="")], structured_content=structured
+        content=[TextContent(type="text", text=""), *links], structured_content=structured
     )
     room = RESULT_CHARS - _ENVELOPE_CHARS - result_chars(bare)
+    images: list[ContentBlock] = [
+        ImageContent(
+            type="image", data=base64.b64encode(i.data).decode("ascii"), mime_type=i.mime_type
+        )
+        for i in result.images
+    ]
     return CallToolResult(
-        content=[TextContent(type="text", text=result.summary(room))],
+        content=[TextContent(type="text", text=result.summary(room)), *links, *images],
         structured_content=structured,
     )
 
@@ -285,6 +308,20 @@ def build_server(runner: CallRunner, metrics: CallMetrics | None = None) -> MCPS
             raise SandboxError(
                 "no kept output by that name: only a cut stream is kept, and only a while"
             )
+        return text
+
+    @mcp.resource(
+        "sandbox://runs/{run_id}/files/{key}",
+        name="run-file",
+        title="A text file a run left under /tmp/outputs",
+        description="A text file of a recent run called with outputs=true (its first 256 KiB), "
+        "scrubbed; named in the result's files",
+        mime_type="text/plain",
+    )
+    async def run_file(run_id: str, key: str) -> str:
+        text = await runner.kept_output(run_id, f"files/{key}")
+        if text is None:
+            raise SandboxError("no kept file by that name: only text files are kept, a while")
         return text
 
     if not settings.tools.run_code.enabled:
