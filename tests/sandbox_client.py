@@ -173,6 +173,16 @@ async def call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
     return content
 
 
+async def warm_call(client: Client, **args: Any) -> dict[str, Any]:
+    """Call until a warm sandbox serves it (the pool fills in the background)."""
+    with anyio.fail_after(60):
+        while True:
+            result = await call(client, **args)
+            if result["pooled"]:
+                return result
+            await anyio.sleep(0.3)
+
+
 async def call_error(client: Client, tool: str, **args: Any) -> str:
     """Call a tool that must fail; return its one-line message."""
     result = await client.call_tool(tool, args)

@@ -18,21 +18,12 @@ from sandbox_client import (
     eventually,
     labelled_containers,
     server_params,
+    warm_call,
 )
 
 from .test_spine import INSIDE
 
 COLD = {"MCP_SANDBOX_POOL__ENABLED": "false"}
-
-
-async def _warm_call(client: Client, **args: Any) -> dict[str, Any]:
-    """Call until a warm sandbox serves it (the pool fills in the background)."""
-    with anyio.fail_after(60):
-        while True:
-            result = await call(client, **args)
-            if result["pooled"]:
-                return result
-            await anyio.sleep(0.3)
 
 
 def _exists(name: str) -> bool:
@@ -49,7 +40,7 @@ def _exists(name: str) -> bool:
 async def test_warm_and_cold_sandboxes_have_the_same_walls(env: dict[str, str] | None) -> None:
     async with connect("auto", env=env) as c:
         if env is None:
-            result = await _warm_call(c, tool="run_code", language="python", code=INSIDE)
+            result = await warm_call(c, tool="run_code", language="python", code=INSIDE)
         else:
             result = await call(c, "run_code", language="python", code=INSIDE)
             assert result["pooled"] is False
@@ -70,7 +61,7 @@ async def test_warm_and_cold_sandboxes_have_the_same_walls(env: dict[str, str] |
 
 async def test_two_calls_never_share_a_sandbox() -> None:
     async with connect("auto") as c:
-        first = await _warm_call(c, tool="shell", command="echo mark > /tmp/mark; echo ok")
+        first = await warm_call(c, tool="shell", command="echo mark > /tmp/mark; echo ok")
         seen = {first["sandbox"]}
         for _ in range(4):
             r = await call(
@@ -84,15 +75,15 @@ async def test_two_calls_never_share_a_sandbox() -> None:
 
 async def test_a_timed_out_warm_call_is_killed_and_removed() -> None:
     async with connect("auto") as c:
-        await _warm_call(c, tool="shell", command="true")
-        r = await _warm_call(c, tool="shell", command="trap '' TERM; sleep 60", timeout_s=1)
+        await warm_call(c, tool="shell", command="true")
+        r = await warm_call(c, tool="shell", command="trap '' TERM; sleep 60", timeout_s=1)
         assert r["timed_out"] is True and r["exit_code"] is None
         await eventually(lambda: not _exists(r["sandbox"]))
 
 
 async def test_output_after_the_end_is_discarded_and_exit_codes_pass() -> None:
     async with connect("auto") as c:
-        r = await _warm_call(c, tool="shell", command="(sleep 0.5; echo LATE) & echo early; exit 5")
+        r = await warm_call(c, tool="shell", command="(sleep 0.5; echo LATE) & echo early; exit 5")
         assert r["exit_code"] == 5 and r["stdout"] == "early\n"
 
 
@@ -131,7 +122,7 @@ raise SystemExit(7)
 
 async def test_a_warm_program_cannot_take_its_stubs_nonce() -> None:
     async with connect("auto") as c:
-        r = await _warm_call(c, tool="run_code", language="python", code=STEAL)
+        r = await warm_call(c, tool="run_code", language="python", code=STEAL)
     lines = r["stdout"].splitlines()
     # gVisor's procfs lets the program open its stub's fd/0 and environ (no dumpable check
     # there); neither holds the nonce, and its memory stays closed.
@@ -150,7 +141,7 @@ async def test_a_warm_program_cannot_take_its_stubs_nonce() -> None:
 
 async def test_an_endless_flood_in_a_warm_sandbox_is_stopped() -> None:
     async with connect("auto") as c:
-        r = await _warm_call(c, tool="shell", command="cat /dev/zero >&2", timeout_s=120)
+        r = await warm_call(c, tool="shell", command="cat /dev/zero >&2", timeout_s=120)
         assert r["timed_out"] is False and r["exit_code"] is None
         assert r["stderr_bytes"] > 256 * 1024 * 1024
         assert r["stderr"].endswith("the output passed 256 MiB; the sandbox was stopped]\n")
@@ -168,7 +159,7 @@ def _running_sleep60() -> list[str]:
 
 async def test_a_cancelled_warm_call_removes_its_container() -> None:
     async with connect("auto") as c:
-        await _warm_call(c, tool="shell", command="true")
+        await warm_call(c, tool="shell", command="true")
         await anyio.sleep(1.0)  # a warm sandbox is ready again
         async with anyio.create_task_group() as tg:
             tg.start_soon(c.call_tool, "shell", {"command": "sleep 60", "timeout_s": 60})
@@ -182,7 +173,7 @@ async def test_the_pool_refills_after_use() -> None:
     env = {"MCP_SANDBOX_POOL__MIN_SIZE": "2", "MCP_SANDBOX_POOL__MAX_SIZE": "2"}
     async with connect("auto", env=env) as c:
         for _ in range(3):
-            await _warm_call(c, tool="shell", command="true")
+            await warm_call(c, tool="shell", command="true")
         await eventually(lambda: len(labelled_containers()) >= 2, timeout_s=30)
 
 
@@ -256,7 +247,7 @@ async def test_a_warm_call_is_indistinguishable_from_a_cold_one(
     async with connect("auto", env=COLD) as cold_client:
         cold = await call(cold_client, tool, **args)
     async with connect("auto") as warm_client:
-        warm = await _warm_call(warm_client, tool=tool, **args)
+        warm = await warm_call(warm_client, tool=tool, **args)
     assert cold["pooled"] is False
     keys = ("exit_code", "stdout", "stderr", "timed_out", "oom_killed")
     assert {k: warm[k] for k in keys} == {k: cold[k] for k in keys}
@@ -286,7 +277,7 @@ async def test_a_masked_file_replaced_while_a_sandbox_waits_is_never_shown(
     look = "cat /workspace/.env /workspace/.ssh/id_rsa 2>&1; echo done"
     async with Client(params, mode="auto") as c:
         if RUNTIME == "runc":
-            first = await _warm_call(c, tool="shell", command=look)
+            first = await warm_call(c, tool="shell", command=look)
         else:  # under gVisor no sandbox waits with a workspace mounted
             first = await call(c, "shell", command=look)
             assert first["pooled"] is False

@@ -6,13 +6,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 
-from sandbox_client import MODES, PLANTED_VALUE, RUNTIME, call, connect
+from sandbox_client import MODES, PLANTED_VALUE, RUNTIME, call, connect, warm_call
 
 COLD = {"MCP_SANDBOX_POOL__ENABLED": "false"}
 ALLOCATE_MIB = 200
@@ -24,16 +23,6 @@ HUNGRY = (
     "for i in range(0, len(b), 4096): b[i] = 1\n"
     "print(len(b))"
 )
-
-
-async def _warm_call(client: Client, **args: Any) -> dict[str, Any]:
-    """Call until a warm sandbox serves it (the pool fills in the background)."""
-    with anyio.fail_after(60):
-        while True:
-            result = await call(client, **args)
-            if result["pooled"]:
-                return result
-            await anyio.sleep(0.3)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -48,7 +37,7 @@ async def test_a_memory_hungry_run_reports_its_peak_within_ten_percent(
             "code": HUNGRY,
             "memory_mib": 512,
         }
-        result = await _warm_call(c, **args) if warm else await call(c, **args)
+        result = await warm_call(c, **args) if warm else await call(c, **args)
     assert result["pooled"] is warm and result["exit_code"] == 0
     used = result["resources"]
     if RUNTIME != "runc":
@@ -67,7 +56,7 @@ async def test_bytes_left_in_tmp_are_counted(warm: bool) -> None:
     command = "head -c 3000000 /dev/zero > /tmp/a; echo done"
     async with connect("auto", env=None if warm else COLD) as c:
         args = {"tool": "shell", "command": command}
-        result = await _warm_call(c, **args) if warm else await call(c, **args)
+        result = await warm_call(c, **args) if warm else await call(c, **args)
     used = result["resources"]
     assert 3_000_000 <= used["tmp_bytes_added"] < 3_200_000, used
     # A read-only workspace is the host's own disk: nothing of it is the run's.
