@@ -12,18 +12,16 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
 
+from outside_host import FAKE, container_ip, docker, wait_ready
 from sandbox_client import (
     RUNTIME,
     TEST_RUN_ID,
@@ -35,15 +33,7 @@ from sandbox_client import (
 )
 
 IMAGE = "mcp-sandbox-runtime:0.1"
-FAKE = (Path(__file__).parent / "fake_outside.py").read_text()
 ALLOWED = ("allowed.test", "allowed-index.test", "gateway.test", "*.wild.test")
-
-
-def docker(*args: str, check: bool = True) -> str:
-    out = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-    if check and out.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args[:3])}: {out.stderr.strip()}")
-    return out.stdout.strip()
 
 
 @dataclass(frozen=True)
@@ -107,24 +97,15 @@ def outside() -> Iterator[Outside]:
                 "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
                 IMAGE, "python3", "-c", FAKE, *argv[role],
             )  # fmt: skip
-        deadline = time.monotonic() + 30
-        for name in names.values():
-            while "ready" not in docker("logs", name):
-                assert time.monotonic() < deadline, f"{name} did not start"
-                time.sleep(0.1)
-
-        def ip(name: str) -> str:
-            return docker(
-                "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name
-            )
+        wait_ready(names.values())
 
         gateway = docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", network)
         yield Outside(
             network,
             gateway,
-            ip(names["web"]),
-            ip(names["blocked"]),
-            ip(names["dns"]),
+            container_ip(names["web"]),
+            container_ip(names["blocked"]),
+            container_ip(names["dns"]),
             names,
         )
     finally:

@@ -13,7 +13,6 @@ import os
 import secrets
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,21 +22,14 @@ import pytest
 from mcp import Client
 
 from mcp_sandbox.egress import ca
+from outside_host import FAKE, container_ip, docker, wait_ready
 from sandbox_client import AUDIT_DIR, TEST_RUN_ID, TEST_RUN_LABEL, call, connect
 
 IMAGE = "mcp-sandbox-runtime:0.1"
-FAKE = (Path(__file__).parent / "fake_outside.py").read_text()
 TOKEN = "tok-" + secrets.token_hex(20)
 PH = "$MCP_SANDBOX_CREDENTIAL_API"
 # Tests of a rebuilt proxy before its tag is the default: MCP_SANDBOX_TEST_PROXY_IMAGE.
 PROXY_IMAGE = os.environ.get("MCP_SANDBOX_TEST_PROXY_IMAGE")
-
-
-def docker(*args: str, check: bool = True) -> str:
-    out = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-    if check and out.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args[:3])}: {out.stderr.strip()}")
-    return out.stdout.strip()
 
 
 def proxy_log(container: str) -> str:
@@ -112,18 +104,9 @@ def outside() -> Iterator[Outside]:
             "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
             IMAGE, "python3", "-c", FAKE, "web", "allowed.test",
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        for name in names.values():
-            while "ready" not in docker("logs", name):
-                assert time.monotonic() < deadline, f"{name} did not start"
-                time.sleep(0.1)
+        wait_ready(names.values())
 
-        def ip(name: str) -> str:
-            return docker(
-                "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name
-            )
-
-        yield Outside(network, ip(names["api"]), ip(names["web"]), names, state)
+        yield Outside(network, container_ip(names["api"]), container_ip(names["web"]), names, state)
     finally:
         docker("rm", "-f", *names.values(), check=False)
         docker("network", "rm", network, check=False)

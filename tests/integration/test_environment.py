@@ -26,6 +26,7 @@ from mcp import Client
 
 from integration.package_index import fetch
 from integration.test_approval import Human
+from outside_host import FAKE, container_ip, docker
 from sandbox_client import (
     MODES,
     TEST_RUN_ID,
@@ -37,15 +38,7 @@ from sandbox_client import (
 )
 
 IMAGE = "mcp-sandbox-runtime:0.1"
-FAKE = (Path(__file__).parent / "fake_outside.py").read_text()
 ENV_LABEL = "mcp-sandbox.environment"
-
-
-def docker(*args: str, check: bool = True) -> str:
-    out = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-    if check and out.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args[:3])}: {out.stderr.strip()}")
-    return out.stdout.strip()
 
 
 def _labels() -> list[str]:
@@ -104,11 +97,7 @@ def index(sources: tuple[Path, Path]) -> Iterator[Index]:
             IMAGE, "python3", "-c", FAKE, "web", "outside.test",
         )  # fmt: skip
 
-        def ip(name: str) -> str:
-            fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
-            return docker("inspect", "-f", fmt, name)
-
-        yield Index(network, ip(names["index"]), ip(names["outside"]), names)
+        yield Index(network, container_ip(names["index"]), container_ip(names["outside"]), names)
     finally:
         docker("rm", "-f", *names.values(), check=False)
         docker("network", "rm", network, check=False)

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from integration.npm_registry import HOST, PACKAGE, fetch
-from integration.test_environment import IMAGE, _labels, docker, environment_volumes
+from integration.test_environment import IMAGE, _labels, environment_volumes
+from outside_host import docker
 from sandbox_client import call, connect, server_params
 
 TEST = """\
