@@ -49,7 +49,7 @@ from mcp_sandbox.output.shaping import (
     shape,
 )
 from mcp_sandbox.output.test_report import SUMMARY_CHARS, summarise, wanted_runners
-from mcp_sandbox.policy.arguments import CallArgs, RunCodeArgs, ShellArgs
+from mcp_sandbox.policy.arguments import CallArgs, Mode, RunCodeArgs, ShellArgs
 from mcp_sandbox.policy.limits import LimitRequest, Limits, RunPlan, plan_run
 from mcp_sandbox.sandbox.after_reply import AfterReply
 from mcp_sandbox.sandbox.pool import StaleSandbox, WarmPool, run_warm
@@ -57,9 +57,16 @@ from mcp_sandbox.sandbox.runner import RawRun, run_once
 from mcp_sandbox.sandbox.runtime import EGRESS_UNDER_GVISOR, Runtime, choose_runtime
 from mcp_sandbox.sandbox.seccomp import for_gvisor
 from mcp_sandbox.sandbox.slots import Load, OnWait, SlotQueue
-from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec, with_egress, with_workspace
+from mcp_sandbox.sandbox.spec import (
+    ContainerSpec,
+    build_spec,
+    with_copy_room,
+    with_egress,
+    with_workspace,
+)
 from mcp_sandbox.sandbox.usage import outputs_env, report_env, resources, with_usage
-from mcp_sandbox.sandbox.warm import STUB_ARGV
+from mcp_sandbox.sandbox.warm import COPY_STUB_ARGV, STUB_ARGV
+from mcp_sandbox.sandbox.warm_copy import run_warm_copy
 from mcp_sandbox.workspace.changes import LISTED_CHARS
 from mcp_sandbox.workspace.session import (
     KEEPER_ARGV,
@@ -68,10 +75,14 @@ from mcp_sandbox.workspace.session import (
     Workspace,
     WorkspaceAsk,
     WorkspacePlan,
+    copy_archive,
+    copy_report,
     discard_blanks,
     open_session,
+    read_back_of,
     reap_volumes,
     ro_mounts,
+    warm_copy_room,
 )
 
 log = logging.getLogger("mcp_sandbox")
@@ -173,6 +184,20 @@ class SandboxService:
             if ps.enabled and ps.max_size > 0
             else None
         )
+        # Warm sandboxes for `copy` and `rw` calls: none until such a call finds none.
+        self.copy_pool = (
+            WarmPool(
+                api,
+                self._threads,
+                self._warm_copy_spec,
+                self._after,
+                min_size=0,
+                max_size=min(ps.max_size, max_concurrent),
+                may_start=self._may_start,
+            )
+            if ps.enabled and ps.max_size > 0
+            else None
+        )
 
     @property
     def scrub_margin(self) -> int:
@@ -265,15 +290,23 @@ class SandboxService:
         with self._after.call():  # removals and refills wait for the reply
             self._refuse_if_closing()
             async with self.queue.slot(self.settings.bounds.queue_timeout_s, waiting) as queued_ms:
-                async with self._workspace_session(ws_plan, run_id, plan) as ws:
-                    if ws is not None:
-                        spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
-                    if environment is not None:
-                        spec = with_environment(spec, environment.id)
-                    raw, tally = await self._launch(
-                        spec, plan, run_id, network, ws, cold=tests or outputs
-                    )
-                    report = await ws.finish() if ws is not None else None
+                if environment is not None:
+                    spec = with_environment(spec, environment.id)
+                served = None
+                report: WorkspaceReport | None
+                if network == "none" and not (tests or outputs):
+                    served, ws_plan = await self._copy_warm(spec, plan, ws_plan, args)
+                if served is not None:
+                    raw, report = served
+                    tally = None
+                else:
+                    async with self._workspace_session(ws_plan, run_id, plan) as ws:
+                        if ws is not None:
+                            spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
+                        raw, tally = await self._launch(
+                            spec, plan, run_id, network, ws, cold=tests or outputs
+                        )
+                        report = await ws.finish() if ws is not None else None
         shaping = (raw, run_id, plan.limits, queued_ms, tally, report, env_report, tests, outputs)
         if raw.stdout.total + raw.stderr.total <= SHAPE_ON_LOOP_BYTES and not raw.files:
             result = self._result(*shaping)
@@ -335,6 +368,51 @@ class SandboxService:
             spec = with_egress(spec, call.link)
             raw = await run_once(self.api, spec, plan.stdin, keep, self._threads)
         return raw, call.tally
+
+    async def _copy_warm(
+        self, spec: ContainerSpec, plan: RunPlan, ws_plan: WorkspacePlan | None, args: CallArgs
+    ) -> tuple[tuple[RawRun, WorkspaceReport] | None, WorkspacePlan | None]:
+        """A `copy` or `rw` call served by a warm sandbox, and the plan a cold run would use
+        (None, and the plan as it was: no warm sandbox of its shape, so it runs cold).
+
+        When the warm sandbox refuses before running anything, the tree is scanned again
+        for the cold run: its copy may not have landed because the tree changed.
+        """
+        if self.copy_pool is None or ws_plan is None:
+            return None, ws_plan
+        room = warm_copy_room(ws_plan, plan.limits.workdir_mib)
+        if room is None:
+            return None, ws_plan
+        self._refuse_if_closing()
+        warm = self.copy_pool.take(with_copy_room(spec, room))
+        if warm is None:
+            return None, ws_plan
+        policy = self.settings.workspace_policy
+        keep = capture_bytes(plan.limits.output_bytes, self._margin)
+        try:
+            archive = await to_thread.run_sync(copy_archive, ws_plan, limiter=self._threads)
+            raw, back = await run_warm_copy(
+                self.api,
+                warm,
+                plan,
+                ws_plan.working_dir,
+                keep,
+                self._threads,
+                archive,
+                read_back_of(ws_plan, policy, room),
+            )
+        except StaleSandbox:
+            self.copy_pool.discard(warm, at_once=True)
+            log.info("warm sandbox %s refused its copy; cold", warm.spec.name)
+            where = WorkspaceAsk(args.workdir, args.workspace)
+            return None, await to_thread.run_sync(self.workspace.plan, where, limiter=self._threads)
+        except BaseException:  # cancelled, or failed: the program may still run
+            self.copy_pool.discard(warm, at_once=True)
+            raise
+        self.copy_pool.discard(warm)  # it has ended: removed after the reply
+        listed = _listed_chars(plan.limits.output_bytes)
+        report = await copy_report(ws_plan, back, self._threads, policy, self._scrub, listed)
+        return (raw, report), ws_plan
 
     @contextlib.asynccontextmanager
     async def _workspace_session(
@@ -427,6 +505,27 @@ class SandboxService:
             return None
         return spec if environment is None else with_environment(spec, environment.id)
 
+    def _warm_copy_spec(self, run_id: str) -> ContainerSpec | None:
+        """A warm sandbox for `copy` and `rw` calls of the default limits, its room made for
+        the tree as it is now (None: such a call would run cold). Blocking: it scans."""
+        s = self.settings
+        modes = s.workspace_policy.modes
+        mode: Mode | None = "copy" if "copy" in modes else "rw" if "rw" in modes else None
+        if mode is None:
+            return None
+        stub = RunPlan(argv=COPY_STUB_ARGV, limits=s.limits, stdin=None)
+        try:
+            spec = self._spec(stub, run_id)
+            ws_plan = self.workspace.plan(WorkspaceAsk(mode=mode))
+            room = None if ws_plan is None else warm_copy_room(ws_plan, s.limits.workdir_mib)
+            if ws_plan is None or room is None:
+                return None
+            environment = self._environment_now(ws_plan.root)
+        except SandboxError:
+            return None
+        spec = replace(with_copy_room(spec, room), stdin=True)
+        return spec if environment is None else with_environment(spec, environment.id)
+
     def _may_start(self) -> bool:
         floor = self.settings.pool.min_available_mib * 1024 * 1024
         return floor == 0 or psutil.virtual_memory().available >= floor
@@ -440,8 +539,9 @@ class SandboxService:
         made meanwhile.
         """
         self._closing = True
-        if self.pool is not None:
-            await self.pool.close()
+        for pool in (self.pool, self.copy_pool):
+            if pool is not None:
+                await pool.close()
         await self.reap(own_too=True)
         with anyio.move_on_after(SHUTDOWN_WAIT_S):
             while self._after.in_flight:  # noqa: ASYNC110  # a counter, not an event
@@ -458,8 +558,9 @@ class SandboxService:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._after.run)
             tg.start_soon(self._recover)
-            if self.pool is not None:
-                tg.start_soon(self.pool.run)
+            for pool in (self.pool, self.copy_pool):
+                if pool is not None:
+                    tg.start_soon(pool.run)
 
     async def _recover(self) -> None:
         """After a call failed as unavailable: if the daemon stopped answering, wait for it;
@@ -480,7 +581,7 @@ class SandboxService:
             # Even if it answers now, it may not have while the call failed (it hung, say),
             # and that call's removal failed with it.
             back_at = time.time()
-            dead = self.pool.drop_dead() if self.pool is not None else 0
+            dead = sum(p.drop_dead() for p in (self.pool, self.copy_pool) if p is not None)
             removed = await self._sweep_outage(back_at)
             if dead or removed:
                 log.warning(
@@ -501,12 +602,16 @@ class SandboxService:
                 return False
         return False
 
+    def _warming(self) -> bool:
+        """Whether a warm sandbox is being made now."""
+        return any(p is not None and p.starting for p in (self.pool, self.copy_pool))
+
     async def _sweep_outage(self, back_at: float) -> int:
         """Remove our containers that are not running and our volumes, of before ``back_at``,
         once no call is in flight and no warm sandbox is being made (they are then no one's).
         """
         with anyio.move_on_after(SWEEP_WAIT_S) as quiet:
-            while self._after.in_flight or (self.pool is not None and self.pool.starting):  # noqa: ASYNC110  # counters, not events
+            while self._after.in_flight or self._warming():  # noqa: ASYNC110  # counters, not events
                 await anyio.sleep(0.1)
         if quiet.cancelled_caught:
             log.warning("no quiet moment after the outage; what it left goes at shutdown")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from mcp_sandbox.constants import LABEL, MIB, OWNER_LABEL, SANDBOX_USER, WORKDIR
+from mcp_sandbox.constants import LABEL, MIB, OWNER_LABEL, SANDBOX_UID, SANDBOX_USER, WORKDIR
 from mcp_sandbox.egress.link import CA_BUNDLE_TARGET, EGRESS_DNS, EGRESS_SYSCTLS, EgressLink
 from mcp_sandbox.policy.limits import MIN_CPUS, Limits, RunPlan
 
@@ -77,6 +77,9 @@ class ContainerSpec:
     egress_network: str | None = None
     mounts: tuple[Mount, ...] = field(default=())
     working_dir: str = WORKDIR
+    # A copy's room in a warm sandbox (``with_copy_room``): a tmpfs of (path, bytes) owned by
+    # the sandbox user, 0755, as the cold path's tmpfs volume is; its stub fills it.
+    owned_tmpfs: tuple[tuple[str, int], ...] = field(default=())
 
     def create_kwargs(self) -> dict[str, Any]:
         """Arguments of the Engine API's container create, minus the host config."""
@@ -149,6 +152,11 @@ class ContainerSpec:
             "tmpfs": {
                 path: f"rw,exec,nosuid,nodev,size={size_mib}m,mode=1777"
                 for path, size_mib in self.tmpfs
+            }
+            | {
+                path: f"rw,exec,nosuid,nodev,size={size},uid={SANDBOX_UID},gid={SANDBOX_UID},"
+                "mode=0755"
+                for path, size in self.owned_tmpfs
             },
             "mounts": [m.engine() for m in self.mounts],
             # Output is read live from the attach stream; the daemon keeps no log file.
@@ -205,3 +213,10 @@ def with_workspace(
     targets = {m.target for m in mounts}
     tmpfs = tuple((path, size) for path, size in spec.tmpfs if path not in targets)
     return replace(spec, mounts=mounts, working_dir=working_dir, tmpfs=tmpfs)
+
+
+def with_copy_room(spec: ContainerSpec, room_bytes: int) -> ContainerSpec:
+    """``spec`` whose ``/workspace`` is a copy's room of ``room_bytes`` that its warm stub
+    fills: a tmpfs owned by the sandbox user, in place of the scratch tmpfs."""
+    tmpfs = tuple((path, size) for path, size in spec.tmpfs if path != WORKDIR)
+    return replace(spec, tmpfs=tmpfs, owned_tmpfs=((WORKDIR, room_bytes),))

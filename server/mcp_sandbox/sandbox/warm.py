@@ -15,6 +15,7 @@ removal itself), under the same limits and memory admission as any sandbox.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -96,6 +97,16 @@ PY_STUB = (Path(__file__).parent / "warm_stub.py").read_text(encoding="utf-8")
 _LAUNCH = 'command -v python3 >/dev/null 2>&1 && { unset PWD; exec python3 -c "$1"; }\n' + SH_STUB
 STUB_ARGV: tuple[str, ...] = ("/bin/sh", "-c", _LAUNCH, "mcp-sandbox-stub", PY_STUB)
 SH_STUB_ARGV: tuple[str, ...] = ("/bin/sh", "-c", SH_STUB, "mcp-sandbox-stub")
+# A warm sandbox for `copy` and `rw` takes the copy on stdin and sends it back after the
+# program (``warm_copy``): only the Python stub can, so without python3 it ends at once
+# (its stream closes, and the call runs cold).
+COPY_STUB_ARGV: tuple[str, ...] = (
+    "/bin/sh",
+    "-c",
+    'command -v python3 >/dev/null 2>&1 && { unset PWD; exec python3 -c "$1" copy; }; exit 98',
+    "mcp-sandbox-stub",
+    PY_STUB,
+)
 
 # The code in a marker that says the program never ran: a mount of the sandbox went away
 # while it waited (the host replaced a masked file: its overmount goes with the old file).
@@ -138,6 +149,18 @@ def encode_request(
     return b"%d\n%s%s\n%s" % (len(block), block, nonce.encode("ascii"), stdin_b64 or b"")
 
 
+def encode_copy(archive: bytes) -> bytes:
+    """What precedes the request to a copy stub: the copy's tar stream as base64 (so no byte
+    of it is a detach key), after a line with that length."""
+    b64 = base64.b64encode(archive)
+    return b"A%d\n%s" % (len(b64), b64)
+
+
+def copy_trailer(nonce: str) -> bytes:
+    """What ends the copy a stub sends back after its end marker: it came out whole."""
+    return b"\x00mcp-sandbox-copy:%s\x00" % nonce.encode("ascii")
+
+
 def shape_of(spec: ContainerSpec) -> ContainerSpec:
     """What must match for a warm container to stand in for a cold one: all but identity."""
     # The timeout is the server's to enforce and the working directory is the stub's `cd`:
@@ -157,6 +180,7 @@ class EndWatch:
     oom: bool = False
     usage: Usage | None = None
     _held: bytes = field(default=b"", repr=False)
+    after: bytes = field(default=b"", repr=False)  # what followed the marker in its chunk
 
     _HOLD = len(_MARKER) + 32 + 1 + 3 + 4 + 3 + REPORT_MAX_BYTES + 1
 
@@ -173,6 +197,7 @@ class EndWatch:
         if m is not None:
             self.capture.feed(data[: m.start()])
             self.exit_code, self.ended, self._held = int(m.group(2)), True, b""
+            self.after = data[m.end() :]
             self.oom = m.group(3) is not None
             self.usage = parse_fields(m.group(4)) if m.group(4) else None
             return True

@@ -13,6 +13,13 @@ the stub either. The parent feeds stdin, waits, and writes the end marker
 with the exit code on both streams, exactly as the sh stub in ``warm`` does. Before it runs
 anything it compares the mount table with the one it started with: a mask whose host file
 was replaced has gone with it, and the stub answers ``STALE_CODE`` instead.
+
+A copy stub (``warm.COPY_STUB_ARGV``: a `copy` or `rw` call) first reads the copy, a base64
+tar stream, and has a child unpack it into ``/workspace``. Once the program has ended it
+SIGKILLs every other process of the sandbox until none is left, writes its marker, then
+``/workspace`` as a tar stream on stdout and a trailer with the nonce, which vouches that
+the copy came out whole. It answers ``STALE_CODE`` to a copy that did not land, and to any
+copy when the program could take its nonce (no ``_ctypes``, or no MADV_WIPEONFORK).
 """
 
 if __name__ == "__main__":
@@ -218,18 +225,136 @@ if __name__ == "__main__":
             now[i] = -1 if now[i] < 0 or before[i] < 0 else now[i] - before[i]
         return ",".join(str(v) for v in now)
 
+    # A copy stub has tarfile loaded before its call, and out of ``sys.modules`` again: a
+    # program sees the modules a fresh ``python3 -c`` has.
+    _COPY = sys.argv[1:] == ["copy"]
+    _TARFILE = _built_quietly(lambda: __import__("tarfile")) if _COPY else None
+
+    def _unpack(size: int) -> bool:
+        """The copy: ``size`` bytes of a base64 tar stream, next on stdin, unpacked into
+        ``/workspace`` by a child (so nothing it loads reaches the program). Whether it all
+        landed; the stream is read to its end either way."""
+        parts = []
+        left = size
+        while left > 0:
+            chunk = os.read(0, min(left, 1 << 20))
+            if not chunk:
+                _fail("the request ended early", 97)
+            parts.append(chunk)
+            left -= len(chunk)
+        if _TARFILE is None:
+            return False
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                # Nothing of the unpacking (a warning, say) reaches the call's stderr.
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 2)
+                import binascii
+                import io
+
+                data = binascii.a2b_base64(b"".join(parts))
+                # runc gives a tmpfs the mode of the image's directory beneath (1777): the
+                # cold path's volume is 0755, and so is this copy's root.
+                os.chmod("/workspace", 0o755)
+                # The server built this stream from its scan of the tree: relative names,
+                # links as the container resolves them (an absolute link is meant).
+                with _TARFILE.open(fileobj=io.BytesIO(data), mode="r:") as tar:  # type: ignore[attr-defined]
+                    try:
+                        tar.extractall("/workspace", filter="fully_trusted")
+                    except TypeError:  # a python from before extraction filters
+                        tar.extractall("/workspace")
+                code = 0
+            except BaseException:
+                pass
+            os._exit(code)
+        return os.waitpid(pid, 0)[1] == 0
+
+    def _alone() -> bool:
+        """SIGKILL every process of the sandbox but tini and this stub, until none is left
+        (tini reaps them): then nothing of the run can change the copy as it goes out."""
+        import time
+
+        for _ in range(3000):
+            try:
+                os.kill(-1, 9)  # on Linux never the caller, and never pid 1
+            except ProcessLookupError:
+                return True
+            except OSError:
+                return False
+            time.sleep(0.001)
+        return False
+
+    def _send_copy() -> None:
+        """``/workspace`` as a tar stream on stdout, as the daemon's archive names it (under
+        ``workspace/``): links never followed, hard links as links, sockets left out. What
+        the run made unreadable to its own user is made readable first (root would read it)."""
+        import stat
+
+        class _Out:
+            def __init__(self) -> None:
+                self.buf = bytearray()
+
+            def write(self, data: bytes) -> None:
+                self.buf += data
+                if len(self.buf) >= 262144:
+                    self.flush()
+
+            def flush(self) -> None:
+                _write_all(1, bytes(self.buf))
+                self.buf = bytearray()
+
+        out = _Out()
+        tarfile = _TARFILE
+        tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[attr-defined]
+        tar.encoding, tar.errors = "utf-8", "surrogateescape"
+        todo = [("/workspace", "workspace")]
+        while todo:
+            path, name = todo.pop()
+            info = tar.gettarinfo(path, arcname=name)
+            if info is None:  # a socket
+                continue
+            if info.isreg():
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except PermissionError:
+                    os.chmod(path, stat.S_IMODE(info.mode) | 0o400)
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                with os.fdopen(fd, "rb") as f:
+                    tar.addfile(info, f)
+                continue
+            tar.addfile(info)
+            if info.isdir():
+                if not os.access(path, os.R_OK | os.X_OK):
+                    os.chmod(path, stat.S_IMODE(info.mode) | 0o500)
+                names = sorted(os.listdir(path), reverse=True)
+                todo.extend((path + "/" + c, name + "/" + c) for c in names)
+        tar.close()
+        out.flush()
+
     def _serve() -> str:
         """Parent: run the call and exit with its code. Child: exec, or return the code
         of a ``python3 -c`` request for the module level below to run."""
-        block = _read_exact(int(_read_line(20))).decode("utf-8", "surrogateescape")
+        head = _read_line(20)
+        copy = head.startswith(b"A")
+        # A copy may only go back out from a stub whose nonce the program cannot take: the
+        # trailer after it is what says it is whole.
+        landed = not copy or (
+            _unpack(int(head[1:])) and _set_dumpable is not None and _NONCE_PAGE is not None
+        )
+        if copy:
+            head = _read_line(20)
+        block = _read_exact(int(head)).decode("utf-8", "surrogateescape")
         lines = block.split("\n")
         cwd, count = _unescape(lines[0]), int(lines[2])
         has_stdin, report = lines[1].startswith("1"), lines[1].endswith("u")
         argv = [_unescape(arg) for arg in lines[3 : 3 + count]]
         early = -1 if _NONCE_PAGE is None else _read_nonce_into_page()
-        if _mount_points() != _MOUNTS:
+        if _mount_points() != _MOUNTS or not landed:
             # A mount went away while we waited: the host replaced a masked file, and its
-            # overmount went with the old one. Nothing runs: the server goes cold.
+            # overmount went with the old one. Or the copy did not land. Nothing runs: the
+            # server goes cold.
             _end(_read_line(64).decode("ascii") if early < 0 else _nonce_from_page(early), 999)
         if has_stdin:
             stdin, feed = os.pipe()
@@ -270,14 +395,23 @@ if __name__ == "__main__":
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
         # A process of the program's killed for memory, as a cold run's daemon reports it.
         usage = _usage_since(before, cwd) if report else ""
-        _end(nonce, code, 0 <= kills < _oom_kills(), usage)
+        _end(nonce, code, 0 <= kills < _oom_kills(), usage, copy)
         return ""  # not reached: _end exits
 
-    def _end(nonce: str, code: int, oom: bool = False, usage: str = "") -> None:
+    def _end(nonce: str, code: int, oom: bool = False, usage: str = "", copy: bool = False) -> None:
+        # A copy goes out once no process of the run is left to change it (a cold run's
+        # sandbox is gone before the daemon reads its copy back).
+        alone = copy and _alone()
         tags = (":oom" if oom else "") + (":u=" + usage if usage else "")
         marker = f"\0mcp-sandbox-end:{nonce}:{code}{tags}\0".encode("ascii")
         _write_all(1, marker)
         _write_all(2, marker)
+        if alone:
+            try:
+                _send_copy()
+            except Exception:
+                os._exit(code)  # no trailer: the server reports the copy as lost
+            _write_all(1, f"\0mcp-sandbox-copy:{nonce}\0".encode("ascii"))
         os._exit(95 if code == 999 else code)
 
     _source = _serve()

@@ -225,63 +225,21 @@ async def open_session(
         return
     manifest = plan.manifest
     assert manifest is not None
-    size = manifest.tmpfs_bytes + workdir_mib * MIB + MIB
+    size = copy_room_bytes(manifest, workdir_mib)
     mount = Mount("volume", volume, WORKDIR, read_only=False)
     keeper = with_workspace(keeper, (mount,), WORKDIR)
 
     async def finish() -> WorkspaceReport:
-        sent = manifest.sent()
-        keep = policy.rw_quota_mib * MIB if plan.mode == "rw" else 0
-
-        def consume(chunks: Iterator[bytes]) -> Readback:
-            return read_back(
-                chunks,
-                sent,
-                max_bytes=size + _ARCHIVE_SLACK,
-                max_entries=len(sent) + policy.copy_max_files,
-                keep_bytes=keep,
-            )
-
         back = await step(
             threads,
             "copy the workspace out",
             api.read_archive,
             keeper.name,
             WORKDIR,
-            consume,
+            read_back_of(plan, policy, size),
             bound_s=STEP_TIMEOUT_S,
         )
-        changes = diff(sent, back)
-        applied: int | None = None
-        note = back.note
-        if plan.mode == "rw":
-            owner = workspace_owner(plan.root)
-            applied, note = await step(
-                threads,
-                "write the changes back",
-                _apply,
-                changes,
-                back,
-                policy,
-                plan.root,
-                owner,
-                bound_s=STEP_TIMEOUT_S,
-            )
-        if note is None and manifest.unreadable:
-            note = (
-                f"{manifest.unreadable} paths the sandbox's user cannot read on the host were "
-                "left out of the copy, as ro hides them; chmod o+r (o+rx for directories) "
-                "to include them"
-            )
-        listed = [c for c in changes if c.kind != "dir"]
-        return WorkspaceReport(
-            mode=plan.mode,
-            workdir=plan.workdir_text,
-            changes_total=len(listed),
-            changes=listing(listed, most=policy.changes_listed, scrub=scrub, budget=listed_chars),
-            applied=applied,
-            note=note,
-        )
+        return await copy_report(plan, back, threads, policy, scrub, listed_chars)
 
     try:
         labels = dict(keeper.labels)
@@ -325,6 +283,113 @@ async def open_session(
                 )
             except SandboxUnavailable:
                 pass  # in use by a sandbox whose removal failed: the reaper removes it later
+
+
+def copy_room_bytes(manifest: Manifest, workdir_mib: int) -> int:
+    """The size of a copy's tmpfs: the copy, ``workdir_mib`` for writes, a MiB of slack; in
+    whole MiB, so a warm sandbox made for the tree still fits it after small edits. Cold and
+    warm copies get the same room."""
+    return -(-(manifest.tmpfs_bytes + workdir_mib * MIB + MIB) // MIB) * MIB
+
+
+# Larger copies run cold: in a warm sandbox the copy's pages count against the sandbox's own
+# memory (its stub writes them), and beside copying them a keeper costs little.
+WARM_COPY_MAX_BYTES = 16 * MIB
+
+
+def warm_copy_room(plan: WorkspacePlan, workdir_mib: int) -> int | None:
+    """The room of a warm sandbox that can serve ``plan``, or None: it runs cold.
+
+    Only `copy` and `rw` of at most ``WARM_COPY_MAX_BYTES``, and not with protected paths in
+    an `rw` copy: those are root's inside the copy, which only the daemon can make them.
+    """
+    manifest = plan.manifest
+    if plan.mode == "ro" or manifest is None or manifest.tmpfs_bytes > WARM_COPY_MAX_BYTES:
+        return None
+    if any(e.locked for e in manifest.entries):
+        return None
+    return copy_room_bytes(manifest, workdir_mib)
+
+
+def read_back_of(
+    plan: WorkspacePlan, policy: WorkspacePolicy, size: int
+) -> Callable[[Iterator[bytes]], Readback]:
+    """How the copy's archive is read once the run has ended (its tar stream, in chunks),
+    from the daemon (cold) or from a warm sandbox's stub: bounded alike."""
+    manifest = plan.manifest
+    assert manifest is not None
+    keep = policy.rw_quota_mib * MIB if plan.mode == "rw" else 0
+
+    def consume(chunks: Iterator[bytes]) -> Readback:
+        sent = manifest.sent()
+        return read_back(
+            chunks,
+            sent,
+            max_bytes=size + _ARCHIVE_SLACK,
+            max_entries=len(sent) + policy.copy_max_files,
+            keep_bytes=keep,
+        )
+
+    return consume
+
+
+LOST_NOTE = (
+    "the copy could not be read back: the run ended its sandbox's stub, timed out, flooded "
+    "its output or left more than the copy's bounds; nothing was written back"
+)
+
+
+async def copy_report(
+    plan: WorkspacePlan,
+    back: Readback | None,
+    threads: CapacityLimiter,
+    policy: WorkspacePolicy,
+    scrub: Callable[[str], str],
+    listed_chars: int = LISTED_CHARS,
+) -> WorkspaceReport:
+    """What the run changed in its copy (``back``; None: it did not come back), and in
+    ``rw`` what of it was written to the host."""
+    manifest = plan.manifest
+    assert manifest is not None
+    if back is None:
+        back = Readback(complete=False, note=LOST_NOTE)
+    changes = diff(manifest.sent(), back)
+    applied: int | None = None
+    note = back.note
+    if plan.mode == "rw":
+        owner = workspace_owner(plan.root)
+        applied, note = await step(
+            threads,
+            "write the changes back",
+            _apply,
+            changes,
+            back,
+            policy,
+            plan.root,
+            owner,
+            bound_s=STEP_TIMEOUT_S,
+        )
+    if note is None and manifest.unreadable:
+        note = (
+            f"{manifest.unreadable} paths the sandbox's user cannot read on the host were "
+            "left out of the copy, as ro hides them; chmod o+r (o+rx for directories) "
+            "to include them"
+        )
+    listed = [c for c in changes if c.kind != "dir"]
+    return WorkspaceReport(
+        mode=plan.mode,
+        workdir=plan.workdir_text,
+        changes_total=len(listed),
+        changes=listing(listed, most=policy.changes_listed, scrub=scrub, budget=listed_chars),
+        applied=applied,
+        note=note,
+    )
+
+
+def copy_archive(plan: WorkspacePlan) -> bytes:
+    """The copy as one tar stream, for a warm sandbox's stub. Blocking: it reads the tree."""
+    assert plan.manifest is not None
+    return b"".join(tar_stream(plan.manifest))
 
 
 def _create_volume(api: Engine, name: str, size: int, labels: dict[str, str]) -> None:
