@@ -399,7 +399,7 @@ class SandboxService:
                 keep,
                 self._threads,
                 archive,
-                read_back_of(ws_plan, policy, room),
+                read_back_of(ws_plan, policy, room, from_stub=True),
             )
         except StaleSandbox:
             self.copy_pool.discard(warm, at_once=True)

@@ -84,6 +84,11 @@ class ArchiveFeed:
             if len(held) > size:
                 yield held[:-size]
                 held = held[-size:]
+            if held == self._trailer:
+                # The stub's last write: no need to wait for the stream to close (the
+                # container's end). Only the stub knows the nonce, and it is the last
+                # process of the sandbox.
+                break
         self.whole = held == self._trailer
 
 

@@ -225,15 +225,26 @@ if __name__ == "__main__":
             now[i] = -1 if now[i] < 0 or before[i] < 0 else now[i] - before[i]
         return ",".join(str(v) for v in now)
 
-    # A copy stub has tarfile loaded before its call, and out of ``sys.modules`` again: a
-    # program sees the modules a fresh ``python3 -c`` has.
+    # A copy stub has what it needs loaded before its call, and out of ``sys.modules`` again:
+    # a program sees the modules a fresh ``python3 -c`` has.
     _COPY = sys.argv[1:] == ["copy"]
     _TARFILE = _built_quietly(lambda: __import__("tarfile")) if _COPY else None
+    _BINASCII = _built_quietly(lambda: __import__("binascii")) if _COPY else None
+    _BLAKE2 = _built_quietly(lambda: __import__("_blake2")) if _COPY else None
+    if _TARFILE is not None:
+        # Names of owners are not wanted in the copy that goes back: no passwd lookups.
+        _TARFILE.pwd = _TARFILE.grp = None  # type: ignore[attr-defined]
+    # A file sent back as it came is marked so in its pax header, without its bytes.
+    _SAME = "MCPSANDBOX.same"
 
-    def _unpack(size: int) -> bool:
+    def _fingerprint(data: "object") -> bytes:
+        return _BLAKE2.blake2b(data, digest_size=16).digest()  # type: ignore[attr-defined, no-any-return]
+
+    def _unpack(size: int) -> "dict[str, tuple[int, int, bytes]] | None":
         """The copy: ``size`` bytes of a base64 tar stream, next on stdin, unpacked into
-        ``/workspace`` by a child (so nothing it loads reaches the program). Whether it all
-        landed; the stream is read to its end either way."""
+        ``/workspace`` by a child (so nothing it does reaches the program's process). None
+        unless it all landed; else each file's name (as the copy going back names it),
+        mode and digest. The stream is read to its end either way."""
         parts = []
         left = size
         while left > 0:
@@ -242,19 +253,21 @@ if __name__ == "__main__":
                 _fail("the request ended early", 97)
             parts.append(chunk)
             left -= len(chunk)
-        if _TARFILE is None:
-            return False
+        if _TARFILE is None or _BINASCII is None or _BLAKE2 is None:
+            return None
+        import io  # loaded at start-up: nothing new for the program
+
+        try:
+            data = _BINASCII.a2b_base64(b"".join(parts))  # type: ignore[attr-defined]
+        except Exception:
+            return None
+        del parts
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 # Nothing of the unpacking (a warning, say) reaches the call's stderr.
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, 2)
-                import binascii
-                import io
-
-                data = binascii.a2b_base64(b"".join(parts))
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
                 # runc gives a tmpfs the mode of the image's directory beneath (1777): the
                 # cold path's volume is 0755, and so is this copy's root.
                 os.chmod("/workspace", 0o755)
@@ -269,7 +282,18 @@ if __name__ == "__main__":
             except BaseException:
                 pass
             os._exit(code)
-        return os.waitpid(pid, 0)[1] == 0
+        # Meanwhile, what each file holds: what comes back the same is not sent again.
+        sent = {}
+        try:
+            view = memoryview(data)
+            with _TARFILE.open(fileobj=io.BytesIO(data), mode="r:") as tar:  # type: ignore[attr-defined]
+                for m in tar:
+                    if m.isreg():
+                        body = view[m.offset_data : m.offset_data + m.size]
+                        sent["workspace/" + m.name] = (m.size, m.mode & 0o7777, _fingerprint(body))
+        except Exception:
+            sent = {}
+        return sent if os.waitpid(pid, 0)[1] == 0 else None
 
     def _alone() -> bool:
         """SIGKILL every process of the sandbox but tini and this stub, until none is left
@@ -286,10 +310,12 @@ if __name__ == "__main__":
             time.sleep(0.001)
         return False
 
-    def _send_copy() -> None:
+    def _send_copy(sent: "dict[str, tuple[int, int, bytes]]") -> None:
         """``/workspace`` as a tar stream on stdout, as the daemon's archive names it (under
         ``workspace/``): links never followed, hard links as links, sockets left out. What
-        the run made unreadable to its own user is made readable first (root would read it)."""
+        the run made unreadable to its own user is made readable first (root would read it).
+        A file whose size, mode and bytes are those it was sent with comes as a header only,
+        marked ``_SAME``: the server knows its bytes."""
         import stat
 
         class _Out:
@@ -322,6 +348,15 @@ if __name__ == "__main__":
                     os.chmod(path, stat.S_IMODE(info.mode) | 0o400)
                     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
                 with os.fdopen(fd, "rb") as f:
+                    before = sent.get(name)
+                    if before is not None and before[:2] == (info.size, info.mode & 0o7777):
+                        body = f.read(info.size + 1)
+                        if len(body) == info.size and _fingerprint(body) == before[2]:
+                            info.pax_headers = {_SAME: "1"}
+                            info.size = 0
+                            tar.addfile(info)
+                            continue
+                        f.seek(0)
                     tar.addfile(info, f)
                 continue
             tar.addfile(info)
@@ -340,8 +375,9 @@ if __name__ == "__main__":
         copy = head.startswith(b"A")
         # A copy may only go back out from a stub whose nonce the program cannot take: the
         # trailer after it is what says it is whole.
-        landed = not copy or (
-            _unpack(int(head[1:])) and _set_dumpable is not None and _NONCE_PAGE is not None
+        sent = _unpack(int(head[1:])) if copy else {}
+        landed = sent is not None and (
+            not copy or (_set_dumpable is not None and _NONCE_PAGE is not None)
         )
         if copy:
             head = _read_line(20)
@@ -395,20 +431,26 @@ if __name__ == "__main__":
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
         # A process of the program's killed for memory, as a cold run's daemon reports it.
         usage = _usage_since(before, cwd) if report else ""
-        _end(nonce, code, 0 <= kills < _oom_kills(), usage, copy)
+        _end(nonce, code, 0 <= kills < _oom_kills(), usage, sent if copy else None)
         return ""  # not reached: _end exits
 
-    def _end(nonce: str, code: int, oom: bool = False, usage: str = "", copy: bool = False) -> None:
+    def _end(
+        nonce: str,
+        code: int,
+        oom: bool = False,
+        usage: str = "",
+        sent: "dict[str, tuple[int, int, bytes]] | None" = None,
+    ) -> None:
         # A copy goes out once no process of the run is left to change it (a cold run's
         # sandbox is gone before the daemon reads its copy back).
-        alone = copy and _alone()
+        alone = sent is not None and _alone()
         tags = (":oom" if oom else "") + (":u=" + usage if usage else "")
         marker = f"\0mcp-sandbox-end:{nonce}:{code}{tags}\0".encode("ascii")
         _write_all(1, marker)
         _write_all(2, marker)
         if alone:
             try:
-                _send_copy()
+                _send_copy(sent)  # type: ignore[arg-type]  # not None when alone
             except Exception:
                 os._exit(code)  # no trailer: the server reports the copy as lost
             _write_all(1, f"\0mcp-sandbox-copy:{nonce}\0".encode("ascii"))

@@ -78,11 +78,15 @@ def read_back(
     max_bytes: int,
     max_entries: int,
     keep_bytes: int,
+    from_stub: bool = False,
 ) -> Readback:
     """Parse the copy's archive as the run left it; bounded in bytes read and entries kept.
 
     Keeps the bytes of created or changed files, up to ``keep_bytes`` in all (what `rw`
-    writes back); digests the rest.
+    writes back); digests the rest. ``from_stub``: a warm sandbox's stub sent it, and a
+    file it marks ``SAME_MARK`` comes without its bytes, as it was sent (it compared them):
+    one that was not sent as a file with those exec bits makes the read-back incomplete.
+    A false mark can only hide a change, never make one: nothing unsent is written back.
     """
     back = Readback()
     kept = 0
@@ -124,6 +128,12 @@ def read_back(
                     # A hard link names its first path as the archive has it.
                     first = member.linkname.removeprefix(ARCHIVE_ROOT + "/")
                     back.seen[rel] = Seen("file", 0, mode, hardlink=True, link=first)
+                elif member.isreg() and from_stub and SAME_MARK in member.pax_headers:
+                    if not _as_sent(before, mode):
+                        back.complete = False
+                        back.note = "the copy could not be read back whole; list incomplete"
+                        break
+                    back.seen[rel] = None
                 elif member.isreg():
                     keep = keep_bytes - kept >= member.size
                     seen = _read_member(tar.extractfile(member), member.size, keep)
@@ -152,6 +162,19 @@ def read_back(
         back.complete = False
         back.note = "the copy could not be read back whole; list incomplete"
     return back
+
+
+# The pax record by which a warm sandbox's stub says a file is back as it was sent.
+SAME_MARK = "MCPSANDBOX.same"
+
+
+def _as_sent(before: Entry | None, mode: int) -> bool:
+    return (
+        before is not None
+        and before.kind == "file"
+        and before.sent
+        and (before.mode & 0o111) == (mode & 0o111)
+    )
 
 
 def _read_member(f: IO[bytes] | None, size: int, keep: bool) -> Seen:

@@ -312,10 +312,11 @@ def warm_copy_room(plan: WorkspacePlan, workdir_mib: int) -> int | None:
 
 
 def read_back_of(
-    plan: WorkspacePlan, policy: WorkspacePolicy, size: int
+    plan: WorkspacePlan, policy: WorkspacePolicy, size: int, *, from_stub: bool = False
 ) -> Callable[[Iterator[bytes]], Readback]:
     """How the copy's archive is read once the run has ended (its tar stream, in chunks),
-    from the daemon (cold) or from a warm sandbox's stub: bounded alike."""
+    from the daemon (cold) or from a warm sandbox's stub (``from_stub``: files back as they
+    were sent come without their bytes): bounded alike."""
     manifest = plan.manifest
     assert manifest is not None
     keep = policy.rw_quota_mib * MIB if plan.mode == "rw" else 0
@@ -328,6 +329,7 @@ def read_back_of(
             max_bytes=size + _ARCHIVE_SLACK,
             max_entries=len(sent) + policy.copy_max_files,
             keep_bytes=keep,
+            from_stub=from_stub,
         )
 
     return consume
