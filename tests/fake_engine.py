@@ -62,6 +62,7 @@ class Box:
     stopped: threading.Event = field(default_factory=threading.Event)
     request: threading.Event = field(default_factory=threading.Event)
     nonce: str = ""
+    sent_before: bytes = b""  # what was written before the request (a warm copy's copy)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -87,6 +88,9 @@ class FakeAttachment:
     @property
     def on_loop(self) -> bool:
         return self._on_loop
+
+    def send(self, data: bytes) -> None:
+        self._box.sent_before += data
 
     def send_stdin(self, data: bytes) -> None:
         box = self._box

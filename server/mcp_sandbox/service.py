@@ -52,7 +52,7 @@ from mcp_sandbox.output.test_report import SUMMARY_CHARS, summarise, wanted_runn
 from mcp_sandbox.policy.arguments import CallArgs, Mode, RunCodeArgs, ShellArgs
 from mcp_sandbox.policy.limits import LimitRequest, Limits, RunPlan, plan_run
 from mcp_sandbox.sandbox.after_reply import AfterReply
-from mcp_sandbox.sandbox.pool import StaleSandbox, WarmPool, run_warm
+from mcp_sandbox.sandbox.pool import StaleSandbox, Warm, WarmPool, run_warm
 from mcp_sandbox.sandbox.runner import RawRun, run_once
 from mcp_sandbox.sandbox.runtime import EGRESS_UNDER_GVISOR, Runtime, choose_runtime
 from mcp_sandbox.sandbox.seccomp import for_gvisor
@@ -65,9 +65,10 @@ from mcp_sandbox.sandbox.spec import (
     with_workspace,
 )
 from mcp_sandbox.sandbox.usage import outputs_env, report_env, resources, with_usage
-from mcp_sandbox.sandbox.warm import COPY_STUB_ARGV, STUB_ARGV
+from mcp_sandbox.sandbox.warm import COPY_STUB_ARGV, STUB_ARGV, encode_copy, encode_patch
 from mcp_sandbox.sandbox.warm_copy import run_warm_copy
 from mcp_sandbox.workspace.changes import LISTED_CHARS
+from mcp_sandbox.workspace.copy_delta import PreparedCopy
 from mcp_sandbox.workspace.session import (
     KEEPER_ARGV,
     KEEPER_LIMITS,
@@ -75,10 +76,11 @@ from mcp_sandbox.workspace.session import (
     Workspace,
     WorkspaceAsk,
     WorkspacePlan,
-    copy_archive,
     copy_report,
     discard_blanks,
     open_session,
+    patch_for,
+    prepared_copy,
     read_back_of,
     reap_volumes,
     ro_mounts,
@@ -194,6 +196,7 @@ class SandboxService:
                 min_size=0,
                 max_size=min(ps.max_size, max_concurrent),
                 may_start=self._may_start,
+                prepare=self._prepare_copy,
             )
             if ps.enabled and ps.max_size > 0
             else None
@@ -390,7 +393,11 @@ class SandboxService:
         policy = self.settings.workspace_policy
         keep = capture_bytes(plan.limits.output_bytes, self._margin)
         try:
-            archive = await to_thread.run_sync(copy_archive, ws_plan, limiter=self._threads)
+            if not isinstance(warm.prepared, PreparedCopy):
+                raise StaleSandbox(warm.spec.name)  # not prepared: no copy to bring up to date
+            removed, patch = await to_thread.run_sync(
+                patch_for, warm.prepared, ws_plan, limiter=self._threads
+            )
             raw, back = await run_warm_copy(
                 self.api,
                 warm,
@@ -398,7 +405,7 @@ class SandboxService:
                 ws_plan.working_dir,
                 keep,
                 self._threads,
-                archive,
+                encode_patch(removed, patch),
                 read_back_of(ws_plan, policy, room, from_stub=True),
             )
         except StaleSandbox:
@@ -504,6 +511,23 @@ class SandboxService:
         except SandboxError:
             return None
         return spec if environment is None else with_environment(spec, environment.id)
+
+    def _prepare_copy(self, warm: Warm) -> PreparedCopy | None:
+        """Blocking: send a waiting copy sandbox the tree as it is now (None: the tree no
+        longer fits the room it was made for, or no copy can be made of it)."""
+        modes = self.settings.workspace_policy.modes
+        mode: Mode = "copy" if "copy" in modes else "rw"
+        scanned_at = time.time_ns()
+        try:
+            ws_plan = self.workspace.plan(WorkspaceAsk(mode=mode))
+        except SandboxError:
+            return None
+        room = None if ws_plan is None else warm_copy_room(ws_plan, warm.spec.limits.workdir_mib)
+        if ws_plan is None or (WORKDIR, room) not in warm.spec.owned_tmpfs:
+            return None
+        prepared, archive = prepared_copy(ws_plan, scanned_at)
+        warm.streams.send(encode_copy(archive))
+        return prepared
 
     def _warm_copy_spec(self, run_id: str) -> ContainerSpec | None:
         """A warm sandbox for `copy` and `rw` calls of the default limits, its room made for

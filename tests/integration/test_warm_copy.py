@@ -186,3 +186,46 @@ async def test_a_tree_too_large_for_a_warm_copy_runs_cold(tmp_path: Path) -> Non
             assert result["pooled"] is False and result["stdout"] == f"{17 * 2**20}\n"
             await anyio.sleep(0.5)
     shutil.rmtree(root)
+
+
+DUMP = (
+    "find . -mindepth 1 -printf '%P %y %m %s %l\\n' | sort;"
+    " find . -type f -exec md5sum {} + | sort -k2"
+)
+
+
+async def test_a_waiting_copy_is_brought_up_to_the_host_tree_as_the_call_finds_it(
+    tmp_path: Path,
+) -> None:
+    root = _project(tmp_path / "p")
+    (root / "old").mkdir(mode=0o755)
+    (root / "old" / "inner.txt").write_text("inner\n")
+    (root / "ro-dir").mkdir(mode=0o755)
+    (root / "ro-dir" / "kept.txt").write_text("kept\n")
+    (root / "ro-dir").chmod(0o555)
+    # Older than the settling time: the waiting sandbox's copy of these is trusted as sent.
+    await anyio.sleep(3.5)
+    async with _client(root) as w:
+        await _warm(w, "shell", command="true", workspace="copy")
+        await anyio.sleep(1.5)  # the next one waits, holding the tree as it was
+        (root / "pkg" / "mod.py").write_text("VALUE = 9\n")  # same size, new bytes
+        (root / "pkg" / "gone.txt").unlink()
+        (root / "added.txt").write_text("added\n")
+        (root / "README.md").chmod(0o755)
+        (root / "link").unlink()
+        (root / "link").symlink_to("README.md")
+        shutil.rmtree(root / "old")
+        (root / "old").write_text("a file now\n")
+        (root / "ro-dir").chmod(0o755)
+        (root / "ro-dir" / "kept.txt").write_text("changed\n")
+        (root / "ro-dir").chmod(0o555)
+        warm = await call(w, "shell", command=DUMP, workspace="copy")
+    async with _client(root, COLD) as c:
+        cold = await call(c, "shell", command=DUMP, workspace="copy")
+    (root / "ro-dir").chmod(0o755)
+    assert warm["pooled"] is True and cold["pooled"] is False
+    assert warm["exit_code"] == 0, warm["stderr"]
+    assert warm["stdout"] == cold["stdout"]
+    assert "VALUE = 9" not in warm["stdout"]  # digests only; and the new bytes' digest:
+    assert "pkg/mod.py f 644 10" in warm["stdout"] and "old f 644" in warm["stdout"]
+    assert warm["workspace"]["changes_total"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from mcp_sandbox.config.workspace import WorkspacePolicy
 from mcp_sandbox.sandbox.warm_copy import ArchiveFeed, _read
 from mcp_sandbox.workspace.changes import diff
+from mcp_sandbox.workspace.copy_delta import SETTLE_NS, PreparedCopy, delta
 from mcp_sandbox.workspace.copy_scan import scan_copy
 from mcp_sandbox.workspace.read_back import SAME_MARK, Readback, read_back
 from mcp_sandbox.workspace.tar_out import tar_stream
@@ -135,3 +137,57 @@ def test_a_reader_that_stopped_early_does_not_wait_for_the_rest() -> None:
     feed = _feed(*(b"x" * 65536 for _ in range(40)))
     assert _read(feed, lambda chunks: next(iter(chunks))) is None
     feed.abandon()
+
+
+# --- bringing a waiting copy up to date (``copy_delta``) ----------------------------------------
+
+
+def _prepared(project: Path, scanned_at_ns: int) -> PreparedCopy:
+    manifest = scan_copy(project, POLICY, lock_protected=False)
+    for _ in tar_stream(manifest):
+        pass
+    return PreparedCopy(manifest, scanned_at_ns)
+
+
+def _later() -> int:
+    return time.time_ns() + SETTLE_NS + 10**9  # every path settled before the scan
+
+
+def test_an_unchanged_tree_needs_nothing_and_keeps_what_was_sent(project: Path) -> None:
+    prepared = _prepared(project, _later())
+    current = scan_copy(project, POLICY, lock_protected=False)
+    change = delta(prepared, current)
+    assert change.removed == () and change.patch.entries == []
+    assert {e.rel: e.digest for e in current.entries if e.kind == "file"} == {
+        e.rel: e.digest for e in prepared.manifest.entries if e.kind == "file"
+    }
+    assert all(e.sent for e in current.entries)
+
+
+def test_what_changed_is_removed_first_and_sent_again(project: Path) -> None:
+    prepared = _prepared(project, _later())
+    (project / "src" / "m.py").write_text("x = 2\n")  # same size: the ctime tells
+    (project / "run.sh").unlink()
+    (project / "new.txt").write_text("new\n")
+    current = scan_copy(project, POLICY, lock_protected=False)
+    change = delta(prepared, current)
+    assert change.removed == ("src/m.py", "run.sh")  # deepest first
+    # A write in place leaves its directory as it was: only the file goes again.
+    assert sorted(e.rel for e in change.patch.entries) == ["new.txt", "src/m.py"]
+
+
+def test_a_path_changed_just_before_the_scan_is_sent_again(project: Path) -> None:
+    prepared = _prepared(project, time.time_ns())  # in the same tick, for all we know
+    change = delta(prepared, scan_copy(project, POLICY, lock_protected=False))
+    assert {e.rel for e in change.patch.entries} == {"src", "src/m.py", "run.sh"}
+    assert set(change.removed) == {"src/m.py", "run.sh"}  # files afresh; a directory stays
+
+
+def test_a_directory_that_became_a_file_is_removed_with_what_it_held(project: Path) -> None:
+    prepared = _prepared(project, _later())
+    (project / "src" / "m.py").unlink()
+    (project / "src").rmdir()
+    (project / "src").write_text("a file\n")
+    change = delta(prepared, scan_copy(project, POLICY, lock_protected=False))
+    assert change.removed == ("src/m.py", "src")
+    assert [e.rel for e in change.patch.entries] == ["src"]

@@ -53,6 +53,10 @@ class AttachedStreams:
         self._raw = raw
         self._sock: socket.socket = getattr(raw, "_sock", raw)
 
+    def send(self, data: bytes) -> None:
+        """Write all of ``data``; more may follow. Raises OSError when the stream is gone."""
+        self._sock.sendall(data)
+
     def send_stdin(self, data: bytes) -> None:
         """Write all of ``data``, then half-close so the program sees end of input."""
         with contextlib.suppress(OSError):

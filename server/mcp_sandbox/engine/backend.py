@@ -39,6 +39,9 @@ class ContainerInfo:
 class Attachment(Protocol):
     """One container's attached streams: stdin out, stdout (1) and stderr (2) in."""
 
+    def send(self, data: bytes) -> None:
+        """Write all of ``data``; more may follow. Raises OSError when the stream is gone."""
+
     def send_stdin(self, data: bytes) -> None:
         """Write all of ``data``, then half-close so the program sees end of input."""
 

@@ -46,6 +46,8 @@ class StaleSandbox(Exception):
 class Warm:
     spec: ContainerSpec
     streams: Attachment
+    # What the pool's ``prepare`` gave it while it waited (a warm copy's copy), if any.
+    prepared: object | None = None
 
 
 class WarmPool:
@@ -61,8 +63,12 @@ class WarmPool:
         min_size: int,
         max_size: int,
         may_start: Callable[[], bool],
+        prepare: Callable[[Warm], object | None] | None = None,
     ) -> None:
+        """``prepare`` (blocking) readies a started sandbox for its call, and says what it
+        did; None: it could not, and the sandbox goes."""
         self._api = api
+        self._prepare = prepare
         self._threads = threads
         self._make_spec = make_spec
         self._after = after
@@ -170,8 +176,16 @@ class WarmPool:
                 await to_thread.run_sync(
                     self._api.start, spec.name, limiter=self._threads, abandon_on_cancel=True
                 )
+            warm = Warm(spec, attached)
+            if self._prepare is not None:
+                with anyio.fail_after(60):
+                    warm.prepared = await to_thread.run_sync(
+                        self._safely_prepared, warm, limiter=self._threads, abandon_on_cancel=True
+                    )
+                if warm.prepared is None:
+                    return
             if not self.closed:
-                self._ready.append(Warm(spec, attached))
+                self._ready.append(warm)
                 joined = True
         except (SandboxUnavailable, TimeoutError) as e:
             log.warning("could not warm a sandbox: %s", e or "no answer within 60 s")
@@ -183,6 +197,14 @@ class WarmPool:
                 await remove_quietly(self._api, spec.name, self._threads)
             self._starting -= 1
             self._wake.set()
+
+    def _safely_prepared(self, warm: Warm) -> object | None:
+        assert self._prepare is not None
+        try:
+            return self._prepare(warm)
+        except Exception as e:  # a sandbox not made ready is removed; the pool goes on
+            log.warning("could not prepare a warm sandbox: %s", e)
+            return None
 
     def discard(self, warm: Warm, *, at_once: bool = False) -> None:
         """Kill and remove ``warm`` once calls settle, or ``at_once``."""

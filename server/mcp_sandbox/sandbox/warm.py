@@ -156,6 +156,15 @@ def encode_copy(archive: bytes) -> bytes:
     return b"A%d\n%s" % (len(b64), b64)
 
 
+def encode_patch(removed: tuple[str, ...], archive: bytes) -> bytes:
+    """What precedes the request to a copy stub that holds a copy already: the paths to
+    remove (relative, NUL-separated) and the patch's tar stream, both base64, after a line
+    with their lengths."""
+    names = b"\0".join(rel.encode("utf-8", "surrogateescape") for rel in removed)
+    b64_names, b64_tar = base64.b64encode(names), base64.b64encode(archive)
+    return b"P%d %d\n%s%s" % (len(b64_names), len(b64_tar), b64_names, b64_tar)
+
+
 def copy_trailer(nonce: str) -> bytes:
     """What ends the copy a stub sends back after its end marker: it came out whole."""
     return b"\x00mcp-sandbox-copy:%s\x00" % nonce.encode("ascii")

@@ -2,9 +2,10 @@
 
 No keeper container, no volume and no archive call of the daemon (each costs it tens of
 milliseconds): the sandbox's ``/workspace`` is a tmpfs of the copy's room, owned by the
-sandbox user as the cold path's volume is, which the stub fills from the tar stream before
-the program and, once the program has ended and every other process of the sandbox is
-killed, sends back on stdout after its end marker, closed by a trailer with the call's nonce.
+sandbox user as the cold path's volume is. Its stub gets the copy while it waits (``pool``'s
+``prepare``), and at the call only what changed in the tree since (``workspace.copy_delta``).
+Once the program has ended and every other process of the sandbox is killed, the stub sends
+the copy back on stdout after its end marker, closed by a trailer with the call's nonce.
 A copy that does not come back whole (the program killed the stub, the call timed out, its
 output flooded) is reported as lost, and nothing of it is applied.
 """
@@ -34,7 +35,6 @@ from mcp_sandbox.sandbox.warm import (
     STALE_CODE,
     EndWatch,
     copy_trailer,
-    encode_copy,
     encode_request,
 )
 
@@ -113,10 +113,11 @@ async def run_warm_copy(
     cwd: str,
     keep_bytes: int,
     threads: CapacityLimiter,
-    archive: bytes,
+    prefix: bytes,
     consume: Callable[[Iterator[bytes]], T],
 ) -> tuple[RawRun, T | None]:
-    """Run ``plan`` in ``warm`` on the copy ``archive`` (a tar stream). ``consume`` reads the
+    """Run ``plan`` in ``warm`` once its stub has read ``prefix`` (what brings its copy up
+    to date: ``warm.encode_patch``). ``consume`` reads the
     copy the run left; its answer is None when the copy did not come back whole. The caller
     discards the sandbox afterwards. Raises StaleSandbox when the stub refused the call
     before running anything (the copy did not land, or a mount went away).
@@ -127,7 +128,7 @@ async def run_warm_copy(
     watches = {1: EndWatch(nonce, out), 2: EndWatch(nonce, err)}
     feed = ArchiveFeed(copy_trailer(nonce))
     stdin_b64 = base64.b64encode(plan.stdin) if plan.stdin is not None else None
-    request = encode_copy(archive) + encode_request(
+    request = prefix + encode_request(
         nonce, plan.argv, cwd or WORKDIR, stdin_b64, report_usage=True
     )
     first_part = threading.Event()  # both markers seen, the stream ended, or a flood

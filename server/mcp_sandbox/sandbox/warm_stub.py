@@ -240,11 +240,8 @@ if __name__ == "__main__":
     def _fingerprint(data: "object") -> bytes:
         return _BLAKE2.blake2b(data, digest_size=16).digest()  # type: ignore[attr-defined, no-any-return]
 
-    def _unpack(size: int) -> "dict[str, tuple[int, int, bytes]] | None":
-        """The copy: ``size`` bytes of a base64 tar stream, next on stdin, unpacked into
-        ``/workspace`` by a child (so nothing it does reaches the program's process). None
-        unless it all landed; else each file's name (as the copy going back names it),
-        mode and digest. The stream is read to its end either way."""
+    def _read_b64(size: int) -> "bytes | None":
+        """``size`` bytes of base64, next on stdin, decoded (None: they were not base64)."""
         parts = []
         left = size
         while left > 0:
@@ -253,24 +250,29 @@ if __name__ == "__main__":
                 _fail("the request ended early", 97)
             parts.append(chunk)
             left -= len(chunk)
-        if _TARFILE is None or _BINASCII is None or _BLAKE2 is None:
+        if _BINASCII is None:
             return None
-        import io  # loaded at start-up: nothing new for the program
-
         try:
-            data = _BINASCII.a2b_base64(b"".join(parts))  # type: ignore[attr-defined]
+            return _BINASCII.a2b_base64(b"".join(parts))  # type: ignore[attr-defined, no-any-return]
         except Exception:
             return None
-        del parts
+
+    def _extract(data: bytes, sent: "dict[str, tuple[int, int, bytes]]", whole: bool) -> bool:
+        """Unpack the tar stream ``data`` into ``/workspace`` in a child (nothing it does
+        reaches the program's process); meanwhile note each file's size, mode and digest in
+        ``sent``, by the name the copy going back gives it. Whether it all landed."""
+        import io  # loaded at start-up: nothing new for the program
+
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 # Nothing of the unpacking (a warning, say) reaches the call's stderr.
                 os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-                # runc gives a tmpfs the mode of the image's directory beneath (1777): the
-                # cold path's volume is 0755, and so is this copy's root.
-                os.chmod("/workspace", 0o755)
+                if whole:
+                    # runc gives a tmpfs the mode of the image's directory beneath (1777):
+                    # the cold path's volume is 0755, and so is this copy's root.
+                    os.chmod("/workspace", 0o755)
                 # The server built this stream from its scan of the tree: relative names,
                 # links as the container resolves them (an absolute link is meant).
                 with _TARFILE.open(fileobj=io.BytesIO(data), mode="r:") as tar:  # type: ignore[attr-defined]
@@ -282,8 +284,6 @@ if __name__ == "__main__":
             except BaseException:
                 pass
             os._exit(code)
-        # Meanwhile, what each file holds: what comes back the same is not sent again.
-        sent = {}
         try:
             view = memoryview(data)
             with _TARFILE.open(fileobj=io.BytesIO(data), mode="r:") as tar:  # type: ignore[attr-defined]
@@ -291,9 +291,74 @@ if __name__ == "__main__":
                     if m.isreg():
                         body = view[m.offset_data : m.offset_data + m.size]
                         sent["workspace/" + m.name] = (m.size, m.mode & 0o7777, _fingerprint(body))
+            ok = True
         except Exception:
-            sent = {}
-        return sent if os.waitpid(pid, 0)[1] == 0 else None
+            ok = False
+        return os.waitpid(pid, 0)[1] == 0 and ok
+
+    def _unpack(size: int) -> "dict[str, tuple[int, int, bytes]] | None":
+        """The copy, ``size`` bytes of a base64 tar stream next on stdin, unpacked into an
+        empty ``/workspace``: each file's size, mode and digest (None: it did not land)."""
+        data = _read_b64(size)
+        if data is None or _TARFILE is None or _BLAKE2 is None:
+            return None
+        sent: dict[str, tuple[int, int, bytes]] = {}
+        return sent if _extract(data, sent, True) else None
+
+    def _patch(head: bytes, sent: "dict[str, tuple[int, int, bytes]] | None") -> bool:
+        """Turn the copy this stub holds into the tree as it is now (``copy_delta``): remove
+        the paths listed, deepest first, then unpack the patch. Directories of the copy that
+        its own user may not write are opened for it meanwhile and closed again."""
+        import stat
+
+        sizes = head[1:].split(b" ")
+        names = _read_b64(int(sizes[0]))
+        data = _read_b64(int(sizes[1]))
+        if sent is None or names is None or data is None or _TARFILE is None:
+            return False
+        opened: dict[str, int] = {}
+
+        def writable(path: str) -> None:
+            if path in opened or not os.path.isdir(path):
+                return
+            mode = stat.S_IMODE(os.lstat(path).st_mode)
+            if mode & 0o300 != 0o300:
+                opened[path] = mode
+                os.chmod(path, mode | 0o700)
+
+        try:
+            for raw in names.split(b"\0") if names else []:
+                rel = raw.decode("utf-8", "surrogateescape")
+                if rel.startswith("/") or any(p in ("", ".", "..") for p in rel.split("/")):
+                    return False
+                path = "/workspace/" + rel
+                writable(os.path.dirname(path))
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(path)  # deepest first: what it held went before it
+                else:
+                    os.unlink(path)
+                sent.pop("workspace/" + rel, None)
+            import io
+
+            patched = set()
+            with _TARFILE.open(fileobj=io.BytesIO(data), mode="r:") as tar:  # type: ignore[attr-defined]
+                for m in tar:
+                    path = "/workspace/" + m.name
+                    writable(os.path.dirname(path))
+                    if m.isdir():
+                        writable(path)
+                        patched.add(path)
+            landed = _extract(data, sent, False)
+            for path, mode in opened.items():
+                if path not in patched:  # the patch's own directories have their modes
+                    os.chmod(path, mode)
+            return landed
+        except (OSError, ValueError):
+            return False
 
     def _alone() -> bool:
         """SIGKILL every process of the sandbox but tini and this stub, until none is left
@@ -371,16 +436,21 @@ if __name__ == "__main__":
     def _serve() -> str:
         """Parent: run the call and exit with its code. Child: exec, or return the code
         of a ``python3 -c`` request for the module level below to run."""
-        head = _read_line(20)
+        head = _read_line(40)
+        # A copy stub gets its copy while it waits ("A"), and at the call what changed in
+        # the tree since ("P").
         copy = head.startswith(b"A")
+        sent = _unpack(int(head[1:])) if copy else {}
+        if copy:
+            head = _read_line(40)
+        if copy and head.startswith(b"P"):
+            sent = sent if _patch(head, sent) else None
+            head = _read_line(40)
         # A copy may only go back out from a stub whose nonce the program cannot take: the
         # trailer after it is what says it is whole.
-        sent = _unpack(int(head[1:])) if copy else {}
         landed = sent is not None and (
             not copy or (_set_dumpable is not None and _NONCE_PAGE is not None)
         )
-        if copy:
-            head = _read_line(20)
         block = _read_exact(int(head)).decode("utf-8", "surrogateescape")
         lines = block.split("\n")
         cwd, count = _unescape(lines[0]), int(lines[2])

@@ -57,6 +57,7 @@ class Entry:
     locked: bool = False  # protected in `rw`: root-owned and read-only inside
     digest: bytes | None = None
     sent: bool = False
+    ctime_ns: int = 0  # as scanned: no one can set it, so a change to the path moves it
 
     @property
     def rel(self) -> str:
@@ -202,7 +203,13 @@ def scan_copy(root: Path, policy: WorkspacePolicy, *, lock_protected: bool) -> M
                         continue
                     if stat.S_ISREG(st.st_mode):
                         entry = Entry(
-                            child, "file", st.st_size, st.st_mode, st.st_mtime_ns, st.st_ino
+                            child,
+                            "file",
+                            st.st_size,
+                            st.st_mode,
+                            st.st_mtime_ns,
+                            st.st_ino,
+                            ctime_ns=st.st_ctime_ns,
                         )
                         manifest.file_bytes += st.st_size
                         manifest.tmpfs_bytes += -(-st.st_size // _PAGE) * _PAGE
@@ -212,7 +219,7 @@ def scan_copy(root: Path, policy: WorkspacePolicy, *, lock_protected: bool) -> M
                         except OSError:
                             continue
                         entry = Entry(child, "symlink", 0, st.st_mode, st.st_mtime_ns, st.st_ino)
-                        entry.link = link
+                        entry.link, entry.ctime_ns = link, st.st_ctime_ns
                         manifest.tmpfs_bytes += _PAGE
                     else:
                         continue  # sockets, fifos, devices: nothing a test needs from the host
@@ -231,7 +238,7 @@ def scan_copy(root: Path, policy: WorkspacePolicy, *, lock_protected: bool) -> M
                         )
                 for child, child_locked, st in reversed(subdirs):
                     entry = Entry(child, "dir", 0, st.st_mode, st.st_mtime_ns, st.st_ino)
-                    entry.locked = child_locked
+                    entry.locked, entry.ctime_ns = child_locked, st.st_ctime_ns
                     # Pushed now, listed when popped: a directory precedes what it holds.
                     stack.append((child, child_locked))
                     manifest.entries.append(entry)

@@ -36,6 +36,7 @@ from mcp_sandbox.policy.limits import Limits
 from mcp_sandbox.policy.paths import PathRules
 from mcp_sandbox.sandbox.spec import ContainerSpec, Mount, with_workspace
 from mcp_sandbox.workspace.changes import LISTED_CHARS, Change, diff, listing
+from mcp_sandbox.workspace.copy_delta import PreparedCopy, delta
 from mcp_sandbox.workspace.copy_scan import Manifest, scan_copy
 from mcp_sandbox.workspace.mask_scan import MaskScanner, MaskSet
 from mcp_sandbox.workspace.read_back import Readback, read_back
@@ -388,10 +389,20 @@ async def copy_report(
     )
 
 
-def copy_archive(plan: WorkspacePlan) -> bytes:
-    """The copy as one tar stream, for a warm sandbox's stub. Blocking: it reads the tree."""
+def prepared_copy(plan: WorkspacePlan, scanned_at_ns: int) -> tuple[PreparedCopy, bytes]:
+    """The copy of ``plan`` (scanned from ``scanned_at_ns`` on) for a waiting sandbox, and
+    its tar stream. Blocking: it reads the tree."""
     assert plan.manifest is not None
-    return b"".join(tar_stream(plan.manifest))
+    archive = b"".join(tar_stream(plan.manifest))
+    return PreparedCopy(plan.manifest, scanned_at_ns), archive
+
+
+def patch_for(prepared: PreparedCopy, plan: WorkspacePlan) -> tuple[tuple[str, ...], bytes]:
+    """What a sandbox holding ``prepared`` needs to hold ``plan``'s tree: the paths to
+    remove and the patch's tar stream (``copy_delta``). Blocking: it reads what changed."""
+    assert plan.manifest is not None
+    change = delta(prepared, plan.manifest)
+    return change.removed, b"".join(tar_stream(change.patch))
 
 
 def _create_volume(api: Engine, name: str, size: int, labels: dict[str, str]) -> None:
