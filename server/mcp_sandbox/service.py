@@ -124,6 +124,8 @@ def make_scrubber(settings: Settings, environ: Mapping[str, str] | None = None) 
     return Scrubber(known)
 
 
+# Warm copy sandboxes that refused their copy in a row before the server stops making them.
+COPY_REFUSALS_OFF = 5
 # How long a call waits for the daemon's list of environments (one volume listing).
 ENVIRONMENT_LOOKUP_S = 10.0
 
@@ -187,6 +189,7 @@ class SandboxService:
             else None
         )
         # Warm sandboxes for `copy` and `rw` calls: none until such a call finds none.
+        self._copy_refusals = 0  # in a row: at COPY_REFUSALS_OFF, copy calls stay cold
         self.copy_pool = (
             WarmPool(
                 api,
@@ -197,6 +200,7 @@ class SandboxService:
                 max_size=min(ps.max_size, max_concurrent),
                 may_start=self._may_start,
                 prepare=self._prepare_copy,
+                give_up_after=COPY_REFUSALS_OFF,
             )
             if ps.enabled and ps.max_size > 0
             else None
@@ -227,7 +231,7 @@ class SandboxService:
 
     def load(self) -> Load:
         """The slots' load now: warm sandboxes ready, calls running and waiting."""
-        ready = self.pool.ready if self.pool is not None else 0
+        ready = sum(p.ready for p in (self.pool, self.copy_pool) if p is not None)
         q = self.queue
         return Load(pool_ready=ready, busy=q.busy, waiting=q.waiting, slots=q.slots)
 
@@ -410,13 +414,21 @@ class SandboxService:
             )
         except StaleSandbox:
             self.copy_pool.discard(warm, at_once=True)
+            self._copy_refusals += 1
             log.info("warm sandbox %s refused its copy; cold", warm.spec.name)
+            if self._copy_refusals == COPY_REFUSALS_OFF:
+                log.warning(
+                    "%d warm copy sandboxes in a row refused their copy (an image without "
+                    "python3?): copy and rw calls run cold from now on",
+                    COPY_REFUSALS_OFF,
+                )
             where = WorkspaceAsk(args.workdir, args.workspace)
             return None, await to_thread.run_sync(self.workspace.plan, where, limiter=self._threads)
         except BaseException:  # cancelled, or failed: the program may still run
             self.copy_pool.discard(warm, at_once=True)
             raise
         self.copy_pool.discard(warm)  # it has ended: removed after the reply
+        self._copy_refusals = 0
         listed = _listed_chars(plan.limits.output_bytes)
         report = await copy_report(ws_plan, back, self._threads, policy, self._scrub, listed)
         return (raw, report), ws_plan
@@ -535,7 +547,14 @@ class SandboxService:
         s = self.settings
         modes = s.workspace_policy.modes
         mode: Mode | None = "copy" if "copy" in modes else "rw" if "rw" in modes else None
-        if mode is None:
+        if mode is None or self._copy_refusals >= COPY_REFUSALS_OFF:
+            return None
+        try:
+            if self.runtime().gvisor:
+                # gVisor has no MADV_WIPEONFORK: its stub could not keep the nonce from the
+                # program, and a copy only comes back from a stub whose nonce is secret.
+                return None
+        except SandboxError:
             return None
         stub = RunPlan(argv=COPY_STUB_ARGV, limits=s.limits, stdin=None)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from typing import Any
 
 import anyio
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from fake_engine import FakeEngine, Script
 from mcp_sandbox.policy.limits import Limits, RunPlan
 from mcp_sandbox.sandbox.after_reply import AfterReply
-from mcp_sandbox.sandbox.pool import WarmPool, run_warm
+from mcp_sandbox.sandbox.pool import Warm, WarmPool, run_warm
 from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec
 from mcp_sandbox.sandbox.warm import STUB_ARGV
 
@@ -41,11 +42,18 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 @asynccontextmanager
-async def running_pool(engine: FakeEngine, size: int = 2) -> AsyncIterator[WarmPool]:
+async def running_pool(engine: FakeEngine, size: int = 2, **kw: Any) -> AsyncIterator[WarmPool]:
     threads = anyio.CapacityLimiter(16)
     after = AfterReply(engine, threads)
     pool = WarmPool(
-        engine, threads, warm_spec, after, min_size=size, max_size=size, may_start=lambda: True
+        engine,
+        threads,
+        warm_spec,
+        after,
+        min_size=size,
+        max_size=size,
+        may_start=lambda: True,
+        **kw,
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(after.run)
@@ -110,4 +118,38 @@ async def test_a_start_that_fails_is_removed_and_retried(step: str) -> None:
         await until(lambda: pool.ready == 1)
         first = str(engine.created[0][0]["name"])
         assert first in engine.removed and first not in engine.live()
+    assert engine.leftovers() == []
+
+
+async def test_a_pool_whose_sandboxes_keep_dying_gives_up() -> None:
+    engine = FakeEngine()
+    async with running_pool(engine, size=1, give_up_after=3) as pool:
+        for _ in range(3):
+            await until(lambda: pool.ready == 1)
+            for name in engine.live():
+                engine.die(name)
+            assert pool.take(warm_spec("cold00000000")) is None
+        await anyio.sleep(0.3)
+        assert pool.given_up and pool.ready == 0 and pool.starting == 0
+    assert engine.leftovers() == []
+
+
+async def test_what_prepare_gives_travels_with_the_sandbox_and_a_failure_retires_it() -> None:
+    engine = FakeEngine()
+    seen: list[str] = []
+
+    def prepare(warm: Warm) -> object | None:
+        seen.append(warm.spec.name)
+        if len(seen) == 1:
+            raise OSError("the stream is gone")  # logged; the sandbox goes
+        warm.streams.send(b"copy")
+        return ("prepared", warm.spec.name)
+
+    async with running_pool(engine, size=1, prepare=prepare) as pool:
+        await until(lambda: pool.ready == 1)
+        warm = pool.take(warm_spec("cold00000000"))
+        assert warm is not None and warm.prepared == ("prepared", warm.spec.name)
+        assert engine.box(warm.spec.name).sent_before == b"copy"
+        await until(lambda: seen[0] in engine.removed)
+        pool.discard(warm)
     assert engine.leftovers() == []

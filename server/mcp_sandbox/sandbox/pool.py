@@ -64,11 +64,17 @@ class WarmPool:
         max_size: int,
         may_start: Callable[[], bool],
         prepare: Callable[[Warm], object | None] | None = None,
+        give_up_after: int | None = None,
     ) -> None:
         """``prepare`` (blocking) readies a started sandbox for its call, and says what it
-        did; None: it could not, and the sandbox goes."""
+        did; None: it could not, and the sandbox goes. With ``give_up_after``, the pool
+        stops making sandboxes once that many in a row were found dead when taken (their
+        stub cannot run in this image, say)."""
         self._api = api
         self._prepare = prepare
+        self._give_up_after = give_up_after
+        self._dead_in_a_row = 0
+        self.given_up = False
         self._threads = threads
         self._make_spec = make_spec
         self._after = after
@@ -95,12 +101,25 @@ class WarmPool:
             # One that died while it waited (killed, out of memory, a daemon restart) is gone.
             if shape_of(candidate.spec) == shape and candidate.streams.is_open():
                 warm = candidate
+                self._dead_in_a_row = 0
             else:
+                if not candidate.streams.is_open():
+                    self._note_dead()
                 self.discard(candidate)
         if warm is None:
             self.target = min(self.target + 1, self.max_size)
         self._wake.set()
         return warm
+
+    def _note_dead(self) -> None:
+        self._dead_in_a_row += 1
+        if self._give_up_after is not None and self._dead_in_a_row >= self._give_up_after:
+            if not self.given_up:
+                log.warning(
+                    "%d warm sandboxes in a row had died before their call: no more are made",
+                    self._dead_in_a_row,
+                )
+            self.given_up = True
 
     def drop_dead(self) -> int:
         """Discard the warm sandboxes that died while they waited (a daemon restart kills
@@ -129,6 +148,7 @@ class WarmPool:
                     self._shrink_when_idle()
                     while (
                         not self.closed
+                        and not self.given_up
                         and len(self._ready) + self._starting < self.target
                         and self._may_start()
                     ):
@@ -182,7 +202,8 @@ class WarmPool:
                     warm.prepared = await to_thread.run_sync(
                         self._safely_prepared, warm, limiter=self._threads, abandon_on_cancel=True
                     )
-                if warm.prepared is None:
+                if warm.prepared is None:  # not now; a pause, so a failure never spins
+                    await anyio.sleep(REFILL_RETRY_S)
                     return
             if not self.closed:
                 self._ready.append(warm)
