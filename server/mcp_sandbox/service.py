@@ -69,6 +69,7 @@ from mcp_sandbox.sandbox.warm import COPY_STUB_ARGV, STUB_ARGV, encode_copy, enc
 from mcp_sandbox.sandbox.warm_copy import run_warm_copy
 from mcp_sandbox.workspace.changes import LISTED_CHARS
 from mcp_sandbox.workspace.copy_delta import PreparedCopy
+from mcp_sandbox.workspace.read_back import Readback
 from mcp_sandbox.workspace.session import (
     KEEPER_ARGV,
     KEEPER_LIMITS,
@@ -411,6 +412,7 @@ class SandboxService:
                 self._threads,
                 encode_patch(removed, patch),
                 read_back_of(ws_plan, policy, room, from_stub=True),
+                _whole_only,
             )
         except StaleSandbox:
             self.copy_pool.discard(warm, at_once=True)
@@ -897,6 +899,12 @@ async def reap_orphans(api: Engine, owner: str, threads: CapacityLimiter, *, own
 def _listed_chars(output_bytes: int) -> int:
     """What a result's workspace change list may take, beside streams of ``output_bytes``."""
     return max(0, min(LISTED_CHARS, RESULT_CHARS - RESERVE_CHARS - output_bytes))
+
+
+def _whole_only(back: Readback | None) -> bool:
+    """Whether a warm copy's read-back counts only with its trailer: an incomplete one (the
+    run left more than its bounds) writes nothing, and stands without it."""
+    return back is None or back.complete
 
 
 def _wants_tests(args: CallArgs) -> bool:

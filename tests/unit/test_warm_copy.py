@@ -191,3 +191,10 @@ def test_a_directory_that_became_a_file_is_removed_with_what_it_held(project: Pa
     change = delta(prepared, scan_copy(project, POLICY, lock_protected=False))
     assert change.removed == ("src/m.py", "src")
     assert [e.rel for e in change.patch.entries] == ["src"]
+
+
+def test_on_a_filesystem_not_known_to_be_local_nothing_is_trusted(project: Path) -> None:
+    prepared = _prepared(project, _later())
+    untrusted = PreparedCopy(prepared.manifest, prepared.scanned_at_ns, trusted=False)
+    change = delta(untrusted, scan_copy(project, POLICY, lock_protected=False))
+    assert {e.rel for e in change.patch.entries} == {"src", "src/m.py", "run.sh"}

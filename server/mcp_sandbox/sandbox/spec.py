@@ -217,6 +217,14 @@ def with_workspace(
 
 def with_copy_room(spec: ContainerSpec, room_bytes: int) -> ContainerSpec:
     """``spec`` whose ``/workspace`` is a copy's room of ``room_bytes`` that its warm stub
-    fills: a tmpfs owned by the sandbox user, in place of the scratch tmpfs."""
+    fills: a tmpfs owned by the sandbox user, in place of the scratch tmpfs.
+
+    The copy's pages count against the sandbox's memory here (its stub wrote them), where a
+    cold copy's count against the host's: the limit grows by the room's copy part (the
+    room but the run's ``workdir_mib`` and its MiB of slack), so the program has what it
+    would have cold.
+    """
     tmpfs = tuple((path, size) for path, size in spec.tmpfs if path != WORKDIR)
-    return replace(spec, tmpfs=tmpfs, owned_tmpfs=((WORKDIR, room_bytes),))
+    copy_mib = max(room_bytes // MIB - spec.limits.workdir_mib - 1, 0)
+    limits = spec.limits.model_copy(update={"memory_mib": spec.limits.memory_mib + copy_mib})
+    return replace(spec, tmpfs=tmpfs, owned_tmpfs=((WORKDIR, room_bytes),), limits=limits)

@@ -92,12 +92,19 @@ class ArchiveFeed:
         self.whole = held == self._trailer
 
 
-def _read(feed: ArchiveFeed, consume: Callable[[Iterator[bytes]], T]) -> T | None:
-    """Blocking: ``consume`` the copy, or None when it did not come back whole."""
+def _read(
+    feed: ArchiveFeed,
+    consume: Callable[[Iterator[bytes]], T],
+    whole_only: Callable[[T], bool] = lambda _: True,
+) -> T | None:
+    """Blocking: ``consume`` the copy, or None when it did not come back whole. A result
+    for which ``whole_only`` is false (the reader stopped at its bounds: nothing of it is
+    applied) stands without the trailer: the rest is not waited for."""
     chunks = feed.chunks()
     result = consume(chunks)
-    # Past the archive's end, to the trailer: a little padding, unless the reader stopped
-    # early (past its bounds), and then the rest is not waited for.
+    if not whole_only(result):
+        return result
+    # Past the archive's end, to the trailer: a little padding.
     rest = 0
     for chunk in chunks:
         rest += len(chunk)
@@ -115,10 +122,12 @@ async def run_warm_copy(
     threads: CapacityLimiter,
     prefix: bytes,
     consume: Callable[[Iterator[bytes]], T],
+    whole_only: Callable[[T], bool] = lambda _: True,
 ) -> tuple[RawRun, T | None]:
     """Run ``plan`` in ``warm`` once its stub has read ``prefix`` (what brings its copy up
     to date: ``warm.encode_patch``). ``consume`` reads the
-    copy the run left; its answer is None when the copy did not come back whole. The caller
+    copy the run left; its answer is None when the copy did not come back whole (but see
+    ``_read``'s ``whole_only``). The caller
     discards the sandbox afterwards. Raises StaleSandbox when the stub refused the call
     before running anything (the copy did not land, or a mount went away).
     """
@@ -189,7 +198,13 @@ async def run_warm_copy(
             exit_code, oom = state.exit_code, state.oom_killed
         else:
             back = await step(
-                threads, "copy the workspace out", _read, feed, consume, bound_s=READ_BACK_S
+                threads,
+                "copy the workspace out",
+                _read,
+                feed,
+                consume,
+                whole_only,
+                bound_s=READ_BACK_S,
             )
         if exit_code == 137 and not oom:
             # SIGKILL: the memory limit, or the program's own kill. The daemon records OOM

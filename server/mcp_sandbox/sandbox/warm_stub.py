@@ -400,21 +400,38 @@ if __name__ == "__main__":
         tarfile = _TARFILE
         tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[attr-defined]
         tar.encoding, tar.errors = "utf-8", "surrogateescape"
-        todo = [("/workspace", "workspace")]
+        first_of: dict[
+            tuple[int, int], str
+        ] = {}  # (device, inode) of a file with more names -> the first one sent
+        # Walked by descriptor, one name at a time: no path grows past PATH_MAX however deep
+        # the run made the tree. A directory's descriptor closes after what it holds.
+        todo: list[tuple[int | None, str, str]] = [(None, "/workspace", "workspace")]
         while todo:
-            path, name = todo.pop()
-            info = tar.gettarinfo(path, arcname=name)
-            if info is None:  # a socket
+            at, name, arc = todo.pop()
+            if name == "" and at is not None:  # the end of a directory's entries
+                os.close(at)
                 continue
-            if info.isreg():
+            st = os.stat(name, dir_fd=at, follow_symlinks=False)
+            mode = stat.S_IMODE(st.st_mode)
+            info = tarfile.TarInfo(arc)  # type: ignore[attr-defined]
+            info.mode, info.mtime, info.uid, info.gid = mode, st.st_mtime, st.st_uid, st.st_gid
+            if stat.S_ISREG(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in first_of:
+                    info.type, info.linkname = tarfile.LNKTYPE, first_of[key]  # type: ignore[attr-defined]
+                    tar.addfile(info)
+                    continue
+                first_of[key] = arc
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
                 try:
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-                except PermissionError:
-                    os.chmod(path, stat.S_IMODE(info.mode) | 0o400)
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                    fd = os.open(name, flags, dir_fd=at)
+                except PermissionError:  # the run's own file, chmod 000: root would read it
+                    os.chmod(name, mode | 0o400, dir_fd=at)
+                    fd = os.open(name, flags, dir_fd=at)
                 with os.fdopen(fd, "rb") as f:
-                    before = sent.get(name)
-                    if before is not None and before[:2] == (info.size, info.mode & 0o7777):
+                    info.size = st.st_size
+                    before = sent.get(arc)
+                    if before is not None and before[:2] == (info.size, mode):
                         body = f.read(info.size + 1)
                         if len(body) == info.size and _fingerprint(body) == before[2]:
                             info.pax_headers = {_SAME: "1"}
@@ -423,13 +440,24 @@ if __name__ == "__main__":
                             continue
                         f.seek(0)
                     tar.addfile(info, f)
-                continue
-            tar.addfile(info)
-            if info.isdir():
-                if not os.access(path, os.R_OK | os.X_OK):
-                    os.chmod(path, stat.S_IMODE(info.mode) | 0o500)
-                names = sorted(os.listdir(path), reverse=True)
-                todo.extend((path + "/" + c, name + "/" + c) for c in names)
+            elif stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE  # type: ignore[attr-defined]
+                tar.addfile(info)
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                try:
+                    fd = os.open(name, flags, dir_fd=at)
+                except PermissionError:
+                    os.chmod(name, mode | 0o500, dir_fd=at)
+                    fd = os.open(name, flags, dir_fd=at)
+                todo.append((fd, "", ""))
+                todo.extend((fd, c, arc + "/" + c) for c in sorted(os.listdir(fd), reverse=True))
+            elif stat.S_ISLNK(st.st_mode):
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=at)  # type: ignore[attr-defined]
+                tar.addfile(info)
+            elif stat.S_ISFIFO(st.st_mode):
+                info.type = tarfile.FIFOTYPE  # type: ignore[attr-defined]
+                tar.addfile(info)
+            # Sockets (and devices, which no one here can make) are left out.
         tar.close()
         out.flush()
 
@@ -468,6 +496,11 @@ if __name__ == "__main__":
             stdin, feed = os.open(os.devnull, os.O_RDONLY), -1
         kills = _oom_kills()
         before = _usage_now(cwd) if report else []
+        import _signal  # type: ignore[import-not-found]  # loaded at start-up, unlike signal
+
+        # A SIGINT from the program must not put our traceback into its stderr: the stub
+        # ignores it from before the fork; the program gets what a fresh one has.
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
         pid = os.fork()
         if pid == 0:
             if _set_dumpable is not None:
@@ -483,10 +516,10 @@ if __name__ == "__main__":
                 except OSError:
                     _fail("uid 65534 cannot enter " + cwd + "; chmod o+rx the workspace", 96)
             if len(argv) == 3 and argv[0] == "python3" and argv[1] == "-c":
+                _signal.signal(_signal.SIGINT, _signal.default_int_handler)
                 return argv[2]
             # Python ignores SIGPIPE and SIGXFSZ; a program started by the daemon does not.
-            import _signal  # type: ignore[import-not-found]  # loaded at start-up, unlike signal
-
+            _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
             _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
             _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
             try:

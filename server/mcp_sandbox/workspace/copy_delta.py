@@ -8,6 +8,9 @@ or link moves it, so a path whose ctime matches holds what it held, with one exc
 timestamps come from a coarse clock, so a change in the same tick as the prepared scan
 would leave it as it was. A path changed less than ``SETTLE_NS`` before that scan is
 therefore sent again, whatever its stat says (git's "racily clean" entries, the same way).
+On a filesystem not known to be local (NFS, FUSE: other clocks, coarser stamps) nothing is
+trusted and every path is sent again. Not covered: a second write through a shared mapping
+(mmap) into a page still dirty may leave the ctime as it was until the page is written out.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class PreparedCopy:
 
     manifest: Manifest
     scanned_at_ns: int
+    trusted: bool = True  # the tree is on a local filesystem: its stat can be compared
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ def delta(prepared: PreparedCopy, current: Manifest) -> Delta:
         rel = entry.rel
         now.add(rel)
         old = before.get(rel)
-        if old is not None and _same(old, entry) and old.ctime_ns < settled:
+        if prepared.trusted and old is not None and _same(old, entry) and old.ctime_ns < settled:
             entry.digest, entry.link, entry.sent_link = old.digest, old.link, old.sent_link
             entry.sent = True
             continue

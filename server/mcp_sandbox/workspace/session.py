@@ -38,10 +38,10 @@ from mcp_sandbox.sandbox.spec import ContainerSpec, Mount, with_workspace
 from mcp_sandbox.workspace.changes import LISTED_CHARS, Change, diff, listing
 from mcp_sandbox.workspace.copy_delta import PreparedCopy, delta
 from mcp_sandbox.workspace.copy_scan import Manifest, scan_copy
-from mcp_sandbox.workspace.mask_scan import MaskScanner, MaskSet
+from mcp_sandbox.workspace.mask_scan import LOCAL_FILESYSTEMS, MaskScanner, MaskSet
 from mcp_sandbox.workspace.read_back import Readback, read_back
 from mcp_sandbox.workspace.tar_out import tar_stream
-from mcp_sandbox.workspace.workdir import resolve_workdir
+from mcp_sandbox.workspace.workdir import filesystem_of, resolve_workdir
 from mcp_sandbox.workspace.write_back import apply_changes, workspace_owner
 
 STEP_TIMEOUT_S = 120.0
@@ -394,7 +394,8 @@ def prepared_copy(plan: WorkspacePlan, scanned_at_ns: int) -> tuple[PreparedCopy
     its tar stream. Blocking: it reads the tree."""
     assert plan.manifest is not None
     archive = b"".join(tar_stream(plan.manifest))
-    return PreparedCopy(plan.manifest, scanned_at_ns), archive
+    local = filesystem_of(plan.root) in LOCAL_FILESYSTEMS
+    return PreparedCopy(plan.manifest, scanned_at_ns, trusted=local), archive
 
 
 def patch_for(prepared: PreparedCopy, plan: WorkspacePlan) -> tuple[tuple[str, ...], bytes]:
