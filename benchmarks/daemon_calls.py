@@ -11,7 +11,8 @@ functions (cProfile sees that thread only; docker-py's calls run in worker threa
 The server writes its counts when it gets SIGUSR1 (before and after the load phase), so the
 start-up and warm-up are left out. Nothing is asserted.
 
-Usage: ``python benchmarks/daemon_calls.py [--seconds 20] [--concurrency 4] [--profile]``.
+Usage: ``python benchmarks/daemon_calls.py [--seconds 20] [--concurrency 4] [--profile
+[tottime|cumulative]]``.
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def serve(argv: list[str]) -> int:
             elif len(snapshots) == 2:
                 profile.disable()
                 text = io.StringIO()
-                stats = pstats.Stats(profile, stream=text).sort_stats("tottime")
+                stats = pstats.Stats(profile, stream=text).sort_stats(
+                    os.environ.get(_PROFILE_VAR, "tottime")
+                )
                 stats.print_stats(25)
                 # Who sends work to worker threads, and how often: each hop costs the loop.
                 stats.print_callers("to_thread.py.*run_sync")
@@ -120,7 +123,7 @@ def serve(argv: list[str]) -> int:
     return main(argv)
 
 
-async def drive(seconds: float, concurrency: int, profile: bool) -> str:
+async def drive(seconds: float, concurrency: int, profile: str) -> str:
     with tempfile.TemporaryDirectory(prefix="mcp-sandbox-bench-") as tmp:
         workspace = make_workspace(Path(tmp, "ws"))
         out = Path(tmp, "counts.json")
@@ -132,7 +135,7 @@ async def drive(seconds: float, concurrency: int, profile: bool) -> str:
                 "MCP_SANDBOX_LOG_LEVEL": "WARNING",
                 "MCP_SANDBOX_AUDIT__PATH": str(Path(tmp, "audit.jsonl")),
                 _OUT_VAR: str(out),
-                **({_PROFILE_VAR: "1"} if profile else {}),
+                **({_PROFILE_VAR: profile} if profile else {}),
             },
         )
         calls = errors = warm = 0
@@ -223,7 +226,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20, help="the load phase")
     parser.add_argument("--concurrency", type=int, default=4, help="clients at once")
-    parser.add_argument("--profile", action="store_true", help="cProfile the event loop")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="tottime",
+        default="",
+        choices=["tottime", "cumulative"],
+        help="cProfile the event loop; print its functions by this order",
+    )
     args = parser.parse_args()
     print(anyio.run(drive, args.seconds, args.concurrency, args.profile))
     return 0

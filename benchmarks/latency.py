@@ -18,7 +18,9 @@ Then the load phase. First its baselines: ``--concurrency`` loops of the same ``
 server's phase, as many threads of the bare Engine API loop (docker-py's ``APIClient``:
 create, start, wait, remove of ``true`` with ``network_disabled``) for as long, so that the
 server's rate can be read against what this machine's daemon sustains at all. Then
-``--concurrency`` clients call ``run_code(python)`` on the pooled server for as long: calls/s
+``--concurrency`` clients call ``run_code(python)`` on the pooled server for as long. The two
+take turns in ``--load-slices`` slices (the bare loop first in each), so that another
+tenant's load, which drifts over tens of seconds, weighs on both alike. Of the load: calls/s
 (absolute and as ratios to the baselines), errors, the share served warm. Afterwards: the
 containers each server left behind once it exited, the pooled server's peak RSS (sampled all
 run long) and its CPU seconds per load call, and what one idle warm sandbox costs, measured
@@ -36,7 +38,8 @@ With ``--runtime runsc`` the whole table is measured twice in one run, under run
 under gVisor (the servers get ``runtime = "runsc"``, ``docker run`` gets ``--runtime
 runsc-nonet``), and both tables are printed one after the other.
 
-Usage: ``python benchmarks/latency.py [--n 20] [--warmup 2] [--load-seconds 60] [--runtime runsc]``.
+Usage: ``python benchmarks/latency.py [--n 20] [--warmup 2] [--load-seconds 60] [--load-slices 4]
+[--runtime runsc]``.
 Prints one table: p50, p90 in ms, ratios to the docker run p50, and issue 6's targets with
 PASS/MISS. The targets are informational: nothing is asserted.
 """
@@ -110,6 +113,15 @@ class Load:
     warm: int = 0
     first_error: str = ""
     server_cpu_s: float = 0.0  # the server process's user + system CPU over the phase
+
+    def add(self, other: Load) -> None:
+        """Count ``other`` (a later slice of the same phase) in."""
+        self.seconds += other.seconds
+        self.calls += other.calls
+        self.errors += other.errors
+        self.warm += other.warm
+        self.first_error = self.first_error or other.first_error
+        self.server_cpu_s += other.server_cpu_s
 
 
 @dataclass
@@ -261,7 +273,13 @@ class RssSampler:
 
 
 async def bench(
-    n: int, warmup: int, mode: Mode, image: str, load_seconds: float, concurrency: int
+    n: int,
+    warmup: int,
+    mode: Mode,
+    image: str,
+    load_seconds: float,
+    concurrency: int,
+    slices: int,
 ) -> str:
     prefix = f"{PREFIX}{os.getpid()}"
     counter = 0
@@ -318,13 +336,19 @@ async def bench(
                 return bool((await call(warm_server, "run_code", py, "1\n"))["pooled"])
 
             baseline = await sustain(docker_run_load, load_seconds, concurrency)
-            bare = await to_thread.run_sync(bare_loop, image, load_seconds, concurrency, prefix)
-            cpu_before = warm_server.proc.cpu_times()
-            load = await sustain(run_code_load, load_seconds, concurrency)
-            cpu_after = warm_server.proc.cpu_times()
-            load.server_cpu_s = (cpu_after.user + cpu_after.system) - (
-                cpu_before.user + cpu_before.system
-            )
+            bare, load = Load(), Load()
+            # Slices, each bare loop right before the server's: the machine's other load
+            # drifts over tens of seconds, and then hits both alike.
+            for _ in range(slices):
+                piece = load_seconds / slices
+                bare.add(await to_thread.run_sync(bare_loop, image, piece, concurrency, prefix))
+                cpu_before = warm_server.proc.cpu_times()
+                part = await sustain(run_code_load, piece, concurrency)
+                cpu_after = warm_server.proc.cpu_times()
+                part.server_cpu_s = (cpu_after.user + cpu_after.system) - (
+                    cpu_before.user + cpu_before.system
+                )
+                load.add(part)
         foot.server_rss_max = rss.stop()
     finally:
         with anyio.CancelScope(shield=True):
@@ -616,14 +640,28 @@ def main() -> int:
     parser.add_argument("--load-seconds", type=float, default=60, help="sustained-load phase")
     parser.add_argument("--concurrency", type=int, default=4, help="clients in the load phase")
     parser.add_argument(
+        "--load-slices",
+        type=int,
+        default=4,
+        help="the bare loop and the server's load take turns in this many slices",
+    )
+    parser.add_argument(
         "--runtime",
         choices=["runc", "runsc"],
         default="runc",
         help="runsc: measure under runc, then under gVisor, and print both tables",
     )
     args = parser.parse_args()
-    if args.n < 1 or args.warmup < 0 or args.load_seconds <= 0 or args.concurrency < 1:
-        parser.error("--n, --load-seconds and --concurrency must be positive, --warmup >= 0")
+    if (
+        args.n < 1
+        or args.warmup < 0
+        or args.load_seconds <= 0
+        or args.concurrency < 1
+        or args.load_slices < 1
+    ):
+        parser.error(
+            "--n, --load-seconds, --concurrency and --load-slices must be positive, --warmup >= 0"
+        )
     print(f"n={args.n} warmup={args.warmup} image={args.image} cpus={os.cpu_count()}")
     print(f"host python={sys.executable}")
     print(f"load average at start: {load_average()}", flush=True)
@@ -639,6 +677,7 @@ def main() -> int:
                 args.image,
                 args.load_seconds,
                 args.concurrency,
+                args.load_slices,
             )
         except subprocess.CalledProcessError as e:
             print(f"latency: {e}\n{e.stderr.decode(errors='replace')}", file=sys.stderr)
