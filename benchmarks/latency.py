@@ -13,18 +13,23 @@ so that daemon and page-cache drift hits all alike:
   removed the used sandbox and warmed its successor: a refill running beside the next timed
   path would tax that path, and an agent's calls are seconds apart anyway.
 
-Then the load phase. First its baseline: ``--concurrency`` loops of the same ``docker run
---rm --network none`` for ``--load-seconds``, its calls/s and errors, so that the server's
-rate can be read against what this machine's Docker sustains at all. Then ``--concurrency``
-clients call ``run_code(python)`` on the pooled server for as long: calls/s (absolute and as
-a ratio to the baseline), errors, the share served warm. Afterwards: the containers each
-server left behind once it exited, the pooled server's peak RSS (sampled all run long), and
-what one idle warm sandbox costs, measured before the load phase: its memory cgroup's usage
-and its containerd shim's USS, PSS and RSS. The shim's RSS mostly counts pages of the Go
-binary that every shim shares; its USS (memory only it holds, freed when it exits) is what
-one more pooled sandbox adds, so the 8 MiB target is judged on cgroup + shim USS. A lone
-shim's USS would hold the binary's pages too (about 9 MiB), so a companion ``sleep``
-container runs while it is read, and its shim shares them.
+Then the load phase. First its baselines: ``--concurrency`` loops of the same ``docker run
+--rm --network none`` for ``--load-seconds``, its calls/s and errors; then, right before the
+server's phase, as many threads of the bare Engine API loop (docker-py's ``APIClient``:
+create, start, wait, remove of ``true`` with ``network_disabled``) for as long, so that the
+server's rate can be read against what this machine's daemon sustains at all. Then
+``--concurrency`` clients call ``run_code(python)`` on the pooled server for as long. The two
+take turns in ``--load-slices`` slices (the bare loop first in each), so that another
+tenant's load, which drifts over tens of seconds, weighs on both alike. Of the load: calls/s
+(absolute and as ratios to the baselines), errors, the share served warm. Afterwards: the
+containers each server left behind once it exited, the pooled server's peak RSS (sampled all
+run long) and its CPU seconds per load call, and what one idle warm sandbox costs, measured
+before the load phase: its memory cgroup's usage and its containerd shim's USS, PSS and RSS.
+The shim's RSS mostly counts pages of the Go binary that every shim shares; its USS (memory
+only it holds, freed when it exits) is what one more pooled sandbox adds, so the 8 MiB target
+is judged on cgroup + shim USS. A lone shim's USS would hold the binary's pages too (about
+9 MiB), so a companion ``sleep`` container runs while it is read, and its shim shares them.
+The load average is printed at the start and at the end: the machine may be shared.
 
 Each server gets a near-empty temporary workspace: every call scans the workspace for masked
 files, and the project tree would add its own cost.
@@ -33,7 +38,8 @@ With ``--runtime runsc`` the whole table is measured twice in one run, under run
 under gVisor (the servers get ``runtime = "runsc"``, ``docker run`` gets ``--runtime
 runsc-nonet``), and both tables are printed one after the other.
 
-Usage: ``python benchmarks/latency.py [--n 20] [--warmup 2] [--load-seconds 60] [--runtime runsc]``.
+Usage: ``python benchmarks/latency.py [--n 20] [--warmup 2] [--load-seconds 60] [--load-slices 4]
+[--runtime runsc]``.
 Prints one table: p50, p90 in ms, ratios to the docker run p50, and issue 6's targets with
 PASS/MISS. The targets are informational: nothing is asserted.
 """
@@ -41,6 +47,7 @@ PASS/MISS. The targets are informational: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import subprocess
@@ -105,6 +112,16 @@ class Load:
     errors: int = 0
     warm: int = 0
     first_error: str = ""
+    server_cpu_s: float = 0.0  # the server process's user + system CPU over the phase
+
+    def add(self, other: Load) -> None:
+        """Count ``other`` (a later slice of the same phase) in."""
+        self.seconds += other.seconds
+        self.calls += other.calls
+        self.errors += other.errors
+        self.warm += other.warm
+        self.first_error = self.first_error or other.first_error
+        self.server_cpu_s += other.server_cpu_s
 
 
 @dataclass
@@ -256,7 +273,13 @@ class RssSampler:
 
 
 async def bench(
-    n: int, warmup: int, mode: Mode, image: str, load_seconds: float, concurrency: int
+    n: int,
+    warmup: int,
+    mode: Mode,
+    image: str,
+    load_seconds: float,
+    concurrency: int,
+    slices: int,
 ) -> str:
     prefix = f"{PREFIX}{os.getpid()}"
     counter = 0
@@ -313,7 +336,19 @@ async def bench(
                 return bool((await call(warm_server, "run_code", py, "1\n"))["pooled"])
 
             baseline = await sustain(docker_run_load, load_seconds, concurrency)
-            load = await sustain(run_code_load, load_seconds, concurrency)
+            bare, load = Load(), Load()
+            # Slices, each bare loop right before the server's: the machine's other load
+            # drifts over tens of seconds, and then hits both alike.
+            for _ in range(slices):
+                piece = load_seconds / slices
+                bare.add(await to_thread.run_sync(bare_loop, image, piece, concurrency, prefix))
+                cpu_before = warm_server.proc.cpu_times()
+                part = await sustain(run_code_load, piece, concurrency)
+                cpu_after = warm_server.proc.cpu_times()
+                part.server_cpu_s = (cpu_after.user + cpu_after.system) - (
+                    cpu_before.user + cpu_before.system
+                )
+                load.add(part)
         foot.server_rss_max = rss.stop()
     finally:
         with anyio.CancelScope(shield=True):
@@ -326,7 +361,53 @@ async def bench(
                 else:
                     foot.left_cold = left
     rows = [host, docker, cold, pooled, shell, node]
-    return render(rows, docker, baseline, load, foot, n=n, concurrency=concurrency)
+    return render(rows, docker, baseline, bare, load, foot, n=n, concurrency=concurrency)
+
+
+def bare_loop(image: str, seconds: float, concurrency: int, prefix: str) -> Load:
+    """The daemon's own pace: ``concurrency`` threads of create, start, wait, remove of
+    ``true`` through the Engine API (docker-py), ``network_disabled`` as the server's
+    sandboxes are; no attach, no limits, no seccomp: the bare container life."""
+    import docker
+
+    api = docker.from_env(version="auto").api
+    api.trust_env = False  # as the server's client: no proxy settings read per request
+    labels = dict([TEST_LABEL.split("=", 1)])
+    load = Load()
+    lock = threading.Lock()
+    start = time.monotonic()
+    deadline = start + seconds
+
+    def worker(k: int) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            name = f"{prefix}-bare-{k}-{i}"
+            try:
+                api.create_container(
+                    image, ["true"], name=name, network_disabled=True, labels=labels
+                )
+                api.start(name)
+                api.wait(name)
+                api.remove_container(name)
+            except Exception as e:  # an error under load is a measurement, not a crash
+                with lock:
+                    load.errors += 1
+                    load.first_error = load.first_error or str(e)[:200]
+                with contextlib.suppress(Exception):
+                    api.remove_container(name, force=True)
+            else:
+                with lock:
+                    load.calls += 1
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    load.seconds = time.monotonic() - start
+    api.close()
+    return load
 
 
 async def measure_idle(server: Server, foot: Footprint, image: str, peer: str) -> None:
@@ -435,6 +516,7 @@ def render(
     rows: list[Samples],
     baseline: Samples,
     load_baseline: Load,
+    bare: Load,
     load: Load,
     foot: Footprint,
     *,
@@ -479,8 +561,21 @@ def render(
     if load_baseline.first_error:
         lines.append(f"  first error: {load_baseline.first_error}")
 
+    bare_rate = bare.calls / bare.seconds if bare.seconds else 0.0
+    section(
+        f"load baseline: bare Engine API loop, {concurrency} threads, {bare.seconds:.0f} s",
+        [
+            ("containers/s", f"{bare_rate:.1f}", "", True),
+            ("containers / errors", f"{bare.calls} / {bare.errors}", "", True),
+        ],
+    )
+    if bare.first_error:
+        lines.append(f"  first error: {bare.first_error}")
+
     rate = load.calls / load.seconds if load.seconds else 0.0
     ratio = f"{rate / base_rate:.2f}x docker run" if base_rate else "docker run: n/a"
+    bare_ratio = rate / bare_rate if bare_rate else 0.0
+    cpu_ms = load.server_cpu_s * 1000 / load.calls if load.calls else 0.0
     share = load.warm / load.calls if load.calls else 0.0
     left_ok = foot.left_pooled == 0 and foot.left_cold == 0
     rss_note = fmt(foot.idle_cgroup_rss_bytes, MIB, "MiB rss")
@@ -495,7 +590,14 @@ def render(
             ">= 8 at 0 errors",
             rate >= 8 and load.errors == 0,
         ),
+        (
+            "calls/s vs the bare loop",
+            f"{bare_ratio:.2f}x",
+            ">= 0.95x",
+            bare_ratio >= 0.95 and load.errors == 0,
+        ),
         ("calls / errors", f"{load.calls} / {load.errors}", "0 errors", load.errors == 0),
+        ("server CPU per call", f"{cpu_ms:.1f} ms", "", True),
         ("served warm", f"{share:.0%}", "", True),
         (
             "containers left at exit, warm/cold",
@@ -538,16 +640,31 @@ def main() -> int:
     parser.add_argument("--load-seconds", type=float, default=60, help="sustained-load phase")
     parser.add_argument("--concurrency", type=int, default=4, help="clients in the load phase")
     parser.add_argument(
+        "--load-slices",
+        type=int,
+        default=4,
+        help="the bare loop and the server's load take turns in this many slices",
+    )
+    parser.add_argument(
         "--runtime",
         choices=["runc", "runsc"],
         default="runc",
         help="runsc: measure under runc, then under gVisor, and print both tables",
     )
     args = parser.parse_args()
-    if args.n < 1 or args.warmup < 0 or args.load_seconds <= 0 or args.concurrency < 1:
-        parser.error("--n, --load-seconds and --concurrency must be positive, --warmup >= 0")
+    if (
+        args.n < 1
+        or args.warmup < 0
+        or args.load_seconds <= 0
+        or args.concurrency < 1
+        or args.load_slices < 1
+    ):
+        parser.error(
+            "--n, --load-seconds, --concurrency and --load-slices must be positive, --warmup >= 0"
+        )
     print(f"n={args.n} warmup={args.warmup} image={args.image} cpus={os.cpu_count()}")
     print(f"host python={sys.executable}")
+    print(f"load average at start: {load_average()}", flush=True)
     for runtime in ["runc"] + (["runsc"] if args.runtime == "runsc" else []):
         os.environ["MCP_SANDBOX_RUNTIME"] = runtime  # the servers inherit the environment
         DOCKER_RUNTIME[:] = ["--runtime", "runsc-nonet"] if runtime == "runsc" else []
@@ -560,13 +677,19 @@ def main() -> int:
                 args.image,
                 args.load_seconds,
                 args.concurrency,
+                args.load_slices,
             )
         except subprocess.CalledProcessError as e:
             print(f"latency: {e}\n{e.stderr.decode(errors='replace')}", file=sys.stderr)
             return 1
         print(f"\n== runtime {runtime} ==")
         print(table, flush=True)
+    print(f"\nload average at the end: {load_average()} (a shared machine: read the ratios)")
     return 0
+
+
+def load_average() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1, 5, 15 min)"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from anyio import CapacityLimiter, to_thread
 
 from mcp_sandbox.config.settings import Settings
 from mcp_sandbox.config.workspace import default_root
-from mcp_sandbox.constants import ENVIRONMENT_LABEL, OWNER_LABEL, WORKDIR
+from mcp_sandbox.constants import OWNER_LABEL, WORKDIR
 from mcp_sandbox.egress.credentials import load_credentials, scrub_values
 from mcp_sandbox.egress.proxy import EgressProxy, EgressTally, reap_networks
 from mcp_sandbox.engine.backend import ContainerInfo, Engine
@@ -26,8 +26,9 @@ from mcp_sandbox.engine.owners import owner_is_alive
 from mcp_sandbox.engine.steps import remove_quietly, step
 from mcp_sandbox.environment import build as env_build
 from mcp_sandbox.environment import store as env_store
+from mcp_sandbox.environment.lookup import EnvironmentLookup
 from mcp_sandbox.environment.mount import with_environment
-from mcp_sandbox.environment.volumes import Environment, current, environment_key
+from mcp_sandbox.environment.volumes import Environment
 from mcp_sandbox.errors import RequestRejected, SandboxError, SandboxUnavailable
 from mcp_sandbox.output.output_files import ShapedFiles, parse_frames, shape_files
 from mcp_sandbox.output.result import (
@@ -173,6 +174,7 @@ class SandboxService:
             extra_labels=settings.labels,
         )
         self.workspace = Workspace(default_root(settings.workspace), settings.workspace_policy)
+        self._environments = EnvironmentLookup(api.labelled_volumes)
         if self.workspace.root is None:
             log.warning("started in / or a home directory: no workspace (use --workspace PATH)")
         ps = settings.pool
@@ -784,9 +786,9 @@ class SandboxService:
     # --- the workspace's project environment (``environment/``) ---------------------------
 
     def _environment_now(self, root: Path) -> Environment | None:
-        """Blocking: the sealed environment of ``root`` under this server's image, if any."""
-        rows = [r for r in self.api.labelled_volumes() if r.labels.get(ENVIRONMENT_LABEL)]
-        return current(rows, environment_key(str(root), self.settings.image))
+        """Blocking: the sealed environment of ``root`` under this server's image, if any
+        ("none" may be ``NONE_TTL_S`` old: ``environment/lookup.py`` says why that is safe)."""
+        return self._environments.find(str(root), self.settings.image)
 
     async def _environment_for(
         self, root: Path | None
@@ -850,8 +852,11 @@ class SandboxService:
             scrub=self._scrub,
             runtime=runtime,
         )
-        async with self.queue.slot(self.settings.environment.timeout_s):
-            return await env_build.build_environment(ctx, root, progress)
+        try:
+            async with self.queue.slot(self.settings.environment.timeout_s):
+                return await env_build.build_environment(ctx, root, progress)
+        finally:  # built, or part-way and removed: calls ask the daemon again
+            self._environments.forget()
 
     async def environment_status(self) -> tuple[Environment | None, EnvironmentReport]:
         """The workspace's environment, as a call would see it now."""
@@ -860,9 +865,12 @@ class SandboxService:
     async def remove_environment(self) -> list[str]:
         """Remove the workspace's environments; returns the volumes removed."""
         root = self._environment_root()
-        return await env_store.remove_environments(
-            self.api, self._threads, root, self.settings.image
-        )
+        try:
+            return await env_store.remove_environments(
+                self.api, self._threads, root, self.settings.image
+            )
+        finally:
+            self._environments.forget()
 
     async def environments(self) -> list[Environment]:
         """Every sealed environment on this daemon (``doctor`` lists them)."""

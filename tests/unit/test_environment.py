@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from mcp_sandbox.config.environment import EnvironmentSettings
 from mcp_sandbox.constants import ENVIRONMENT_LABEL, LABEL, OWNER_LABEL
 from mcp_sandbox.environment.commands import build_script, stdin_tar
+from mcp_sandbox.environment.lookup import EnvironmentLookup
 from mcp_sandbox.environment.manifests import (
     PYPROJECT_REQUIREMENTS,
     Manifests,
@@ -35,7 +36,7 @@ from mcp_sandbox.environment.volumes import (
     seal_volume,
     sealed,
 )
-from mcp_sandbox.errors import RequestRejected
+from mcp_sandbox.errors import RequestRejected, SandboxUnavailable
 from mcp_sandbox.policy.limits import Limits, RunPlan
 from mcp_sandbox.policy.paths import DEFAULT_MASK, PathRules
 from mcp_sandbox.sandbox.spec import build_spec
@@ -192,6 +193,103 @@ def test_the_newest_sealed_build_is_current_and_its_digest_decides_the_state() -
     assert env.state("d2") == "ready" and env.state("d1") == "stale"
     assert env.state(None) == "stale"
     assert current(rows, environment_key("/other", "img")) is None
+
+
+@dataclass
+class Volumes:
+    """The daemon's labelled volumes, as a lookup lists them, counting the listings."""
+
+    rows: list[Row] = field(default_factory=list)
+    listings: int = 0
+
+    def __call__(self) -> list[Row]:
+        self.listings += 1
+        return list(self.rows)
+
+
+@dataclass
+class Clock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_none_is_kept_for_its_ttl_then_a_build_of_another_process_is_seen() -> None:
+    volumes, clock = Volumes(), Clock()
+    lookup = EnvironmentLookup(volumes, ttl_s=2.0, clock=clock)
+    assert lookup.find("/p", "img") is None
+    assert lookup.find("/p", "img") is None
+    assert volumes.listings == 1
+    volumes.rows = _env_rows(environment_key("/p", "img"), "aaaa", "d1", 100)
+    clock.now = 1.9
+    assert lookup.find("/p", "img") is None  # within the TTL: another process's build waits
+    clock.now = 2.0
+    found = lookup.find("/p", "img")
+    assert found is not None and found.id == data_volume(environment_key("/p", "img"), "aaaa")
+    assert volumes.listings == 2
+
+
+def test_a_found_environment_is_listed_again_on_every_call() -> None:
+    # A call mounts it by name: one removed meanwhile must not be mounted (the daemon would
+    # create it anew, empty and unlabelled).
+    volumes = Volumes(_env_rows(environment_key("/p", "img"), "aaaa", "d1", 100))
+    lookup = EnvironmentLookup(volumes, clock=Clock())
+    assert lookup.find("/p", "img") is not None
+    volumes.rows = []
+    assert lookup.find("/p", "img") is None
+    assert volumes.listings == 2
+
+
+def test_this_servers_own_build_is_seen_at_once() -> None:
+    volumes = Volumes()
+    lookup = EnvironmentLookup(volumes, clock=Clock())
+    assert lookup.find("/p", "img") is None
+    volumes.rows = _env_rows(environment_key("/p", "img"), "aaaa", "d1", 100)
+    lookup.forget()
+    assert lookup.find("/p", "img") is not None
+
+
+def test_none_of_one_workspace_or_image_says_nothing_of_another() -> None:
+    key = environment_key("/q", "img")
+    volumes = Volumes(_env_rows(key, "aaaa", "d1", 100))
+    lookup = EnvironmentLookup(volumes, clock=Clock())
+    assert lookup.find("/p", "img") is None
+    found = lookup.find("/q", "img")
+    assert found is not None and found.key == key
+    assert lookup.find("/p", "other-image") is None
+    assert volumes.listings == 3
+
+
+def test_a_lookup_under_way_when_the_server_forgot_keeps_its_none_to_itself() -> None:
+    built = _env_rows(environment_key("/p", "img"), "aaaa", "d1", 100)
+    answers = [[], built]
+
+    def listing() -> list[Row]:
+        if len(answers) == 2:  # the server's own build seals while this answer is on its way
+            lookup.forget()
+        return answers.pop(0)
+
+    lookup = EnvironmentLookup(listing, clock=Clock())
+    assert lookup.find("/p", "img") is None
+    assert lookup.find("/p", "img") is not None
+
+
+def test_a_failed_listing_keeps_nothing() -> None:
+    calls = 0
+
+    def listing() -> list[Row]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise SandboxUnavailable("container backend failed to list volumes")
+        return []
+
+    lookup = EnvironmentLookup(listing, clock=Clock())
+    with pytest.raises(SandboxUnavailable):
+        lookup.find("/p", "img")
+    assert lookup.find("/p", "img") is None
+    assert calls == 2
 
 
 def test_a_data_volume_without_its_seal_is_never_an_environment() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from fake_engine import FakeEngine, Script
 from mcp_sandbox.policy.limits import Limits, RunPlan
+from mcp_sandbox.sandbox import after_reply
 from mcp_sandbox.sandbox.after_reply import AfterReply
 from mcp_sandbox.sandbox.pool import Warm, WarmPool, run_warm
 from mcp_sandbox.sandbox.spec import ContainerSpec, build_spec
@@ -42,16 +43,23 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 @asynccontextmanager
-async def running_pool(engine: FakeEngine, size: int = 2, **kw: Any) -> AsyncIterator[WarmPool]:
+async def running_pool(
+    engine: FakeEngine,
+    size: int = 2,
+    *,
+    max_size: int | None = None,
+    after: AfterReply | None = None,
+    **kw: Any,
+) -> AsyncIterator[WarmPool]:
     threads = anyio.CapacityLimiter(16)
-    after = AfterReply(engine, threads)
+    after = after or AfterReply(engine, threads)
     pool = WarmPool(
         engine,
         threads,
         warm_spec,
         after,
         min_size=size,
-        max_size=size,
+        max_size=size if max_size is None else max_size,
         may_start=lambda: True,
         **kw,
     )
@@ -152,4 +160,26 @@ async def test_what_prepare_gives_travels_with_the_sandbox_and_a_failure_retires
         assert engine.box(warm.spec.name).sent_before == b"copy"
         await until(lambda: seen[0] in engine.removed)
         pool.discard(warm)
+
+
+async def test_once_a_call_found_the_pool_empty_refills_no_longer_wait_for_calls_to_settle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A refill waits for a quiet moment (at most MAX_DEFER_S) while the pool still had a
+    # sandbox for the next call; once calls go cold, waiting only sends more of them cold.
+    monkeypatch.setattr(after_reply, "MAX_DEFER_S", 60.0)  # a deferred refill: never, here
+    engine = FakeEngine()
+    after = AfterReply(engine, anyio.CapacityLimiter(16))
+    async with running_pool(engine, size=1, max_size=2, after=after) as pool:
+        await until(lambda: pool.ready == 1)
+        with after.call():  # a call runs all along
+            warm = pool.take(warm_spec("cold00000000"))
+            assert warm is not None
+            assert not pool.starved
+            assert pool.take(warm_spec("cold00000001")) is None  # this one goes cold
+            assert pool.starved
+            # Both refills (the first take's too: the pool saw both takes at once) ran while
+            # the call still runs.
+            await until(lambda: pool.ready == 2)
+            pool.discard(warm, at_once=True)
     assert engine.leftovers() == []

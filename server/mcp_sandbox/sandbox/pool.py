@@ -1,7 +1,9 @@
 """A pool of pre-started sandboxes of one shape: each is used for one call, then removed.
 
 Removals and refills run in the background once calls settle (``AfterReply``), off the
-reply path; the pool grows while calls find it empty and shrinks while it sits idle.
+reply path; the pool grows while calls find it empty and shrinks while it sits idle. While
+calls find it empty (under load) refills start at once: waiting for a quiet moment then
+only sends more calls to cold sandboxes, which cost the daemon more (a wait, an inspect).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ log = logging.getLogger("mcp_sandbox")
 
 IDLE_SHRINK_S = 30.0  # an idle minute shrinks the pool by two
 REFILL_RETRY_S = 2.0
+# For this long after a call found the pool empty, refills start at once. Deferring them
+# (``AfterReply.settled``) spares a running call the daemon's work only while the pool has
+# a sandbox for the next call; once calls go cold it spares none, and only sends more cold.
+STARVED_S = 1.0
 _INLINE_REQUEST_BYTES = 32 * 1024
 
 
@@ -85,6 +91,7 @@ class WarmPool:
         self._starting = 0
         self._wake = anyio.Event()
         self._last_take = time.monotonic()
+        self._last_miss = -STARVED_S  # when a take last found no warm sandbox
         self.closed = False
 
     def take(self, cold: ContainerSpec) -> Warm | None:
@@ -108,6 +115,7 @@ class WarmPool:
                 self.discard(candidate)
         if warm is None:
             self.target = min(self.target + 1, self.max_size)
+            self._last_miss = self._last_take
         self._wake.set()
         return warm
 
@@ -130,6 +138,11 @@ class WarmPool:
             self.discard(warm, at_once=True)
         self._wake.set()
         return len(dead)
+
+    @property
+    def starved(self) -> bool:
+        """Whether a call found no warm sandbox within the last ``STARVED_S``."""
+        return time.monotonic() - self._last_miss < STARVED_S
 
     @property
     def starting(self) -> int:
@@ -173,7 +186,8 @@ class WarmPool:
         spec: ContainerSpec | None = None
         joined = False
         try:
-            await self._after.settled()  # a refill is no call's business: after the replies
+            if not self.starved:  # a refill is no call's business: after the replies
+                await self._after.settled()
             spec = await to_thread.run_sync(
                 self._make_spec, secrets.token_hex(6), limiter=self._threads
             )
