@@ -12,6 +12,10 @@ so that daemon and page-cache drift hits all alike:
   with the pool on. After each of its calls the benchmark waits, untimed, until the pool has
   removed the used sandbox and warmed its successor: a refill running beside the next timed
   path would tax that path, and an agent's calls are seconds apart anyway.
+- on a third pooled server with a 1 MiB workspace (half 8 KiB files, half one blob), the same
+  ``run_code(python, "print(1)")`` in ``ro`` and in ``copy``: their p50s give the copy's
+  ratio (#20's target: at most 3x), the copy served by a warm sandbox that holds it already
+  and gets only what changed.
 
 Then the load phase. First its baselines: ``--concurrency`` loops of the same ``docker run
 --rm --network none`` for ``--load-seconds``, its calls/s and errors; then, right before the
@@ -155,8 +159,12 @@ def check_output(path: str, done: subprocess.CompletedProcess[bytes]) -> None:
         raise RuntimeError(f"{path} printed {done.stdout!r}, not 1")
 
 
-async def open_server(stack: AsyncExitStack, image: str, mode: Mode, *, pooled: bool) -> Server:
-    workspace = make_workspace(stack.enter_context(tempfile.TemporaryDirectory(prefix=PREFIX)))
+async def open_server(
+    stack: AsyncExitStack, image: str, mode: Mode, *, pooled: bool, workspace_mib: int = 0
+) -> Server:
+    workspace = make_workspace(
+        stack.enter_context(tempfile.TemporaryDirectory(prefix=PREFIX)), workspace_mib
+    )
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "mcp_sandbox", "serve", "--workspace", str(workspace)],
@@ -175,11 +183,19 @@ async def open_server(stack: AsyncExitStack, image: str, mode: Mode, *, pooled: 
     return Server(client, proc, process_identity(proc.pid), pooled)
 
 
-def make_workspace(path: str) -> Path:
+def make_workspace(path: str, mib: int = 0) -> Path:
+    """A workspace of about ``mib`` MiB: half source-like 8 KiB files, half one blob."""
     workspace = Path(path)
     # mkdtemp makes it 0700: the sandbox user (65534) could not enter /workspace.
     workspace.chmod(0o755)
     (workspace / "README").write_text("benchmark workspace\n")
+    if mib:
+        (workspace / "pkg").mkdir(mode=0o755)
+        for i in range(mib * MIB // 2 // 8192):
+            (workspace / "pkg" / f"mod{i}.py").write_bytes(os.urandom(4096).hex().encode())
+        (workspace / "blob.bin").write_bytes(os.urandom(mib * MIB // 2))
+        for p in workspace.rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
     return workspace
 
 
@@ -301,13 +317,16 @@ async def bench(
     pooled = Samples("run_code python, pooled")
     shell = Samples('shell "true", pooled')
     node = Samples("run_code javascript, pooled")
+    ws_ro = Samples("run_code python, pooled, 1 MiB ws, ro")
+    ws_copy = Samples("run_code python, pooled, 1 MiB ws, copy")
     foot = Footprint()
     servers: list[Server] = []
     try:
         async with AsyncExitStack() as stack:
             cold_server = await open_server(stack, image, mode, pooled=False)
             warm_server = await open_server(stack, image, mode, pooled=True)
-            servers += [cold_server, warm_server]
+            copy_server = await open_server(stack, image, mode, pooled=True, workspace_mib=1)
+            servers += [cold_server, warm_server, copy_server]
             rss = RssSampler(warm_server.proc)
             py = {"language": "python", "code": SNIPPET}
             js = {"language": "javascript", "code": "console.log(1)"}
@@ -316,6 +335,8 @@ async def bench(
                 Step(warm_server, pooled, "run_code", py, "1\n"),
                 Step(warm_server, shell, "shell", {"command": "true"}, ""),
                 Step(warm_server, node, "run_code", js, "1\n"),
+                Step(copy_server, ws_ro, "run_code", py, "1\n"),
+                Step(copy_server, ws_copy, "run_code", {**py, "workspace": "copy"}, "1\n"),
             ]
             await settle(warm_server, None)
             for i in range(warmup + n):
@@ -357,10 +378,10 @@ async def bench(
             for server in servers:
                 left = await left_behind(server)
                 if server.pooled:
-                    foot.left_pooled = left
+                    foot.left_pooled = max(foot.left_pooled, 0) + left
                 else:
                     foot.left_cold = left
-    rows = [host, docker, cold, pooled, shell, node]
+    rows = [host, docker, cold, pooled, shell, node, ws_ro, ws_copy]
     return render(rows, docker, baseline, bare, load, foot, n=n, concurrency=concurrency)
 
 
@@ -529,6 +550,9 @@ def render(
     targets[cold.path] = ("p50 <= 0.6x", cold.p(0.5) / base <= 0.6)
     pooled_ok = pooled.p(0.5) / base <= 0.06 and pooled.p(0.9) / base <= 0.15
     targets[pooled.path] = ("p50 <= 0.06x, p90 <= 0.15x", pooled_ok)
+    ws_ro, ws_copy = rows[6], rows[7]
+    copy_ratio = ws_copy.p(0.5) / ws_ro.p(0.5)
+    targets[ws_copy.path] = (f"p50 <= 3x ro's: {copy_ratio:.2f}x", copy_ratio <= 3)
     width = 38
     head = f"{'latency, n=' + str(n):<{width}}  {'p50 ms':>7}  {'p90 ms':>7}  {'p50 x':>6}  "
     head += f"{'p90 x':>6}  {'in-box':>6}  {'warm':>5}  {'target (x = docker run p50)':<28}  "
