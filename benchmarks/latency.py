@@ -574,27 +574,24 @@ def render(
             line = f"  {name:<{width - 2}}  {value:<47}  {target:<28}  "
             lines.append((line + (verdict(ok) if target else "")).rstrip())
 
-    base_rate = load_baseline.calls / load_baseline.seconds if load_baseline.seconds else 0.0
-    section(
-        f"load baseline: docker run --rm, {concurrency} concurrent, {load_baseline.seconds:.0f} s",
-        [
-            ("calls/s", f"{base_rate:.1f}", "", True),
-            ("calls / errors", f"{load_baseline.calls} / {load_baseline.errors}", "", True),
-        ],
-    )
-    if load_baseline.first_error:
-        lines.append(f"  first error: {load_baseline.first_error}")
+    def baseline_section(title: str, what: str, run: Load) -> float:
+        """A baseline's section (``title`` names it, ``what`` its unit); returns its rate."""
+        rate = run.calls / run.seconds if run.seconds else 0.0
+        section(
+            f"load baseline: {title}, {run.seconds:.0f} s",
+            [
+                (f"{what}/s", f"{rate:.1f}", "", True),
+                (f"{what} / errors", f"{run.calls} / {run.errors}", "", True),
+            ],
+        )
+        if run.first_error:
+            lines.append(f"  first error: {run.first_error}")
+        return rate
 
-    bare_rate = bare.calls / bare.seconds if bare.seconds else 0.0
-    section(
-        f"load baseline: bare Engine API loop, {concurrency} threads, {bare.seconds:.0f} s",
-        [
-            ("containers/s", f"{bare_rate:.1f}", "", True),
-            ("containers / errors", f"{bare.calls} / {bare.errors}", "", True),
-        ],
+    base_rate = baseline_section(
+        f"docker run --rm, {concurrency} concurrent", "calls", load_baseline
     )
-    if bare.first_error:
-        lines.append(f"  first error: {bare.first_error}")
+    bare_rate = baseline_section(f"bare Engine API loop, {concurrency} threads", "containers", bare)
 
     rate = load.calls / load.seconds if load.seconds else 0.0
     ratio = f"{rate / base_rate:.2f}x docker run" if base_rate else "docker run: n/a"
