@@ -300,19 +300,20 @@ class SandboxService:
         with self._after.call():  # removals and refills wait for the reply
             self._refuse_if_closing()
             async with self.queue.slot(self.settings.bounds.queue_timeout_s, waiting) as queued_ms:
-                if environment is not None:
-                    spec = with_environment(spec, environment.id)
                 served = None
                 report: WorkspaceReport | None
                 if network == "none" and not (tests or outputs):
-                    served, ws_plan = await self._copy_warm(spec, plan, ws_plan, args)
+                    warm_spec = self._mounting(spec, environment)
+                    served, ws_plan = await self._copy_warm(warm_spec, plan, ws_plan, args)
                 if served is not None:
                     raw, report = served
                     tally = None
                 else:
                     async with self._workspace_session(ws_plan, run_id, plan) as ws:
                         if ws is not None:
+                            # The workspace's mounts replace the spec's: the environment after.
                             spec = with_workspace(spec, ws.mounts, ws.plan.working_dir)
+                        spec = self._mounting(spec, environment)
                         raw, tally = await self._launch(
                             spec, plan, run_id, network, ws, cold=tests or outputs
                         )
@@ -378,6 +379,11 @@ class SandboxService:
             spec = with_egress(spec, call.link)
             raw = await run_once(self.api, spec, plan.stdin, keep, self._threads)
         return raw, call.tally
+
+    @staticmethod
+    def _mounting(spec: ContainerSpec, environment: Environment | None) -> ContainerSpec:
+        """``spec`` with the workspace's environment mounted at /env, if it has one."""
+        return spec if environment is None else with_environment(spec, environment.id)
 
     async def _copy_warm(
         self, spec: ContainerSpec, plan: RunPlan, ws_plan: WorkspacePlan | None, args: CallArgs

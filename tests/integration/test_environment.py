@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -191,6 +192,19 @@ async def test_the_environment_is_read_only_and_the_call_has_no_network(
     assert "Read-only file system" in out and "touch=1" in out
     assert "Network is unreachable" in out or "OSError" in out, out
     assert out.rstrip().endswith("/env/venv")
+
+
+async def test_warm_and_cold_copy_calls_mount_the_environment_too(ws: Client) -> None:
+    probe = (
+        "grep -c ' /env ' /proc/self/mounts; python -c 'import hypothesis, sys; print(sys.prefix)'"
+    )
+    pooled: set[bool] = set()
+    with anyio.fail_after(90):
+        while pooled != {False, True}:
+            result = await call(ws, "shell", command=probe, workspace="copy")
+            assert result["stdout"] == "1\n/env/venv\n", result
+            pooled.add(result["pooled"])
+            await anyio.sleep(0.5)
 
 
 def test_the_build_sandbox_reaches_the_index_and_nothing_else(
