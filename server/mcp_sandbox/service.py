@@ -126,7 +126,8 @@ def make_scrubber(settings: Settings, environ: Mapping[str, str] | None = None) 
     return Scrubber(known)
 
 
-# Warm copy sandboxes that refused their copy in a row before the server stops making them.
+# Warm copy sandboxes that failed in a row (refused their copy, or died before their call)
+# before the server stops making them.
 COPY_REFUSALS_OFF = 5
 # How long a call waits for the daemon's list of environments (one volume listing).
 ENVIRONMENT_LOOKUP_S = 10.0
@@ -192,7 +193,6 @@ class SandboxService:
             else None
         )
         # Warm sandboxes for `copy` and `rw` calls: none until such a call finds none.
-        self._copy_refusals = 0  # in a row: at COPY_REFUSALS_OFF, copy calls stay cold
         self.copy_pool = (
             WarmPool(
                 api,
@@ -424,21 +424,15 @@ class SandboxService:
             )
         except StaleSandbox:
             self.copy_pool.discard(warm, at_once=True)
-            self._copy_refusals += 1
+            self.copy_pool.failed()
             log.info("warm sandbox %s refused its copy; cold", warm.spec.name)
-            if self._copy_refusals == COPY_REFUSALS_OFF:
-                log.warning(
-                    "%d warm copy sandboxes in a row refused their copy (an image without "
-                    "python3?): copy and rw calls run cold from now on",
-                    COPY_REFUSALS_OFF,
-                )
             where = WorkspaceAsk(args.workdir, args.workspace)
             return None, await to_thread.run_sync(self.workspace.plan, where, limiter=self._threads)
         except BaseException:  # cancelled, or failed: the program may still run
             self.copy_pool.discard(warm, at_once=True)
             raise
         self.copy_pool.discard(warm)  # it has ended: removed after the reply
-        self._copy_refusals = 0
+        self.copy_pool.served()
         listed = _listed_chars(plan.limits.output_bytes)
         report = await copy_report(ws_plan, back, self._threads, policy, self._scrub, listed)
         return (raw, report), ws_plan
@@ -557,7 +551,7 @@ class SandboxService:
         s = self.settings
         modes = s.workspace_policy.modes
         mode: Mode | None = "copy" if "copy" in modes else "rw" if "rw" in modes else None
-        if mode is None or self._copy_refusals >= COPY_REFUSALS_OFF:
+        if mode is None:
             return None
         try:
             if self.runtime().gvisor:

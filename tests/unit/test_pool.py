@@ -183,3 +183,17 @@ async def test_once_a_call_found_the_pool_empty_refills_no_longer_wait_for_calls
             await until(lambda: pool.ready == 2)
             pool.discard(warm, at_once=True)
     assert engine.leftovers() == []
+
+
+async def test_only_failures_in_a_row_make_a_pool_give_up() -> None:
+    engine = FakeEngine()
+    async with running_pool(engine, size=1, give_up_after=3) as pool:
+        for _ in range(2):
+            pool.failed()  # a stub refused its call, say
+        pool.served()
+        for _ in range(2):
+            pool.failed()
+        assert not pool.given_up
+        pool.failed()
+        assert pool.given_up
+    assert engine.leftovers() == []

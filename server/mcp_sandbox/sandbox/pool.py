@@ -74,12 +74,13 @@ class WarmPool:
     ) -> None:
         """``prepare`` (blocking) readies a started sandbox for its call, and says what it
         did; None: it could not, and the sandbox goes. With ``give_up_after``, the pool
-        stops making sandboxes once that many in a row were found dead when taken (their
-        stub cannot run in this image, say)."""
+        stops making sandboxes once that many in a row failed (``failed``: found dead when
+        taken, or refused by their stub) with none ``served`` between: their stub cannot
+        run in this image or runtime, say."""
         self._api = api
         self._prepare = prepare
         self._give_up_after = give_up_after
-        self._dead_in_a_row = 0
+        self._failed_in_a_row = 0
         self.given_up = False
         self._threads = threads
         self._make_spec = make_spec
@@ -108,10 +109,9 @@ class WarmPool:
             # One that died while it waited (killed, out of memory, a daemon restart) is gone.
             if shape_of(candidate.spec) == shape and candidate.streams.is_open():
                 warm = candidate
-                self._dead_in_a_row = 0
             else:
                 if not candidate.streams.is_open():
-                    self._note_dead()
+                    self.failed()
                 self.discard(candidate)
         if warm is None:
             self.target = min(self.target + 1, self.max_size)
@@ -119,15 +119,21 @@ class WarmPool:
         self._wake.set()
         return warm
 
-    def _note_dead(self) -> None:
-        self._dead_in_a_row += 1
-        if self._give_up_after is not None and self._dead_in_a_row >= self._give_up_after:
+    def failed(self) -> None:
+        """One of ours died before its call, or refused it: counts towards giving up."""
+        self._failed_in_a_row += 1
+        if self._give_up_after is not None and self._failed_in_a_row >= self._give_up_after:
             if not self.given_up:
                 log.warning(
-                    "%d warm sandboxes in a row had died before their call: no more are made",
-                    self._dead_in_a_row,
+                    "%d warm sandboxes in a row died before their call or refused it: no more "
+                    "are made, and such calls run cold",
+                    self._failed_in_a_row,
                 )
             self.given_up = True
+
+    def served(self) -> None:
+        """One of ours served its call: the failures in a row start again from none."""
+        self._failed_in_a_row = 0
 
     def drop_dead(self) -> int:
         """Discard the warm sandboxes that died while they waited (a daemon restart kills
